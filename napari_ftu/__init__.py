@@ -1,0 +1,1 @@
+"""napari-ftu: segment functional tissue units in biopsy slides."""

@@ -1,0 +1,51 @@
+"""napari reader: slides as multiscale Image layers scaled in micrometres."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.slides import SLIDE_SUFFIXES, open_slide
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return the slide reader for paths napari-ftu can open, ``None`` for anything else."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths or not all(str(p).lower().endswith(SLIDE_SUFFIXES) for p in paths):
+        return None
+    return read_slides
+
+
+def read_slides(path: str | list[str]) -> list[LayerData]:
+    """Open each slide lazily as a (multiscale) RGB Image layer."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    return [slide_layer_data(p) for p in paths]
+
+
+def slide_layer_data(path: str | os.PathLike) -> LayerData:
+    """Layer data for one slide: lazy pyramid levels, micrometre scale, slide metadata."""
+    slide = open_slide(path)
+    levels = slide.levels
+    rgb = slide.shape[2] in (3, 4)
+    if not rgb:
+        levels = [level[..., 0] for level in levels]
+    pixel_size = slide.pixel_size_um or 1.0
+    kwargs = {
+        "name": Path(path).stem,
+        "rgb": rgb,
+        "multiscale": len(levels) > 1,
+        "scale": (pixel_size, pixel_size),
+        "units": ("um", "um") if slide.pixel_size_um else ("pixel", "pixel"),
+        "metadata": {
+            "path": str(Path(path).resolve()),
+            "pixel_size_um": slide.pixel_size_um,
+            "slide_format": slide.metadata.get("format"),
+            "level_downsamples": slide.level_downsamples,
+        },
+    }
+    data = levels if len(levels) > 1 else levels[0]
+    return data, kwargs, "image"

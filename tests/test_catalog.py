@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.data import catalog
+from training.data.catalog import CatalogError, read_catalog, upsert_row, write_catalog
+from training.data.rle import decode, encode
+
+
+def row(image_id: str, organ: str = "kidney", h: int = 40, w: int = 50, rle: str = "") -> dict:
+    return {
+        "id": image_id, "organ": organ, "data_source": "HPA", "img_height": h, "img_width": w,
+        "pixel_size": 0.4, "tissue_thickness": 4, "rle": rle, "age": 60, "sex": "Male",
+    }
+
+
+def write_csv(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_reads_the_real_competition_file(real_annotations):
+    frame = read_catalog(real_annotations)
+    assert len(frame) == 141
+    assert list(frame.columns) == list(catalog.COLUMNS)
+    assert set(frame["organ"]) == set(catalog.ORGANS)
+    assert frame["organ"].value_counts()["prostate"] == 41
+    assert frame["id"].map(type).eq(str).all()
+
+
+def test_missing_column_is_named(tmp_path):
+    rows = [row("a")]
+    del rows[0]["organ"]
+    path = write_csv(tmp_path, rows)
+    with pytest.raises(CatalogError, match=r"train\.csv: missing column\(s\) organ"):
+        read_catalog(tmp_path)
+    assert str(path) in str(pytest.raises(CatalogError, read_catalog, tmp_path).value)
+
+
+def test_unknown_organ_names_file_line_and_column(tmp_path):
+    write_csv(tmp_path, [row("a"), row("b", organ="liver")])
+    with pytest.raises(CatalogError) as info:
+        read_catalog(tmp_path)
+    text = str(info.value)
+    assert "train.csv: line 3 (id b), column 'organ': unknown organ 'liver'" in text
+
+
+def test_duplicate_id_names_both_lines(tmp_path):
+    write_csv(tmp_path, [row("a"), row("b"), row("a")])
+    with pytest.raises(CatalogError, match=r"line 4 \(id a\), column 'id': duplicate id, first used on line 2"):
+        read_catalog(tmp_path)
+
+
+def test_bad_size_and_bad_rle_are_named(tmp_path):
+    write_csv(tmp_path, [row("a", h=0)])
+    with pytest.raises(CatalogError, match="column 'img_height': 0 is not a positive integer"):
+        read_catalog(tmp_path)
+    write_csv(tmp_path, [row("a", rle="1 5 3 1")])
+    with pytest.raises(CatalogError, match=r"line 2 \(id a\), column 'rle': RLE run 2 .* overlaps"):
+        read_catalog(tmp_path)
+
+
+def test_image_size_must_match_row(tmp_path):
+    from training.slides import write_pyramid
+
+    write_csv(tmp_path, [row("a", h=40, w=50)])
+    write_pyramid(tmp_path / "train_images" / "a.tiff", np.zeros((40, 60, 3), np.uint8), 0.4)
+    with pytest.raises(CatalogError, match=r"image a\.tiff is 40x60 \(HxW\) but the row says 40x50"):
+        read_catalog(tmp_path)
+    read_catalog(tmp_path, check_images=False)
+
+
+def test_unreadable_csv(tmp_path):
+    (tmp_path / "train.csv").write_bytes(b"")
+    with pytest.raises(CatalogError, match="not a readable CSV"):
+        read_catalog(tmp_path)
+    with pytest.raises(CatalogError, match="no such catalogue file"):
+        read_catalog(tmp_path / "elsewhere")
+
+
+def test_upsert_adds_and_replaces_one_row_keeping_a_backup(tmp_path):
+    write_csv(tmp_path, [row("a"), row("b", organ="lung"), row("c")])
+    before = read_catalog(tmp_path)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:9, 10:20] = 1
+    after = upsert_row(tmp_path, {**row("b", organ="lung", rle=encode(mask)), "annotator": "dr x"})
+    assert list(after["id"]) == ["a", "b", "c"]
+    reread = read_catalog(tmp_path)
+    untouched = ["a", "c"]
+    pd.testing.assert_frame_equal(
+        reread.set_index("id").loc[untouched, list(catalog.COLUMNS)[1:]],
+        before.set_index("id").loc[untouched, list(catalog.COLUMNS)[1:]],
+        check_dtype=False,
+    )
+    np.testing.assert_array_equal(decode(reread.set_index("id").loc["b", "rle"], (40, 50)), mask)
+    assert reread.set_index("id").loc["b", "annotator"] == "dr x"
+    backup = pd.read_csv(tmp_path / "train.backup.csv", dtype=str, keep_default_na=False)
+    assert list(backup["id"]) == ["b"] and backup.loc[0, "rle"] == ""
+    assert backup.loc[0, "replaced_at"]
+
+    upsert_row(tmp_path, row("d", organ="spleen"))
+    assert list(read_catalog(tmp_path)["id"]) == ["a", "b", "c", "d"]
+    upsert_row(tmp_path, row("b", organ="lung"))
+    assert len(pd.read_csv(tmp_path / "train.backup.csv")) == 2
+
+
+def test_upsert_with_image_writes_tiff_and_sizes(tmp_path):
+    image = np.full((30, 70, 3), 200, np.uint8)
+    upsert_row(tmp_path / "new", {**row("x", h=1, w=1)}, image=image)
+    frame = read_catalog(tmp_path / "new")
+    assert (frame.loc[0, "img_height"], frame.loc[0, "img_width"]) == (30, 70)
+    first = catalog.image_path(tmp_path / "new", "x")
+    assert first is not None and first.name == "x.tiff"
+    upsert_row(tmp_path / "new", row("x", h=30, w=70), image=image // 2)
+    backups = list((tmp_path / "new" / "train_images" / ".backup").glob("x.*.tiff"))
+    assert len(backups) == 1
+
+
+def test_upsert_rejects_bad_rows_without_touching_the_file(tmp_path):
+    write_csv(tmp_path, [row("a")])
+    original = (tmp_path / "train.csv").read_bytes()
+    with pytest.raises(CatalogError, match="unknown organ 'heart'"):
+        upsert_row(tmp_path, row("b", organ="heart"))
+    with pytest.raises(CatalogError, match="past the end of a 40x50 image"):
+        upsert_row(tmp_path, row("b", rle="1999 5"))
+    with pytest.raises(CatalogError, match="has no 'id'"):
+        upsert_row(tmp_path, {"organ": "kidney"})
+    assert (tmp_path / "train.csv").read_bytes() == original
+
+
+def test_write_is_atomic_when_the_replace_fails(tmp_path, monkeypatch):
+    write_csv(tmp_path, [row("a")])
+    original = (tmp_path / "train.csv").read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        upsert_row(tmp_path, row("b"))
+    monkeypatch.undo()
+    assert (tmp_path / "train.csv").read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["train.csv"]
+
+
+def test_write_catalog_round_trip(tmp_path, real_annotations):
+    frame = read_catalog(real_annotations)
+    write_catalog(tmp_path, frame.head(5))
+    again = read_catalog(tmp_path)
+    assert list(again["rle"]) == list(frame.head(5)["rle"])
+    shutil.rmtree(tmp_path)

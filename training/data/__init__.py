@@ -1,0 +1,1 @@
+"""Competition data formats: RLE masks and the ``train.csv`` + ``train_images/`` dataset folder."""

@@ -1,0 +1,274 @@
+"""The dataset folder: ``train.csv`` plus ``train_images/<id>.tiff``, the competition's layout.
+
+Reading validates every row and names the file, row and column of any problem. Writing replaces
+the file atomically; :func:`upsert_row` changes one row by id and keeps the row it replaced in
+``train.backup.csv``, so an export never silently loses an earlier correction.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.data import rle as rle_codec
+
+__all__ = [
+    "COLUMNS",
+    "ORGANS",
+    "CatalogError",
+    "catalog_paths",
+    "image_path",
+    "read_catalog",
+    "upsert_row",
+    "write_catalog",
+]
+
+ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
+COLUMNS = (
+    "id",
+    "organ",
+    "data_source",
+    "img_height",
+    "img_width",
+    "pixel_size",
+    "tissue_thickness",
+    "rle",
+    "age",
+    "sex",
+)
+CSV_NAME = "train.csv"
+BACKUP_NAME = "train.backup.csv"
+IMAGE_DIR = "train_images"
+IMAGE_SUFFIXES = (".tiff", ".tif")
+_INT_COLUMNS = ("img_height", "img_width")
+_FLOAT_COLUMNS = ("pixel_size", "tissue_thickness")
+
+
+class CatalogError(ValueError):
+    """A dataset folder or ``train.csv`` that does not follow the format."""
+
+
+def catalog_paths(location: str | os.PathLike) -> tuple[Path, Path]:
+    """Return ``(csv_path, image_dir)`` for a dataset folder or a path to its CSV file."""
+    path = Path(location)
+    if path.is_dir() or not path.suffix:
+        return path / CSV_NAME, path / IMAGE_DIR
+    return path, path.parent / IMAGE_DIR
+
+
+def image_path(location: str | os.PathLike, image_id: str) -> Path | None:
+    """Return the image file of ``image_id`` in a dataset folder, or ``None`` if it has none."""
+    _, image_dir = catalog_paths(location)
+    for suffix in IMAGE_SUFFIXES:
+        candidate = image_dir / f"{image_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_catalog(
+    location: str | os.PathLike, *, check_images: bool = True, check_rle: bool = True
+) -> pd.DataFrame:
+    """Read and validate ``train.csv`` of a dataset folder (or a CSV file given directly).
+
+    ``id`` is kept as text and ``rle`` as text (``""`` for an empty mask). With ``check_images``,
+    every image present in ``train_images/`` must match its row's ``img_height``/``img_width``
+    (only the file header is read). With ``check_rle``, every mask must decode at the row's size.
+    """
+    csv_path, image_dir = catalog_paths(location)
+    if not csv_path.is_file():
+        raise CatalogError(f"{csv_path}: no such catalogue file")
+    try:
+        frame = pd.read_csv(
+            csv_path, dtype={"id": str, "rle": str}, keep_default_na=False, na_values={}
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{csv_path}: not a readable CSV file ({exc})") from None
+    _validate(frame, csv_path)
+    if check_rle:
+        for index, row in frame.iterrows():
+            try:
+                rle_codec.parse_runs(row["rle"], (row["img_height"], row["img_width"]))
+            except ValueError as exc:
+                raise CatalogError(_where(csv_path, index, row["id"], "rle") + str(exc)) from None
+    if check_images and image_dir.is_dir():
+        for index, row in frame.iterrows():
+            path = image_path(csv_path, row["id"])
+            if path is not None:
+                _check_image_size(path, row, _where(csv_path, index, row["id"], "img_height"))
+    return frame
+
+
+def write_catalog(location: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Validate ``frame`` and write it as ``train.csv``, replacing the old file atomically."""
+    csv_path, _ = catalog_paths(location)
+    frame = _ordered(frame)
+    _validate(frame, csv_path)
+    _atomic_write_csv(frame, csv_path)
+    return csv_path
+
+
+def upsert_row(
+    location: str | os.PathLike, row: Mapping[str, object], image: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Add or replace the row whose ``id`` matches ``row["id"]``; return the new catalogue.
+
+    Other rows are left as they are. A replaced row is appended to ``train.backup.csv`` with a
+    ``replaced_at`` time stamp. With ``image`` (``(H, W, C)``), it is written as
+    ``train_images/<id>.tiff`` (pyramidal, pixel size from the row) and ``img_height``/
+    ``img_width`` are taken from it; a replaced image is kept under ``train_images/.backup/``.
+    """
+    csv_path, image_dir = catalog_paths(location)
+    record = dict(row)
+    if "id" not in record or str(record["id"]).strip() == "":
+        raise CatalogError(f"{csv_path}: the row to add has no 'id'")
+    record["id"] = str(record["id"])
+    if image is not None:
+        image = np.asarray(image)
+        record["img_height"], record["img_width"] = int(image.shape[0]), int(image.shape[1])
+    record.setdefault("rle", "")
+    new_row = pd.DataFrame([record])
+    _validate(_ordered(new_row), csv_path, partial=True)
+    try:
+        rle_codec.parse_runs(str(record["rle"]), (record["img_height"], record["img_width"]))
+    except ValueError as exc:
+        raise CatalogError(f"{csv_path}: row {record['id']!r}, column 'rle': {exc}") from None
+
+    if csv_path.exists():
+        frame = read_catalog(csv_path, check_images=False, check_rle=False)
+    else:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(columns=list(COLUMNS))
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    existing = frame.index[frame["id"] == record["id"]]
+    if image is not None:
+        _write_image(image_dir, record, image, stamp)
+    if len(existing):
+        old = frame.loc[existing].copy()
+        old["replaced_at"] = stamp
+        _append_backup(csv_path.parent / BACKUP_NAME, old)
+        for column in new_row.columns:
+            if column not in frame.columns:
+                frame[column] = ""
+            frame[column] = frame[column].astype(object)
+            frame.loc[existing[0], column] = new_row.loc[0, column]
+    else:
+        frame = pd.concat([frame, new_row], ignore_index=True)
+    frame = _ordered(frame.fillna(""))
+    _validate(frame, csv_path)
+    _atomic_write_csv(frame, csv_path)
+    return frame
+
+
+def _validate(frame: pd.DataFrame, csv_path: Path, *, partial: bool = False) -> None:
+    required = ("id", "organ", "img_height", "img_width") if partial else COLUMNS
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise CatalogError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    for index, row in frame.iterrows():
+        where = _where(csv_path, index, row["id"], "")
+        if str(row["id"]).strip() == "":
+            raise CatalogError(f"{where}column 'id': empty id")
+        if row["organ"] not in ORGANS:
+            raise CatalogError(
+                f"{where}column 'organ': unknown organ {row['organ']!r} "
+                f"(expected one of {', '.join(ORGANS)})"
+            )
+        for column in _INT_COLUMNS:
+            value = _as_number(row[column], int)
+            if value is None or value <= 0:
+                raise CatalogError(f"{where}column '{column}': {row[column]!r} is not a positive integer")
+        for column in _FLOAT_COLUMNS:
+            if column in frame.columns and row[column] != "":
+                value = _as_number(row[column], float)
+                if value is None or not value > 0:
+                    raise CatalogError(f"{where}column '{column}': {row[column]!r} is not a positive number")
+    for column in _INT_COLUMNS:
+        frame[column] = frame[column].astype(np.int64)
+    duplicated = frame["id"].duplicated(keep="first")
+    if duplicated.any():
+        index = int(np.flatnonzero(duplicated.to_numpy())[0])
+        first = int(np.flatnonzero((frame["id"] == frame["id"].iloc[index]).to_numpy())[0])
+        raise CatalogError(
+            f"{_where(csv_path, index, frame['id'].iloc[index], 'id')}duplicate id, "
+            f"first used on line {first + 2}"
+        )
+
+
+def _where(csv_path: Path, index: object, image_id: object, column: str) -> str:
+    line = int(index) + 2  # the header is line 1
+    place = f"{csv_path}: line {line} (id {image_id})"
+    return f"{place}, column '{column}': " if column else f"{place}, "
+
+
+def _as_number(value: object, kind: type) -> float | int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(number) or (kind is int and number != int(number)):
+        return None
+    return kind(number)
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    known = [c for c in COLUMNS if c in frame.columns]
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    return frame[known + extra].reset_index(drop=True)
+
+
+def _check_image_size(path: Path, row: pd.Series, where: str) -> None:
+    from training.slides import SlideError, open_slide
+
+    try:
+        with open_slide(path) as slide:
+            height, width = slide.shape[:2]
+    except SlideError as exc:
+        raise CatalogError(f"{where}image {path.name} cannot be read: {exc}") from None
+    if (height, width) != (row["img_height"], row["img_width"]):
+        raise CatalogError(
+            f"{where}image {path.name} is {height}x{width} (HxW) but the row says "
+            f"{row['img_height']}x{row['img_width']}"
+        )
+
+
+def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            frame.to_csv(handle, index=False, quoting=csv.QUOTE_MINIMAL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _append_backup(path: Path, rows: pd.DataFrame) -> None:
+    if path.exists():
+        previous = pd.read_csv(path, dtype=str, keep_default_na=False)
+        rows = pd.concat([previous, rows.astype(str)], ignore_index=True)
+    _atomic_write_csv(rows, path)
+
+
+def _write_image(
+    image_dir: Path, record: Mapping[str, object], image: np.ndarray, stamp: str
+) -> None:
+    from training.slides import write_pyramid
+
+    target = image_dir / f"{record['id']}.tiff"
+    if target.exists():
+        backup_dir = image_dir / ".backup"
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(target, backup_dir / f"{record['id']}.{stamp.replace(':', '')}.tiff")
+    write_pyramid(target, image, _as_number(record.get("pixel_size", ""), float))

@@ -1,0 +1,471 @@
+"""Lazy reading of whole-slide images and a pyramidal TIFF writer.
+
+``open_slide`` opens plain and tiled pyramidal TIFF (including OME-TIFF and SVS-style files)
+lazily through tifffile + zarr: nothing but the header is read until a region is asked for.
+PNG and JPEG have no random access, so they are decoded once. Pixel sizes come from the file's
+metadata when it has any (OME ``PhysicalSizeX``, SVS ``MPP``, ImageJ or TIFF resolution tags).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SLIDE_SUFFIXES",
+    "Slide",
+    "SlideError",
+    "open_slide",
+    "write_pyramid",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
+MIN_SIDE = 8
+# A pixel size outside this range is a screen resolution (72 dpi = 353 um/px), not a microscope's.
+PLAUSIBLE_UM_PER_PX = (0.01, 100.0)
+_UNIT_TO_UM = {"nm": 1e-3, "um": 1.0, "µm": 1.0, "\u03bcm": 1.0, "micron": 1.0, "mm": 1e3,
+               "cm": 1e4, "m": 1e6}
+
+
+class SlideError(ValueError):
+    """A slide file that cannot be opened or read, with the reason."""
+
+
+class Slide:
+    """A lazily read image pyramid with its pixel size.
+
+    ``levels`` are lazy ``(H, W, C)`` dask arrays, level 0 (full resolution) first; ``shape`` is
+    level 0's ``(H, W, C)``; ``pixel_size_um`` is micrometres per level-0 pixel, or ``None``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        sources: Sequence[Any],
+        axes: str,
+        pixel_size_um: float | None,
+        metadata: dict[str, Any],
+        handle: Any = None,
+    ) -> None:
+        self.path = path
+        self._sources = list(sources)
+        self._axes = axes
+        self._handle = handle
+        self.pixel_size_um = pixel_size_um
+        self.metadata = metadata
+        self.shapes = [_yxc_shape(src.shape, axes) for src in self._sources]
+        self.shape: tuple[int, int, int] = self.shapes[0]
+        self.dtype = np.dtype(self._sources[0].dtype)
+        self.level_downsamples = [
+            0.5 * (self.shape[0] / s[0] + self.shape[1] / s[1]) for s in self.shapes
+        ]
+        self._levels: list[Any] | None = None
+
+    @property
+    def levels(self) -> list[Any]:
+        """Lazy ``(H, W, C)`` arrays of every pyramid level, full resolution first."""
+        if self._levels is None:
+            import dask.array as da
+
+            self._levels = []
+            for src in self._sources:
+                lazy = src if isinstance(src, np.ndarray) else da.from_zarr(src)
+                self._levels.append(_to_yxc(lazy, self._axes, slice(None), slice(None)))
+        return self._levels
+
+    def read_region(
+        self, y: int, x: int, h: int, w: int, level: int = 0, fill: int | float = 255
+    ) -> np.ndarray:
+        """Read ``h x w`` pixels at ``(y, x)`` of ``level`` (that level's pixel coordinates).
+
+        Parts of the region outside the image are padded with ``fill`` (white glass by default).
+        """
+        if not 0 <= level < len(self._sources):
+            raise IndexError(f"{self.path.name} has levels 0..{len(self._sources) - 1}; got {level}")
+        if h <= 0 or w <= 0:
+            raise ValueError(f"region size must be positive; got {h}x{w}")
+        height, width, channels = self.shapes[level]
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + h, height), min(x + w, width)
+        out = np.full((h, w, channels), fill, dtype=self.dtype)
+        if y1 > y0 and x1 > x0:
+            try:
+                block = _to_yxc(self._sources[level], self._axes, slice(y0, y1), slice(x0, x1))
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(block)
+            except Exception as exc:  # the codec's own error types vary by compression
+                raise SlideError(
+                    f"{self.path.name}: cannot read level {level} at y={y0}, x={x0} "
+                    f"({type(exc).__name__}: {exc}); the file may be truncated or damaged"
+                ) from exc
+        return out
+
+    def read_region_at(
+        self, pixel_size_um: float, y: int, x: int, h: int, w: int, fill: int | float = 255
+    ) -> np.ndarray:
+        """Read ``h x w`` pixels at ``(y, x)`` of the grid of ``pixel_size_um`` um/px.
+
+        The region is read from the pyramid level closest above the requested resolution and
+        resampled: block means for whole-number factors, otherwise an anti-aliased linear
+        interpolation with pixel centres aligned to the level-0 grid.
+        """
+        if self.pixel_size_um is None:
+            raise SlideError(
+                f"{self.path.name} has no pixel size in its metadata; pass pixel_size_um to "
+                "open_slide() to read it at a physical scale"
+            )
+        if not pixel_size_um > 0:
+            raise ValueError(f"pixel size must be positive; got {pixel_size_um}")
+        factor = pixel_size_um / self.pixel_size_um
+        level = self.best_level(factor)
+        ratio = factor / self.level_downsamples[level]
+        if abs(ratio - 1) < 1e-6:
+            return self.read_region(y, x, h, w, level, fill)
+        rounded = round(ratio)
+        if rounded >= 2 and abs(ratio - rounded) < 1e-6:
+            block = self.read_region(y * rounded, x * rounded, h * rounded, w * rounded, level, fill)
+            block = block.reshape(h, rounded, w, rounded, -1).mean(axis=(1, 3))
+            return _cast_like(block, self.dtype)
+        return self._resample(level, ratio, y, x, h, w, fill)
+
+    def best_level(self, downsample: float) -> int:
+        """Index of the coarsest level whose downsample does not exceed ``downsample``."""
+        candidates = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + 1e-6)]
+        return max(candidates, key=lambda i: self.level_downsamples[i]) if candidates else 0
+
+    def _resample(
+        self, level: int, ratio: float, y: int, x: int, h: int, w: int, fill: int | float
+    ) -> np.ndarray:
+        from scipy import ndimage
+
+        # Output pixel i has its centre at (i + 0.5) * ratio - 0.5 in the level's pixels.
+        sy0 = math.floor(y * ratio) - 2
+        sx0 = math.floor(x * ratio) - 2
+        sh = math.ceil((y + h) * ratio) + 2 - sy0
+        sw = math.ceil((x + w) * ratio) + 2 - sx0
+        src = self.read_region(sy0, sx0, sh, sw, level, fill).astype(np.float32)
+        if ratio > 1:
+            sigma = (ratio - 1) / 2
+            src = ndimage.gaussian_filter(src, sigma=(sigma, sigma, 0), mode="nearest")
+        cy = (np.arange(h) + y + 0.5) * ratio - 0.5 - sy0
+        cx = (np.arange(w) + x + 0.5) * ratio - 0.5 - sx0
+        grid = np.meshgrid(cy, cx, indexing="ij")
+        out = np.stack(
+            [ndimage.map_coordinates(src[..., c], grid, order=1, mode="nearest")
+             for c in range(src.shape[-1])],
+            axis=-1,
+        )
+        return _cast_like(out, self.dtype)
+
+    def close(self) -> None:
+        """Release the file handle."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        px = f"{self.pixel_size_um:g} um/px" if self.pixel_size_um else "pixel size unknown"
+        return f"Slide({self.path.name!r}, shape={self.shape}, levels={len(self._sources)}, {px})"
+
+
+def open_slide(path: str | os.PathLike, pixel_size_um: float | None = None) -> Slide:
+    """Open a slide lazily; ``pixel_size_um`` overrides what the file says.
+
+    Raises :class:`SlideError` for a missing, empty, truncated, corrupt, non-image or too small
+    file, naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise SlideError(f"{path.name} is empty (0 bytes)")
+    with open(path, "rb") as handle:
+        magic = handle.read(8)
+    if magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        slide = _open_tiff(path, size)
+    elif magic.startswith(b"\x89PNG") or magic[:3] == b"\xff\xd8\xff":
+        slide = _open_raster(path)
+    else:
+        raise SlideError(
+            f"{path.name} is not a TIFF, PNG or JPEG image (first bytes {magic[:4]!r}); "
+            f"supported: {', '.join(SLIDE_SUFFIXES)}"
+        )
+    height, width = slide.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        slide.close()
+        raise SlideError(
+            f"{path.name} is {height}x{width} pixels; a slide must be at least "
+            f"{MIN_SIDE}x{MIN_SIDE}"
+        )
+    if pixel_size_um is not None:
+        if not pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be positive; got {pixel_size_um}")
+        slide.pixel_size_um = float(pixel_size_um)
+    return slide
+
+
+def write_pyramid(
+    path: str | os.PathLike,
+    image: Any,
+    pixel_size_um: float | None,
+    *,
+    tile: int = 256,
+    compression: str | None = "zlib",
+    compression_level: int | None = None,
+) -> Path:
+    """Write ``image`` (``(H, W)`` or ``(H, W, C)``, any array-like) as a tiled pyramidal OME-TIFF.
+
+    Level 0 is written tile by tile from ``image``, so a memory-mapped or zarr source is never
+    read whole; each further level halves the previous one (2x2 means) down to one tile. The
+    pixel size goes into the OME metadata and the TIFF resolution tags. The file appears
+    atomically: it is written beside ``path`` and renamed into place.
+    """
+    import tifffile
+
+    path = Path(path)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (H, W, C); got shape {image.shape}")
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16; got {tile}")
+    photometric = "rgb" if image.ndim == 3 and image.shape[2] in (3, 4) else "minisblack"
+    levels: list[Any] = [image]
+    while max(levels[-1].shape[:2]) > tile:
+        levels.append(_halve(levels[-1]))
+    metadata: dict[str, Any] = {"axes": "YXS" if image.ndim == 3 else "YX"}
+    resolution = None
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+        resolution = (1e4 / pixel_size_um, 1e4 / pixel_size_um)
+    compressionargs = {"level": compression_level} if compression and compression_level else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.tiff", dir=path.parent)
+    os.close(fd)
+    try:
+        big = image.size * image.dtype.itemsize > 2**31
+        with tifffile.TiffWriter(tmp, bigtiff=big, ome=True) as tif:
+            for index, level in enumerate(levels):
+                scale = 2**index
+                options: dict[str, Any] = dict(
+                    shape=level.shape,
+                    dtype=level.dtype,
+                    tile=(tile, tile),
+                    photometric=photometric,
+                    compression=compression,
+                    compressionargs=compressionargs,
+                    predictor=compression in ("zlib", "zstd", "lzma") or None,
+                    resolution=None if resolution is None else (resolution[0] / scale, resolution[1] / scale),
+                    resolutionunit="CENTIMETER" if resolution else None,
+                )
+                if index == 0:
+                    options.update(subifds=len(levels) - 1, metadata=metadata)
+                else:
+                    options.update(subfiletype=1, metadata=None)
+                tif.write(_tiles(level, tile), **options)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _tiles(level: Any, tile: int):
+    height, width = level.shape[:2]
+    for y in range(0, height, tile):
+        for x in range(0, width, tile):
+            block = np.asarray(level[y : y + tile, x : x + tile])
+            if block.shape[:2] != (tile, tile):
+                padded = np.zeros((tile, tile) + block.shape[2:], dtype=block.dtype)
+                padded[: block.shape[0], : block.shape[1]] = block
+                block = padded
+            yield block
+
+
+def _halve(level: Any, strip: int = 1024) -> np.ndarray:
+    """2x2 mean of ``level``, read in strips of rows so a lazy source is never read whole."""
+    height, width = level.shape[:2]
+    out_shape = ((height + 1) // 2, (width + 1) // 2) + tuple(level.shape[2:])
+    out = np.empty(out_shape, dtype=level.dtype)
+    for y in range(0, height, strip):
+        block = np.asarray(level[y : y + strip]).astype(np.float32)
+        if block.shape[0] % 2:
+            block = np.concatenate([block, block[-1:]], axis=0)
+        if block.shape[1] % 2:
+            block = np.concatenate([block, block[:, -1:]], axis=1)
+        h2, w2 = block.shape[0] // 2, block.shape[1] // 2
+        means = block.reshape(h2, 2, w2, 2, *block.shape[2:]).mean(axis=(1, 3))
+        out[y // 2 : y // 2 + h2] = _cast_like(means, level.dtype)
+    return out
+
+
+def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def _yxc_shape(shape: Sequence[int], axes: str) -> tuple[int, int, int]:
+    sizes = dict(zip(axes, shape))
+    channels = sizes.get("S", sizes.get("C", 1))
+    return int(sizes["Y"]), int(sizes["X"]), int(channels)
+
+
+def _to_yxc(array: Any, axes: str, ys: slice, xs: slice) -> Any:
+    """Index ``array`` (with tifffile ``axes``) at rows ``ys``, columns ``xs``; return ``(Y, X, C)``."""
+    index: list[Any] = []
+    kept: list[str] = []
+    for axis in axes:
+        if axis == "Y":
+            index.append(ys)
+        elif axis == "X":
+            index.append(xs)
+        elif axis in "SC" and axis not in kept and not ("S" in kept or "C" in kept):
+            index.append(slice(None))
+        else:
+            index.append(0)
+            continue
+        kept.append(axis)
+    block = array[tuple(index)]
+    order = [kept.index("Y"), kept.index("X")]
+    channel = [i for i, a in enumerate(kept) if a in "SC"]
+    if channel:
+        return block.transpose(order + channel)
+    return block.transpose(order)[..., None]
+
+
+def _open_tiff(path: Path, size: int) -> Slide:
+    import tifffile
+    import zarr
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:  # tifffile raises several types for damaged headers
+        raise SlideError(f"{path.name} is not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+    try:
+        if not tif.series:
+            raise SlideError(f"{path.name} contains no image")
+        series = tif.series[0]
+        axes = series.axes
+        if "Y" not in axes or "X" not in axes:
+            raise SlideError(f"{path.name}: first image has axes {axes!r}, expected Y and X")
+        levels = list(series.levels)
+        for level in levels:
+            for page in level.pages:
+                if page is None:
+                    continue
+                offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+                counts = np.asarray(page.databytecounts, dtype=np.int64)
+                if offsets.size and (offsets + counts).max() > size:
+                    raise SlideError(
+                        f"{path.name} is truncated: image data reaches byte "
+                        f"{int((offsets + counts).max())} but the file has {size} bytes"
+                    )
+        sources = [zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(levels))]
+        pixel_size = _tiff_pixel_size(tif)
+        metadata = {"format": _tiff_kind(tif), "axes": axes, "series": series.name}
+        return Slide(path, sources, axes, pixel_size, metadata, handle=tif)
+    except SlideError:
+        tif.close()
+        raise
+    except Exception as exc:
+        tif.close()
+        raise SlideError(f"{path.name} is a damaged TIFF ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_raster(path: Path) -> Slide:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            info = dict(img.info)
+            mode = img.mode
+            img.load()
+            if mode not in ("L", "RGB", "I;16"):
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise SlideError(f"{path.name} cannot be decoded ({exc}); the file may be truncated") from exc
+    axes = "YXS" if array.ndim == 3 else "YX"
+    pixel_size = None
+    dpi = info.get("dpi")
+    if dpi and dpi[0]:
+        pixel_size = _plausible(25400.0 / float(dpi[0]))
+    return Slide(path, [array], axes, pixel_size, {"format": path.suffix.lstrip(".").lower(),
+                                                  "mode": mode, "axes": axes})
+
+
+def _tiff_kind(tif: Any) -> str:
+    for kind in ("ome", "svs", "ndpi", "imagej"):
+        if getattr(tif, f"is_{kind}", False):
+            return kind
+    return "tiff"
+
+
+def _tiff_pixel_size(tif: Any) -> float | None:
+    """Pixel size in um from OME, SVS, ImageJ or resolution tags, in that order of trust."""
+    page = tif.pages.first
+    if tif.is_ome and tif.ome_metadata:
+        value = _ome_pixel_size(tif.ome_metadata)
+        if value:
+            return value
+    description = page.description or ""
+    match = re.search(r"\bMPP\s*=\s*([0-9.]+)", description)
+    if match:
+        value = _plausible(float(match.group(1)))
+        if value:
+            return value
+    x_res = page.tags.get("XResolution")
+    if x_res is None:
+        return None
+    numerator, denominator = x_res.value
+    if not numerator or not denominator:
+        return None
+    per_unit = numerator / denominator
+    unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2
+    if tif.is_imagej:
+        name = str((tif.imagej_metadata or {}).get("unit", "")).lower()
+        factor = _UNIT_TO_UM.get(name)
+        return _plausible(factor / per_unit) if factor else None
+    if unit == 3:  # centimetre
+        return _plausible(1e4 / per_unit)
+    if unit == 2:  # inch
+        return _plausible(25400.0 / per_unit)
+    return None
+
+
+def _ome_pixel_size(xml: str) -> float | None:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.endswith("}Pixels") or element.tag == "Pixels":
+            value = element.get("PhysicalSizeX")
+            if value is None:
+                return None
+            factor = _UNIT_TO_UM.get(element.get("PhysicalSizeXUnit", "µm"))
+            return _plausible(float(value) * factor) if factor else None
+    return None
+
+
+def _plausible(um_per_px: float) -> float | None:
+    low, high = PLAUSIBLE_UM_PER_PX
+    return float(um_per_px) if low <= um_per_px <= high else None
