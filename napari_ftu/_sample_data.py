@@ -15,10 +15,28 @@ def phantom_layers(organ: str, size: int = 1536, seed: int = 0) -> list[LayerDat
     scale = (meta["pixel_size_um"],) * 2
     meta_common = {"organ": organ, "pixel_size_um": meta["pixel_size_um"], "synthetic": True}
     return [
-        (image, {"name": f"{organ} phantom", "rgb": True, "scale": scale, "units": ("um", "um"),
-                 "metadata": meta_common}, "image"),
-        (mask, {"name": f"{organ} phantom ground truth", "scale": scale, "units": ("um", "um"),
-                "opacity": 0.4, "metadata": meta_common}, "labels"),
+        (
+            image,
+            {
+                "name": f"{organ} phantom",
+                "rgb": True,
+                "scale": scale,
+                "units": ("um", "um"),
+                "metadata": meta_common,
+            },
+            "image",
+        ),
+        (
+            mask,
+            {
+                "name": f"{organ} phantom ground truth",
+                "scale": scale,
+                "units": ("um", "um"),
+                "opacity": 0.4,
+                "metadata": meta_common,
+            },
+            "labels",
+        ),
     ]
 
 

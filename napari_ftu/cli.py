@@ -16,8 +16,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # torch (and the triton it pulls in) must be imported before any OpenGL context exists:
     # importing it after a viewer is up crashes under Mesa's software OpenGL.
-    import torch  # noqa: F401
     import napari
+    import torch  # noqa: F401
 
     viewer = napari.Viewer(title="napari-ftu")
     for path in args.slides:

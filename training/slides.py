@@ -33,8 +33,16 @@ SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 MIN_SIDE = 8
 # A pixel size outside this range is a screen resolution (72 dpi = 353 um/px), not a microscope's.
 PLAUSIBLE_UM_PER_PX = (0.01, 100.0)
-_UNIT_TO_UM = {"nm": 1e-3, "um": 1.0, "µm": 1.0, "\u03bcm": 1.0, "micron": 1.0, "mm": 1e3,
-               "cm": 1e4, "m": 1e6}
+_UNIT_TO_UM = {
+    "nm": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,
+    "\u03bcm": 1.0,
+    "micron": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
 
 
 class SlideError(ValueError):
@@ -91,7 +99,9 @@ class Slide:
         Parts of the region outside the image are padded with ``fill`` (white glass by default).
         """
         if not 0 <= level < len(self._sources):
-            raise IndexError(f"{self.path.name} has levels 0..{len(self._sources) - 1}; got {level}")
+            raise IndexError(
+                f"{self.path.name} has levels 0..{len(self._sources) - 1}; got {level}"
+            )
         if h <= 0 or w <= 0:
             raise ValueError(f"region size must be positive; got {h}x{w}")
         height, width, channels = self.shapes[level]
@@ -132,14 +142,18 @@ class Slide:
             return self.read_region(y, x, h, w, level, fill)
         rounded = round(ratio)
         if rounded >= 2 and abs(ratio - rounded) < 1e-6:
-            block = self.read_region(y * rounded, x * rounded, h * rounded, w * rounded, level, fill)
+            block = self.read_region(
+                y * rounded, x * rounded, h * rounded, w * rounded, level, fill
+            )
             block = block.reshape(h, rounded, w, rounded, -1).mean(axis=(1, 3))
             return _cast_like(block, self.dtype)
         return self._resample(level, ratio, y, x, h, w, fill)
 
     def best_level(self, downsample: float) -> int:
         """Index of the coarsest level whose downsample does not exceed ``downsample``."""
-        candidates = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + 1e-6)]
+        candidates = [
+            i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + 1e-6)
+        ]
         return max(candidates, key=lambda i: self.level_downsamples[i]) if candidates else 0
 
     def _resample(
@@ -160,8 +174,10 @@ class Slide:
         cx = (np.arange(w) + x + 0.5) * ratio - 0.5 - sx0
         grid = np.meshgrid(cy, cx, indexing="ij")
         out = np.stack(
-            [ndimage.map_coordinates(src[..., c], grid, order=1, mode="nearest")
-             for c in range(src.shape[-1])],
+            [
+                ndimage.map_coordinates(src[..., c], grid, order=1, mode="nearest")
+                for c in range(src.shape[-1])
+            ],
             axis=-1,
         )
         return _cast_like(out, self.dtype)
@@ -250,8 +266,12 @@ def write_pyramid(
     metadata: dict[str, Any] = {"axes": "YXS" if image.ndim == 3 else "YX"}
     resolution = None
     if pixel_size_um:
-        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+        metadata.update(
+            PhysicalSizeX=pixel_size_um,
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeY=pixel_size_um,
+            PhysicalSizeYUnit="µm",
+        )
         resolution = (1e4 / pixel_size_um, 1e4 / pixel_size_um)
     compressionargs = {"level": compression_level} if compression and compression_level else None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +290,9 @@ def write_pyramid(
                     compression=compression,
                     compressionargs=compressionargs,
                     predictor=compression in ("zlib", "zstd", "lzma") or None,
-                    resolution=None if resolution is None else (resolution[0] / scale, resolution[1] / scale),
+                    resolution=None
+                    if resolution is None
+                    else (resolution[0] / scale, resolution[1] / scale),
                     resolutionunit="CENTIMETER" if resolution else None,
                 )
                 if index == 0:
@@ -291,7 +313,7 @@ def _tiles(level: Any, tile: int):
         for x in range(0, width, tile):
             block = np.asarray(level[y : y + tile, x : x + tile])
             if block.shape[:2] != (tile, tile):
-                padded = np.zeros((tile, tile) + block.shape[2:], dtype=block.dtype)
+                padded = np.zeros((tile, tile, *block.shape[2:]), dtype=block.dtype)
                 padded[: block.shape[0], : block.shape[1]] = block
                 block = padded
             yield block
@@ -300,7 +322,7 @@ def _tiles(level: Any, tile: int):
 def _halve(level: Any, strip: int = 1024) -> np.ndarray:
     """2x2 mean of ``level``, read in strips of rows so a lazy source is never read whole."""
     height, width = level.shape[:2]
-    out_shape = ((height + 1) // 2, (width + 1) // 2) + tuple(level.shape[2:])
+    out_shape = ((height + 1) // 2, (width + 1) // 2, *tuple(level.shape[2:]))
     out = np.empty(out_shape, dtype=level.dtype)
     for y in range(0, height, strip):
         block = np.asarray(level[y : y + strip]).astype(np.float32)
@@ -323,13 +345,13 @@ def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _yxc_shape(shape: Sequence[int], axes: str) -> tuple[int, int, int]:
-    sizes = dict(zip(axes, shape))
+    sizes = dict(zip(axes, shape, strict=True))
     channels = sizes.get("S", sizes.get("C", 1))
     return int(sizes["Y"]), int(sizes["X"]), int(channels)
 
 
 def _to_yxc(array: Any, axes: str, ys: slice, xs: slice) -> Any:
-    """Index ``array`` (with tifffile ``axes``) at rows ``ys``, columns ``xs``; return ``(Y, X, C)``."""
+    """Index ``array`` (tifffile ``axes``) at rows ``ys``, columns ``xs``, as ``(Y, X, C)``."""
     index: list[Any] = []
     kept: list[str] = []
     for axis in axes:
@@ -358,10 +380,12 @@ def _open_tiff(path: Path, size: int) -> Slide:
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises several types for damaged headers
-        raise SlideError(f"{path.name} is not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+        raise SlideError(
+            f"{path.name} is not a readable TIFF ({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         if not tif.series:
-            raise SlideError(f"{path.name} contains no image")
+            raise SlideError(f"{path.name} is not a readable TIFF: it contains no image")
         series = tif.series[0]
         axes = series.axes
         if "Y" not in axes or "X" not in axes:
@@ -402,14 +426,21 @@ def _open_raster(path: Path) -> Slide:
                 img = img.convert("RGB")
             array = np.asarray(img)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise SlideError(f"{path.name} cannot be decoded ({exc}); the file may be truncated") from exc
+        raise SlideError(
+            f"{path.name} cannot be decoded ({exc}); the file may be truncated"
+        ) from exc
     axes = "YXS" if array.ndim == 3 else "YX"
     pixel_size = None
     dpi = info.get("dpi")
     if dpi and dpi[0]:
         pixel_size = _plausible(25400.0 / float(dpi[0]))
-    return Slide(path, [array], axes, pixel_size, {"format": path.suffix.lstrip(".").lower(),
-                                                  "mode": mode, "axes": axes})
+    return Slide(
+        path,
+        [array],
+        axes,
+        pixel_size,
+        {"format": path.suffix.lstrip(".").lower(), "mode": mode, "axes": axes},
+    )
 
 
 def _tiff_kind(tif: Any) -> str:

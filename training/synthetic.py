@@ -47,10 +47,20 @@ DOMAINS: dict[str, dict[str, dict[str, float]]] = {
         "tissue_thickness": dict.fromkeys(ORGANS, 4.0),
     },
     "hubmap": {
-        "pixel_size": {"kidney": 0.5, "prostate": 6.263, "largeintestine": 0.229,
-                       "spleen": 0.4945, "lung": 0.7562},
-        "tissue_thickness": {"kidney": 10.0, "prostate": 5.0, "largeintestine": 8.0,
-                             "spleen": 4.0, "lung": 5.0},
+        "pixel_size": {
+            "kidney": 0.5,
+            "prostate": 6.263,
+            "largeintestine": 0.229,
+            "spleen": 0.4945,
+            "lung": 0.7562,
+        },
+        "tissue_thickness": {
+            "kidney": 10.0,
+            "prostate": 5.0,
+            "largeintestine": 8.0,
+            "spleen": 4.0,
+            "lung": 5.0,
+        },
     },
 }
 DATA_SOURCE = {"hpa": "HPA", "hubmap": "Hubmap"}
@@ -105,8 +115,11 @@ def make_phantom(
     """
     params = _domain_params(organ, domain, overrides)
     geometry_keys = {"tissue_fraction", "n_ftu"}
-    unknown = set(overrides) - geometry_keys - {"pixel_size_um", "thickness_um", "stain_vectors",
-                                                "stain_intensity"}
+    unknown = (
+        set(overrides)
+        - geometry_keys
+        - {"pixel_size_um", "thickness_um", "stain_vectors", "stain_intensity"}
+    )
     if unknown:
         raise TypeError(f"unknown phantom override(s): {', '.join(sorted(unknown))}")
     shape = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -114,8 +127,12 @@ def make_phantom(
         raise ValueError(f"phantom size must be at least 16 pixels; got {shape}")
     rng = np.random.default_rng([seed, ORGANS.index(organ), list(DOMAINS).index(domain)])
     labels, tissue = ftu_geometry(
-        organ, shape, params["pixel_size_um"], rng,
-        tissue_fraction=overrides.get("tissue_fraction", 0.85), n_ftu=overrides.get("n_ftu"),
+        organ,
+        shape,
+        params["pixel_size_um"],
+        rng,
+        tissue_fraction=overrides.get("tissue_fraction", 0.85),
+        n_ftu=overrides.get("n_ftu"),
     )
     image = render_phantom(labels, organ, rng=rng, tissue=tissue, **params)
     meta = {
@@ -209,7 +226,9 @@ def render_phantom(
     fine = _smooth_noise(shape, 2.5 / px, rng)
     eosin = np.where(tissue, style.stroma_eosin * (1 + 0.25 * texture + 0.15 * fine), 0.0)
     nuclei = np.where(tissue, style.stroma_nuclei, 0.0)
-    holes = _smooth_noise(shape, style.hole_scale_um / px, rng) > _quantile_gauss(1 - style.stroma_holes)
+    holes = _smooth_noise(shape, style.hole_scale_um / px, rng) > _quantile_gauss(
+        1 - style.stroma_holes
+    )
     empty = tissue & ~ftu & holes
     nuclear_radius = 3.0
 
@@ -244,8 +263,9 @@ def render_phantom(
         nuclei = np.where(wall, 2.5, np.where(ftu, 0.0, nuclei))
         empty |= ftu & ~wall
 
-    haematoxylin = _nuclei_map(nuclei * (thickness_um / REFERENCE_THICKNESS_UM), px,
-                               nuclear_radius, rng)
+    haematoxylin = _nuclei_map(
+        nuclei * (thickness_um / REFERENCE_THICKNESS_UM), px, nuclear_radius, rng
+    )
     eosin = np.where(empty, 0.04 * tissue, eosin)
     haematoxylin = np.where(empty & (haematoxylin < 0.5), 0.0, haematoxylin)
     path = stain_intensity * thickness_um / REFERENCE_THICKNESS_UM
@@ -315,8 +335,9 @@ def _smooth_noise(shape: tuple[int, int], scale_px: float, rng: np.random.Genera
     zoomed = ndimage.zoom(low, step, order=1, grid_mode=True, mode="nearest")
     field = zoomed[: shape[0], : shape[1]]
     if field.shape != shape:  # rounding in zoom: pad by edge values
-        field = np.pad(field, [(0, shape[0] - field.shape[0]), (0, shape[1] - field.shape[1])],
-                       mode="edge")
+        field = np.pad(
+            field, [(0, shape[0] - field.shape[0]), (0, shape[1] - field.shape[1])], mode="edge"
+        )
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
@@ -345,7 +366,7 @@ def _draw_instance(
 ) -> bool:
     """Rasterise one FTU: an ellipse with a wavy border, clipped to the image and free pixels."""
     a, b = radius * math.sqrt(stretch), radius / math.sqrt(stretch)
-    extent = int(math.ceil(a * (1 + 2 * irregularity))) + 1
+    extent = math.ceil(a * (1 + 2 * irregularity)) + 1
     cy, cx = centre
     y0, y1 = max(cy - extent, 0), min(cy + extent + 1, labels.shape[0])
     x0, x1 = max(cx - extent, 0), min(cx + extent + 1, labels.shape[1])
@@ -368,13 +389,15 @@ def _draw_instance(
     return True
 
 
-def _nuclei_map(density: np.ndarray, px: float, radius_um: float, rng: np.random.Generator) -> np.ndarray:
+def _nuclei_map(
+    density: np.ndarray, px: float, radius_um: float, rng: np.random.Generator
+) -> np.ndarray:
     """Haematoxylin concentration of nuclei scattered with ``density`` per 100 um^2."""
     expected = density * (px * px / 100.0)
     peak = float(expected.max())
     if peak <= 0:
         return np.zeros(density.shape, np.float32)
-    # Thinning of a homogeneous Poisson process gives the inhomogeneous one without a per-pixel draw.
+    # Thinning a homogeneous Poisson process gives the inhomogeneous one without per-pixel draws.
     count = rng.poisson(peak * density.size)
     flat = rng.integers(0, density.size, size=count)
     keep = rng.random(count) * peak < expected.ravel()[flat]
@@ -402,9 +425,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--domain", choices=list(DOMAINS), default="hpa")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tissue-fraction", type=float, default=0.85)
-    parser.add_argument("--from-annotations", type=Path, metavar="CSV",
-                        help="render phantoms on the real FTU masks of a train.csv instead")
-    parser.add_argument("--limit", type=int, default=None, help="with --from-annotations: first N rows")
+    parser.add_argument(
+        "--from-annotations",
+        type=Path,
+        metavar="CSV",
+        help="render phantoms on the real FTU masks of a train.csv instead",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="with --from-annotations: first N rows"
+    )
     parser.add_argument("--overlay", action="store_true", help="also write overlays/<id>.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -415,23 +444,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame = read_catalog(args.from_annotations, check_images=False)
         for row in frame.head(args.limit).itertuples():
             mask = rle.decode(row.rle, (row.img_height, row.img_width))
-            params = _domain_params(row.organ, args.domain, {"pixel_size_um": float(row.pixel_size)})
+            params = _domain_params(
+                row.organ, args.domain, {"pixel_size_um": float(row.pixel_size)}
+            )
             rng = np.random.default_rng([args.seed, ORGANS.index(row.organ)])
             image = render_phantom(mask, row.organ, rng=rng, **params)
-            meta = {"organ": row.organ, "data_source": DATA_SOURCE[args.domain], **params,
-                    "age": row.age, "sex": row.sex}
+            meta = {
+                "organ": row.organ,
+                "data_source": DATA_SOURCE[args.domain],
+                **params,
+                "age": row.age,
+                "sex": row.sex,
+            }
             jobs.append((f"{row.id}", meta, image, mask))
     for organ in [] if args.from_annotations else args.organs:
         for index in range(args.per_organ):
             seed = args.seed + index
-            image, mask, meta = make_phantom(organ, args.domain, args.size, seed,
-                                             tissue_fraction=args.tissue_fraction)
+            image, mask, meta = make_phantom(
+                organ, args.domain, args.size, seed, tissue_fraction=args.tissue_fraction
+            )
             jobs.append((f"{organ}_{args.domain}_{seed}", meta, image, mask))
     for image_id, meta, image, mask in jobs:
         row = {
-            "id": image_id, "organ": meta["organ"], "data_source": meta["data_source"],
-            "pixel_size": meta["pixel_size_um"], "tissue_thickness": meta["thickness_um"],
-            "rle": rle.encode(mask), "age": meta.get("age", ""), "sex": meta.get("sex", ""),
+            "id": image_id,
+            "organ": meta["organ"],
+            "data_source": meta["data_source"],
+            "pixel_size": meta["pixel_size_um"],
+            "tissue_thickness": meta["thickness_um"],
+            "rle": rle.encode(mask),
+            "age": meta.get("age", ""),
+            "sex": meta.get("sex", ""),
             "synthetic": "phantom",
             "stain_vectors": json.dumps(np.round(meta["stain_vectors"], 4).tolist()),
         }
@@ -439,8 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.overlay:
             _write_png(args.out / "overlays" / f"{image_id}.png", overlay(image, mask))
         written.append(image_id)
-        log.info("wrote %s (%s, %dx%d, %d FTU pixels)", image_id, meta["organ"], *mask.shape,
-                 int(mask.sum()))
+        log.info(
+            "wrote %s (%s, %dx%d, %d FTU pixels)",
+            image_id,
+            meta["organ"],
+            *mask.shape,
+            int(mask.sum()),
+        )
     log.info("dataset folder: %s (%d images)", args.out, len(written))
     return 0
 

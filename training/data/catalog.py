@@ -185,12 +185,16 @@ def _validate(frame: pd.DataFrame, csv_path: Path, *, partial: bool = False) -> 
         for column in _INT_COLUMNS:
             value = _as_number(row[column], int)
             if value is None or value <= 0:
-                raise CatalogError(f"{where}column '{column}': {row[column]!r} is not a positive integer")
+                raise CatalogError(
+                    f"{where}column '{column}': {row[column]!r} is not a positive integer"
+                )
         for column in _FLOAT_COLUMNS:
             if column in frame.columns and row[column] != "":
                 value = _as_number(row[column], float)
                 if value is None or not value > 0:
-                    raise CatalogError(f"{where}column '{column}': {row[column]!r} is not a positive number")
+                    raise CatalogError(
+                        f"{where}column '{column}': {row[column]!r} is not a positive number"
+                    )
     for column in _INT_COLUMNS:
         frame[column] = frame[column].astype(np.int64)
     duplicated = frame["id"].duplicated(keep="first")

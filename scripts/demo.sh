@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up, then generate a kidney phantom slide (pyramidal OME-TIFF), its ground truth as a
+# competition train.csv (RLE) and an overlay PNG, in runs/demo/ (or the folder given).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/demo}
+bash scripts/setup.sh
+.venv/bin/python -m training.synthetic --out "$out" --organs kidney --size 2048 --overlay
+echo "slide:        $out/train_images/kidney_hpa_0.tiff"
+echo "ground truth: $out/train.csv"
+echo "overlay:      $out/overlays/kidney_hpa_0.png"

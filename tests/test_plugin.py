@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from napari_ftu._reader import napari_get_reader
+from napari_ftu._sample_data import phantom_layers
+from training.slides import write_pyramid
+
+MANIFEST = Path(__file__).resolve().parents[1] / "napari_ftu" / "napari.yaml"
+
+
+def test_every_manifest_command_imports():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    names = [c["python_name"] for c in manifest["contributions"]["commands"]]
+    assert names
+    for name in names:
+        module, attribute = name.split(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), name
+
+
+def test_plugin_discovery_and_core_stay_light():
+    code = (
+        "import sys, training, training.slides, training.synthetic, training.data.catalog, "
+        "training.data.rle, napari_ftu._reader, napari_ftu._sample_data\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'timm', 'napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6'})\n"
+        "print(heavy)\nassert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reader_declines_what_is_not_a_slide(tmp_path):
+    assert napari_get_reader(str(tmp_path / "notes.csv")) is None
+    assert napari_get_reader([str(tmp_path / "a.tiff"), str(tmp_path / "b.zarr")]) is None
+    assert napari_get_reader(str(tmp_path / "a.SVS")) is not None
+
+
+def test_reader_layer_data_is_a_micrometre_scaled_pyramid(tmp_path):
+    path = tmp_path / "slide.tiff"
+    write_pyramid(path, np.full((700, 600, 3), 180, np.uint8), 0.5, tile=128)
+    ((data, kwargs, kind),) = napari_get_reader(str(path))(str(path))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
+    assert [d.shape for d in data][:2] == [(700, 600, 3), (350, 300, 3)]
+    assert kwargs["scale"] == (0.5, 0.5)
+    assert kwargs["metadata"]["pixel_size_um"] == 0.5
+    assert kwargs["metadata"]["path"] == str(path.resolve())
+
+
+def test_sample_data_is_a_phantom_with_ground_truth():
+    (image, image_kw, image_kind), (mask, mask_kw, mask_kind) = phantom_layers("lung", size=256)
+    assert image_kind == "image" and mask_kind == "labels"
+    assert image.shape == (256, 256, 3) and mask.shape == (256, 256)
+    assert image_kw["scale"] == mask_kw["scale"] == (0.4, 0.4)
+
+
+@pytest.mark.gui
+def test_viewer_opens_a_pyramidal_slide(make_napari_viewer, tmp_path):
+    path = tmp_path / "pyr.tiff"
+    image = np.random.default_rng(0).integers(0, 255, (1200, 900, 3), dtype=np.uint8)
+    write_pyramid(path, image, 0.4, tile=256)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-ftu")
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.multiscale and layer.rgb
+    assert tuple(layer.scale) == (0.4, 0.4)
+    assert layer.metadata["pixel_size_um"] == 0.4
+    np.testing.assert_array_equal(np.asarray(layer.data[0][10:20, 30:40]), image[10:20, 30:40])
+
+
+@pytest.mark.gui
+def test_viewer_sample_data(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ftu", "phantom_kidney")
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
