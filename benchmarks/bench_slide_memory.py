@@ -58,11 +58,19 @@ def measure(path: str, y: int, x: int) -> None:
         t2 = time.perf_counter()
         levels = [list(s) for s in slide.shapes]
     peak = peak_rss_mb()
-    print(json.dumps({
-        "levels": levels, "region_mean": float(region.mean()),
-        "open_ms": (t1 - t0) * 1e3, "read_ms": (t2 - t1) * 1e3,
-        "rss_start_mb": start, "rss_after_imports_mb": imported, "peak_rss_mb": peak,
-    }))
+    print(
+        json.dumps(
+            {
+                "levels": levels,
+                "region_mean": float(region.mean()),
+                "open_ms": (t1 - t0) * 1e3,
+                "read_ms": (t2 - t1) * 1e3,
+                "rss_start_mb": start,
+                "rss_after_imports_mb": imported,
+                "peak_rss_mb": peak,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -81,18 +89,30 @@ def main() -> None:
         base, _, _ = make_phantom("kidney", size=2048, seed=0)
         start = time.perf_counter()
         write_pyramid(path, PeriodicSource(base, args.side), 0.4, compression_level=1)
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
-              f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
     y = x = args.side // 2 - 512
-    result = subprocess.run([sys.executable, __file__, "--measure", str(path), str(y), str(x)],
-                            check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, __file__, "--measure", str(path), str(y), str(x)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     figures = json.loads(result.stdout)
-    print(f"slide {args.side}x{args.side}x3 uint8, {len(figures['levels'])} levels: "
-          f"{figures['levels']}")
-    print(f"open {figures['open_ms']:.1f} ms; read 1024x1024 at level 0 "
-          f"(y={y}, x={x}) {figures['read_ms']:.1f} ms")
-    print(f"peak RSS of the whole process {figures['peak_rss_mb']:.0f} MB "
-          f"(interpreter + imports alone: {figures['rss_after_imports_mb']:.0f} MB)")
+    print(
+        f"slide {args.side}x{args.side}x3 uint8, {len(figures['levels'])} levels: "
+        f"{figures['levels']}"
+    )
+    print(
+        f"open {figures['open_ms']:.1f} ms; read 1024x1024 at level 0 "
+        f"(y={y}, x={x}) {figures['read_ms']:.1f} ms"
+    )
+    print(
+        f"peak RSS of the whole process {figures['peak_rss_mb']:.0f} MB "
+        f"(interpreter + imports alone: {figures['rss_after_imports_mb']:.0f} MB)"
+    )
 
 
 if __name__ == "__main__":
