@@ -79,6 +79,17 @@ class Slide:
         ]
         self._levels: list[Any] | None = None
 
+    @classmethod
+    def from_array(
+        cls, array: np.ndarray, pixel_size_um: float | None, name: str = "array"
+    ) -> Slide:
+        """Wrap an in-memory ``(H, W)`` or ``(H, W, C)`` image as a one-level slide."""
+        array = np.asarray(array)
+        if array.ndim not in (2, 3):
+            raise ValueError(f"an image must be (H, W) or (H, W, C); got shape {array.shape}")
+        axes = "YXS" if array.ndim == 3 else "YX"
+        return cls(Path(name), [array], axes, pixel_size_um, {"format": "array", "axes": axes})
+
     @property
     def levels(self) -> list[Any]:
         """Lazy ``(H, W, C)`` arrays of every pyramid level, full resolution first."""

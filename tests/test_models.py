@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from training.models import (
+    CheckpointError,
+    build_model,
+    list_models,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from training.models.ensemble import load_ensemble
+
+SMALL = ["swin_micro_upernet", "coat_micro_daformer"]
+
+
+def test_registry_lists_full_and_small_configurations():
+    names = list_models()
+    assert {"swin_tiny_upernet", "swin_small_upernet", "coat_lite_medium_daformer"} <= set(names)
+    assert set(SMALL) <= set(names)
+    with pytest.raises(ValueError, match="unknown model 'unet'"):
+        build_model("unet")
+    with pytest.raises(TypeError, match="unknown argument"):
+        build_model("swin_micro_upernet", colour="red")
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_models_give_full_size_logits_and_aux(name):
+    model = build_model(name, input_size=128).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        logits = model(x)
+    assert logits.shape == (2, 1, 128, 128)
+    model.train()
+    main, aux = model.forward_with_aux(x)
+    assert main.shape == (2, 1, 128, 128)
+    assert len(aux) == 4 and all(a.shape == (2, 1, 128, 128) for a in aux)
+    # the encoder hands NCHW features to the decoder at strides 4..32 (Swin's are NHWC in timm)
+    features = model.encoder(x)
+    assert [f.shape[1] for f in features] == model.encoder.channels
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4]
+
+
+def test_gradients_reach_the_encoder():
+    model = build_model("swin_micro_upernet", input_size=64)
+    main, aux = model.forward_with_aux(torch.randn(1, 3, 64, 64))
+    (main.mean() + sum(a.mean() for a in aux)).backward()
+    assert model.encoder.model.patch_embed.proj.weight.grad is not None
+
+
+def test_pretrained_weights_only_from_a_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads weights"):
+        build_model("coat_micro_daformer", pretrained=tmp_path / "absent.pth")
+    donor = build_model("coat_micro_daformer")
+    path = tmp_path / "encoder.pth"
+    torch.save(donor.encoder.model.state_dict(), path)
+    model = build_model("coat_micro_daformer", pretrained=path)
+    for key, value in donor.encoder.model.state_dict().items():
+        torch.testing.assert_close(model.encoder.model.state_dict()[key], value)
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="no tensor in this file fits"):
+        build_model("coat_micro_daformer", pretrained=tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_checkpoint_round_trip(tmp_path, name):
+    model = build_model(name, input_size=96).eval()
+    path = save_checkpoint(
+        tmp_path / "m.pt", model, {"pixel_size_um": 1.6, "thresholds": {"lung": 0.3}}
+    )
+    loaded, meta = load_checkpoint(path)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert meta["pixel_size_um"] == 1.6 and meta["tile_size"] == 96
+    assert meta["thresholds"] == {"lung": 0.3}
+    assert meta["architecture"]["name"] == name
+    assert meta["mean"] and meta["std"] and meta["organs"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran from a checkpoint",))
+
+
+def test_pickle_carrying_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "napari-ftu-checkpoint", "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match="was refused: it holds Python objects"):
+        load_checkpoint(path)
+    assert "this ran" not in capsys.readouterr().out
+    with open(tmp_path / "raw.pkl", "wb") as handle:
+        pickle.dump(Payload(), handle)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "raw.pkl")
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_foreign_damaged_and_mismatched_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt")
+    bare = tmp_path / "bare.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), bare)
+    with pytest.raises(CheckpointError, match="not a napari-ftu checkpoint"):
+        load_checkpoint(bare)
+    good = save_checkpoint(tmp_path / "good.pt", build_model("swin_micro_upernet", input_size=64))
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(damaged)
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+
+    payload = read_checkpoint(good)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+    coat = save_checkpoint(tmp_path / "coat.pt", build_model("coat_micro_daformer", input_size=64))
+    payload = read_checkpoint(coat)
+    payload["state_dict"] = read_checkpoint(good)["state_dict"]  # weights of another architecture
+    torch.save(payload, tmp_path / "other_arch.pt")
+    with pytest.raises(CheckpointError, match=r"weights do not fit the architecture: .* missing"):
+        load_checkpoint(tmp_path / "other_arch.pt")
+
+    payload = read_checkpoint(good)
+    payload["architecture"]["args"]["decoder_channels"] = 32
+    torch.save(payload, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_checkpoint(tmp_path / "shape.pt")
+
+    payload = read_checkpoint(good)
+    payload["architecture"]["name"] = "mystery_net"
+    torch.save(payload, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match="unknown model 'mystery_net'"):
+        load_checkpoint(tmp_path / "unknown.pt")
+    assert zipfile.is_zipfile(good)
+
+
+def test_ensemble_manifest_with_a_lung_specialist(tmp_path):
+    save_checkpoint(tmp_path / "general.pt", build_model("swin_micro_upernet", input_size=64))
+    save_checkpoint(
+        tmp_path / "lung.pt",
+        build_model("coat_micro_daformer", input_size=64),
+        {"pixel_size_um": 0.8, "thresholds": {"lung": 0.2}},
+    )
+    manifest = {
+        "members": [
+            {"checkpoint": "general.pt"},
+            {"checkpoint": "lung.pt", "weight": 3, "organs": ["lung"]},
+        ]
+    }
+    (tmp_path / "ens.json").write_text(json.dumps(manifest))
+    (tmp_path / "ens.yaml").write_text(
+        "members:\n  - checkpoint: general.pt\n  - checkpoint: lung.pt\n    weight: 3\n"
+        "    organs: [lung]\n"
+    )
+    for name in ("ens.json", "ens.yaml"):
+        ensemble = load_ensemble(tmp_path / name)
+        assert [m.name for m in ensemble.for_organ("lung")] == ["general.pt", "lung.pt"]
+        assert [m.name for m in ensemble.for_organ("kidney")] == ["general.pt"]
+        assert ensemble.threshold("lung") == pytest.approx((0.5 + 3 * 0.2) / 4)
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"members": [{"checkpoint": "lung.pt", "organs": ["liver"]}]})
+    )
+    with pytest.raises(ValueError, match=r"member 1: unknown organ\(s\) \['liver'\]"):
+        load_ensemble(tmp_path / "bad.json")
+    (tmp_path / "empty.yaml").write_text("members: []\n")
+    with pytest.raises(ValueError, match="non-empty 'members'"):
+        load_ensemble(tmp_path / "empty.yaml")
+    only_lung = {"members": [{"checkpoint": "lung.pt", "organs": ["lung"]}]}
+    (tmp_path / "lung_only.json").write_text(json.dumps(only_lung))
+    with pytest.raises(ValueError, match="no ensemble member applies to organ 'kidney'"):
+        load_ensemble(tmp_path / "lung_only.json").for_organ("kidney")

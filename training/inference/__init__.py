@@ -1,0 +1,13 @@
+"""Tiled, streaming inference over slides of any size (Qt-free)."""
+
+from training.inference.engine import Progress, SegmentationResult, run, segment
+from training.inference.postprocess import probability_to_labels, resize_labels
+
+__all__ = [
+    "Progress",
+    "SegmentationResult",
+    "probability_to_labels",
+    "resize_labels",
+    "run",
+    "segment",
+]

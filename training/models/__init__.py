@@ -1,0 +1,22 @@
+"""Segmentation models (timm encoders + UPerNet/DAFormer), checkpoints and ensembles.
+
+torch and timm are imported when this package is imported, never at plugin discovery: the
+plugin imports it inside functions.
+"""
+
+from training.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from training.models.registry import build_model, list_models
+
+__all__ = [
+    "CheckpointError",
+    "build_model",
+    "list_models",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,158 @@
+"""One self-describing checkpoint file: weights plus everything needed to use them.
+
+Loading never executes code from the file: ``torch.load(weights_only=True)`` only rebuilds
+tensors and plain containers, and the model is rebuilt from the registry by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.data.catalog import ORGANS
+from training.models.registry import build_model
+
+FORMAT = "napari-ftu-checkpoint"
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+def default_meta(model: nn.Module) -> dict[str, Any]:
+    """The metadata a checkpoint gets when the caller gives none."""
+    config = getattr(model, "config", {})
+    return {
+        "pixel_size_um": 0.4,
+        "tile_size": int(config.get("input_size", 256)),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "thresholds": dict.fromkeys(ORGANS, 0.5),
+        "organs": list(ORGANS),
+        "training": {},
+    }
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` (built by ``build_model``) and its metadata atomically to ``path``."""
+    config = getattr(model, "config", None)
+    if not config or "name" not in config:
+        raise CheckpointError(
+            "the model has no registry configuration; build it with build_model()"
+        )
+    full_meta = default_meta(model)
+    full_meta.update(copy.deepcopy(meta or {}))
+    _check_meta(full_meta, "meta")
+    arch_args = {k: v for k, v in config.items() if k not in ("name",)}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": {"name": config["name"], "args": arch_args},
+        "meta": full_meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint's payload (weights as tensors) without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path.name} was refused: it holds Python objects other than weights and plain data "
+            f"(napari-ftu never runs code from a checkpoint). Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path.name} is not a readable checkpoint (damaged or another format): {exc}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path.name} is not a napari-ftu checkpoint (a bare state dict or another tool's "
+            "file); save models with training.models.save_checkpoint"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} has checkpoint format version {version!r}; this napari-ftu reads up to "
+            f"{FORMAT_VERSION}: update napari-ftu"
+        )
+    for key in ("architecture", "meta", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{path.name} is damaged: its '{key}' entry is missing")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a checkpoint's model and load its weights; return ``(model in eval mode, meta)``."""
+    payload = read_checkpoint(path)
+    name = Path(path).name
+    architecture = payload["architecture"]
+    try:
+        model = build_model(architecture.get("name", ""), **architecture.get("args", {}))
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        raise CheckpointError(f"{name}: architecture cannot be built here: {exc}") from None
+    _load_state(model, payload["state_dict"], name)
+    meta = default_meta(model)
+    meta.update(payload["meta"])
+    meta["architecture"] = architecture
+    return model.to(device).eval(), meta
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], name: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise CheckpointError(
+            f"{name}: the weights do not fit the architecture: {'; '.join(parts)}"
+        )
+    model.load_state_dict(state)
+
+
+def _check_meta(meta: dict[str, Any], where: str) -> None:
+    if not meta["pixel_size_um"] or float(meta["pixel_size_um"]) <= 0:
+        raise CheckpointError(f"{where}: pixel_size_um must be positive")
+    if int(meta["tile_size"]) % 32:
+        raise CheckpointError(f"{where}: tile_size must be a multiple of 32")
+    unknown = set(meta.get("organs", [])) - set(ORGANS)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown organ(s) {sorted(unknown)}")
