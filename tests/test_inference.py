@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from training.inference import Progress, probability_to_labels, resize_labels, run, segment
+from training.models import build_model, save_checkpoint
+from training.models.ensemble import Member
+from training.slides import open_slide, write_pyramid
+from training.synthetic import make_phantom
+
+
+def member(
+    model: nn.Module, pixel_size: float = 0.4, tile: int = 64, weight: float = 1.0, name: str = "m"
+) -> Member:
+    meta = {
+        "pixel_size_um": pixel_size,
+        "tile_size": tile,
+        "mean": [0, 0, 0],
+        "std": [1 / 255] * 3,
+        "thresholds": {"kidney": 0.5},
+    }
+    return Member(model, meta, weight, name=name)
+
+
+class Constant(nn.Module):
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], self.logit)
+
+
+class Pointwise(nn.Module):
+    """logit = (red - green) / 32: each output pixel sees only its own input pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, :1] - x[:, 1:2]) / 32
+
+
+class Blur(nn.Module):
+    """A 5x5 box filter with zero padding: a receptive field that crosses tile borders."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel = (x[:, :1] - 128) / 32
+        return F.avg_pool2d(channel, 5, stride=1, padding=2, count_include_pad=True)
+
+
+class Ramp(nn.Module):
+    """logit rises from left to right across the tile: not flip invariant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-3, 3, x.shape[-1], device=x.device)
+        return ramp.expand(x.shape[0], 1, x.shape[2], x.shape[3])
+
+
+@pytest.fixture(scope="module")
+def texture() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    field = ndimage.gaussian_filter(rng.random((400, 360, 3)), (3, 3, 0))
+    field = (field - field.min()) / (field.max() - field.min())
+    return (field * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("overlap", "shape"), [(0.0, (256, 192)), (0.25, (301, 223)), (0.5, (64, 64)), (0.5, (40, 90))]
+)
+def test_blending_a_constant_model_is_constant(overlap, shape):
+    image = np.full((*shape, 3), 100, np.uint8)
+    result = run(
+        image,
+        member(Constant(0.7)),
+        "kidney",
+        pixel_size_um=0.4,
+        overlap=overlap,
+        detect_tissue=False,
+    )
+    assert result.probability.shape == shape
+    np.testing.assert_allclose(result.probability, 1 / (1 + math.exp(-0.7)), atol=1e-5)
+
+
+def test_shifted_input_gives_shifted_output(texture):
+    shift = (13, 21)
+    a, b = texture[:300, :260], texture[shift[0] : 300 + shift[0], shift[1] : 260 + shift[1]]
+    for model, tolerance in ((Pointwise(), 1e-5), (Blur(), 0.02)):
+        pa = run(a, member(model), "kidney", pixel_size_um=0.4, overlap=0.5, detect_tissue=False)
+        pb = run(b, member(model), "kidney", pixel_size_um=0.4, overlap=0.5, detect_tissue=False)
+        inner = (slice(shift[0] + 8, 300 - 8), slice(shift[1] + 8, 260 - 8))
+        moved = (slice(8, 300 - 8 - shift[0]), slice(8, 260 - 8 - shift[1]))
+        difference = np.abs(pa.probability[inner] - pb.probability[moved])
+        assert difference.max() < tolerance, type(model).__name__
+
+
+def test_pointwise_model_matches_direct_evaluation(texture):
+    result = run(texture, member(Pointwise()), "kidney", pixel_size_um=0.4, detect_tissue=False)
+    direct = 1 / (1 + np.exp(-(texture[..., 0].astype(float) - texture[..., 1]) / 32))
+    np.testing.assert_allclose(result.probability, direct, atol=1e-5)
+
+
+def test_background_tiles_are_skipped_and_progress_is_reported():
+    image, _, _ = make_phantom("kidney", size=1024, seed=1, tissue_fraction=0.4)
+    events: list[Progress] = []
+    result = run(
+        image,
+        member(Constant(2.0), tile=128),
+        "kidney",
+        pixel_size_um=0.4,
+        on_progress=events.append,
+    )
+    assert result.tiles_skipped > 0 and result.tiles_run > 0
+    assert events[0].done == 0 and events[-1].done == events[-1].total == result.tiles_run
+    assert all(b.done >= a.done for a, b in itertools.pairwise(events))
+    glass = ndimage.uniform_filter(image.mean(axis=-1), 9) > 234  # smoothed: sensor noise
+    # a kept tile reaches at most its diagonal (181 px) from tissue, plus the thumbnail's margin
+    far_from_tissue = ndimage.distance_transform_edt(glass) > 190
+    assert far_from_tissue.any()
+    assert (result.probability[far_from_tissue] == 0).all()
+    tissue = ndimage.binary_erosion(~glass, iterations=40)
+    assert np.allclose(result.probability[tissue], 1 / (1 + math.exp(-2.0)), atol=1e-5)
+
+
+def test_ensemble_members_at_other_scales_and_tile_sizes():
+    image = np.full((256, 256, 3), 120, np.uint8)
+    members = [
+        member(Constant(1.0), pixel_size=0.8, tile=64, weight=1, name="fine"),
+        member(Constant(-1.0), pixel_size=1.6, tile=32, weight=3, name="coarse"),
+    ]
+    result = run(image, members, "kidney", pixel_size_um=0.4, detect_tissue=False)
+    assert result.pixel_size_um == 0.8 and result.downsample == 2.0
+    assert result.probability.shape == (128, 128)
+    expected = (1 / (1 + math.exp(-1.0)) + 3 / (1 + math.exp(1.0))) / 4
+    np.testing.assert_allclose(result.probability, expected, atol=1e-5)
+
+
+def test_tta_averages_flips():
+    image = np.full((64, 64, 3), 50, np.uint8)
+    plain = run(image, member(Ramp()), "kidney", pixel_size_um=0.4, detect_tissue=False)
+    assert plain.probability[0, 0] < 0.1 and plain.probability[0, -1] > 0.9
+    for tta in (4, 8):
+        averaged = run(
+            image, member(Ramp()), "kidney", pixel_size_um=0.4, tta=tta, detect_tissue=False
+        )
+        np.testing.assert_allclose(averaged.probability, averaged.probability[:, ::-1], atol=1e-6)
+        np.testing.assert_allclose(averaged.probability, 0.5, atol=1e-5)
+    for tta in (4, 8):  # an equivariant model is unchanged by TTA
+        pointwise = run(
+            image, member(Pointwise()), "kidney", pixel_size_um=0.4, tta=tta, detect_tissue=False
+        )
+        np.testing.assert_allclose(pointwise.probability, 1 / (1 + math.exp(0)), atol=1e-6)
+
+
+def test_stain_normaliser_is_applied_to_tiles():
+    class Invert:
+        def transform(self, rgb: np.ndarray) -> np.ndarray:
+            return 255 - rgb
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0] = 200
+    plain = run(image, member(Pointwise()), "kidney", pixel_size_um=0.4, detect_tissue=False)
+    inverted = run(
+        image, member(Pointwise()), "kidney", pixel_size_um=0.4, stain=Invert(), detect_tissue=False
+    )
+    assert plain.probability.mean() > 0.99 and inverted.probability.mean() < 0.01
+
+
+def test_reads_slides_at_the_model_scale(tmp_path, texture):
+    path = tmp_path / "slide.tiff"
+    write_pyramid(path, texture, 0.4, tile=64)
+    result = run(path, member(Pointwise(), pixel_size=0.8), "kidney", detect_tissue=False)
+    assert result.probability.shape == (200, 180) and result.downsample == 2.0
+    with open_slide(path) as slide:
+        half = slide.read_region_at(0.8, 0, 0, 200, 180).astype(float)
+    direct = 1 / (1 + np.exp(-(half[..., 0] - half[..., 1]) / 32))
+    np.testing.assert_allclose(result.probability, direct, atol=1e-5)
+
+
+def test_large_output_goes_to_disk_and_cancel_leaves_nothing(tmp_path, texture):
+    workdir = tmp_path / "run"
+    generator = segment(
+        texture,
+        member(Pointwise()),
+        "kidney",
+        pixel_size_um=0.4,
+        detect_tissue=False,
+        memory_limit_mb=0.1,
+        workdir=workdir,
+    )
+    next(generator)
+    next(generator)
+    assert any(p.name.startswith(".partial-") for p in workdir.iterdir())
+    generator.close()
+    assert list(workdir.iterdir()) == []
+
+    result = run(
+        texture,
+        member(Pointwise()),
+        "kidney",
+        pixel_size_um=0.4,
+        detect_tissue=False,
+        memory_limit_mb=0.1,
+        workdir=workdir,
+    )
+    assert result.path == workdir / "probability.zarr"
+    in_memory = run(texture, member(Pointwise()), "kidney", pixel_size_um=0.4, detect_tissue=False)
+    np.testing.assert_allclose(np.asarray(result.probability[:]), in_memory.probability, atol=1e-6)
+    with pytest.raises(FileExistsError, match="does not overwrite"):
+        run(
+            texture,
+            member(Pointwise()),
+            "kidney",
+            pixel_size_um=0.4,
+            detect_tissue=False,
+            memory_limit_mb=0.1,
+            workdir=workdir,
+        )
+
+
+def test_real_model_from_a_checkpoint(tmp_path):
+    model = build_model("coat_micro_daformer", input_size=64)
+    path = save_checkpoint(tmp_path / "m.pt", model, {"pixel_size_um": 0.8})
+    image, _, _ = make_phantom("lung", size=256, seed=0)
+    result = run(image, path, "lung", pixel_size_um=0.4, batch_size=3, tta=4)
+    assert result.probability.shape == (128, 128)
+    assert result.probability.min() >= 0 and result.probability.max() <= 1
+    assert result.threshold == 0.5 and result.meta["members"] == ["m.pt"]
+
+
+def test_bad_arguments():
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="pixel size is unknown"):
+        run(image, member(Constant(0)), "kidney")
+    with pytest.raises(ValueError, match="tta must be one of"):
+        run(image, member(Constant(0)), "kidney", pixel_size_um=0.4, tta=3)
+    with pytest.raises(ValueError, match="overlap must be in"):
+        run(image, member(Constant(0)), "kidney", pixel_size_um=0.4, overlap=1.0)
+
+
+def test_postprocessing():
+    probability = np.zeros((60, 80), np.float32)
+    probability[5:25, 5:25] = 0.9
+    probability[12:16, 12:16] = 0.1  # a hole
+    probability[40:43, 60:63] = 0.8  # a speck
+    labels = probability_to_labels(probability, 0.5, min_area_px=20)
+    assert labels.max() == 1 and (labels[12:16, 12:16] == 1).all() and labels[41, 61] == 0
+    labels = probability_to_labels(probability, 0.5, fill_holes=False)
+    assert labels.max() == 2 and labels[13, 13] == 0
+    big = resize_labels(labels, (120, 160))
+    assert big.shape == (120, 160) and big[20, 20] == labels[10, 10]
+    with pytest.raises(ValueError, match="threshold must be in"):
+        probability_to_labels(probability, 1.5)
