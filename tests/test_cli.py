@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_ftu.cli import main
+from training.data.catalog import read_catalog
+from training.data.rle import decode
+from training.models import build_model, save_checkpoint
+from training.slides import open_slide, write_pyramid
+from training.synthetic import make_phantom
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = build_model("swin_micro_upernet", input_size=64)
+    save_checkpoint(root / "model.pt", model, {"pixel_size_um": 1.6})
+    slides = []
+    for seed, size in ((0, 320), (1, 256)):
+        image, _, _ = make_phantom("kidney", size=size, seed=seed)
+        slides.append(write_pyramid(root / f"slide{seed}.tiff", image, 0.4, tile=128))
+    return root, slides
+
+
+def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
+    root, slides = workspace
+    out = tmp_path / "out"
+    args = [
+        "segment",
+        *map(str, slides),
+        "--organ",
+        "kidney",
+        "--model",
+        str(root / "model.pt"),
+        "--out",
+        str(out),
+        "--threshold",
+        "0",
+        "--labels-tiff",
+        "--geojson",
+        "--quiet",
+        "--no-tissue-detection",
+    ]
+    assert main(args) == 0
+    frame = read_catalog(out)
+    assert list(frame["id"]) == ["slide0", "slide1"]
+    row = frame.iloc[0]
+    assert (row["img_height"], row["img_width"]) == (320, 320) and row["pixel_size"] == 0.4
+    mask = decode(row["rle"], (320, 320))
+    assert mask.all()  # threshold 0 keeps every pixel
+    with open_slide(out / "slide0.labels.tiff") as labels:
+        assert labels.shape[:2] == (80, 80) and labels.pixel_size_um == pytest.approx(1.6)
+    geojson = json.loads((out / "slide0.geojson").read_text())
+    assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == 1
+    ring = np.array(geojson["features"][0]["geometry"]["coordinates"][0])
+    assert ring[0].tolist() == ring[-1].tolist()
+    assert ring[:, 0].min() <= 4 and ring[:, 0].max() >= 316  # level-0 pixel coordinates (x, y)
+    assert geojson["features"][0]["properties"]["classification"]["name"] == "glomerulus"
+
+    # results are never overwritten: a second run refuses, and train.csv keeps its rows
+    assert main(args) == 2
+    assert list(read_catalog(out)["id"]) == ["slide0", "slide1"]
+
+
+def test_segment_empty_mask(workspace, tmp_path):
+    root, slides = workspace
+    assert (
+        main(
+            [
+                "segment",
+                str(slides[1]),
+                "--organ",
+                "kidney",
+                "--model",
+                str(root / "model.pt"),
+                "--out",
+                str(tmp_path),
+                "--threshold",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert read_catalog(tmp_path).loc[0, "rle"] == ""
+
+
+def test_segment_bad_input_exits_non_zero(workspace, tmp_path, capsys):
+    root, slides = workspace
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "absent.tiff"),
+                "--organ",
+                "kidney",
+                "--model",
+                str(root / "model.pt"),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "absent.tiff: no such file" in capsys.readouterr().err
+    (tmp_path / "broken.pt").write_text("nope")
+    assert (
+        main(
+            [
+                "segment",
+                str(slides[0]),
+                "--organ",
+                "kidney",
+                "--model",
+                str(tmp_path / "broken.pt"),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["segment", str(slides[0]), "--organ", "liver", "--model", "m.pt", "--out", "x"])
+
+
+@pytest.mark.slow
+def test_torchrun_shares_slides_and_rank_zero_merges(workspace, tmp_path):
+    root, slides = workspace
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "napari_ftu.cli",
+        "segment",
+        *map(str, slides),
+        "--organ",
+        "kidney",
+        "--model",
+        str(root / "model.pt"),
+        "--out",
+        str(tmp_path),
+        "--threshold",
+        "0",
+        "--quiet",
+        "--geojson",
+    ]
+    subprocess.run(command, check=True, env=env, timeout=300, capture_output=True)
+    frame = read_catalog(tmp_path)
+    assert sorted(frame["id"]) == ["slide0", "slide1"]
+    assert (tmp_path / "slide0.geojson").is_file() and (tmp_path / "slide1.geojson").is_file()

@@ -1,0 +1,95 @@
+"""Writing a segmentation: a train.csv row (RLE at level 0), label TIFF, QuPath GeoJSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from training.data import rle
+from training.inference.engine import SegmentationResult
+from training.inference.postprocess import resize_labels
+
+FTU_NAMES = {
+    "kidney": "glomerulus",
+    "largeintestine": "crypt",
+    "spleen": "white pulp",
+    "lung": "alveolus",
+    "prostate": "gland",
+}
+
+
+def result_row(
+    image_id: str,
+    result: SegmentationResult,
+    labels: np.ndarray,
+    slide_pixel_size_um: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``train.csv`` row for a slide: the mask as RLE at the slide's level-0 size."""
+    height, width = result.slide_shape
+    level0 = resize_labels(labels, (height, width)) if labels.shape != (height, width) else labels
+    return {
+        "id": image_id,
+        "organ": result.organ,
+        "data_source": "",
+        "img_height": height,
+        "img_width": width,
+        "pixel_size": slide_pixel_size_um,
+        "tissue_thickness": "",
+        "rle": rle.encode(level0),
+        "age": "",
+        "sex": "",
+        **(extra or {}),
+    }
+
+
+def labels_to_geojson(labels: np.ndarray, downsample: float, organ: str) -> dict[str, Any]:
+    """QuPath-compatible FeatureCollection of FTU outlines in level-0 pixel coordinates (x, y)."""
+    from skimage import measure
+
+    features = []
+    name = FTU_NAMES.get(organ, "FTU")
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        crop = np.pad(labels[box] == index, 1)
+        contours = measure.find_contours(crop.astype(np.float32), 0.5)
+        if not contours:
+            continue
+        outline = max(contours, key=len)
+        ys = (outline[:, 0] - 1 + box[0].start + 0.5) * downsample
+        xs = (outline[:, 1] - 1 + box[1].start + 0.5) * downsample
+        ring = np.round(np.stack([xs, ys], axis=1), 2).tolist()
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"{organ}-{index}",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"{name} {index}",
+                    "classification": {"name": name, "color": [0, 200, 0]},
+                    "area_px_level0": float((labels == index).sum() * downsample**2),
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically; refuse to replace an existing file."""
+    if path.exists():
+        raise FileExistsError(f"{path} exists; napari-ftu does not overwrite results")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle)
+    os.replace(tmp, path)
