@@ -253,9 +253,7 @@ def _run_member(
     numerator = np.zeros((tile_w, out_w), np.float32)
     weights = np.zeros((tile_w, out_w), np.float32)
     band_y0 = 0
-    model = member.model.to(device).eval()
-    if device.type == "cpu" or device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = member.model.to(device, memory_format=torch.channels_last).eval()
     mean = torch.tensor(member.meta["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(member.meta["std"], device=device).view(1, 3, 1, 1) * 255
     for row_index, (y, xs) in enumerate(plan.rows):
