@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.atomic import atomic_path
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -285,10 +286,7 @@ def write_pyramid(
         )
         resolution = (1e4 / pixel_size_um, 1e4 / pixel_size_um)
     compressionargs = {"level": compression_level} if compression and compression_level else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.tiff", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.tiff") as tmp:
         big = image.size * image.dtype.itemsize > 2**31
         with tifffile.TiffWriter(tmp, bigtiff=big, ome=True) as tif:
             for index, level in enumerate(levels):
@@ -311,10 +309,6 @@ def write_pyramid(
                 else:
                     options.update(subfiletype=1, metadata=None)
                 tif.write(_tiles(level, tile), **options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

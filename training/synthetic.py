@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from training.atomic import atomic_path
 from training.data.catalog import ORGANS
 
 __all__ = [
@@ -495,10 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ import csv
 import datetime as dt
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from training.atomic import atomic_path
 from training.data import rle as rle_codec
 
 __all__ = [
@@ -245,17 +245,10 @@ def _check_image_size(path: Path, row: pd.Series, where: str) -> None:
 
 
 def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False, quoting=csv.QUOTE_MINIMAL)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        frame.to_csv(handle, index=False, quoting=csv.QUOTE_MINIMAL)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _append_backup(path: Path, rows: pd.DataFrame) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from training.atomic import atomic_path
 from training.data import rle
 from training.inference.engine import SegmentationResult
 from training.inference.postprocess import resize_labels
@@ -88,8 +87,5 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically; refuse to replace an existing file."""
     if path.exists():
         raise FileExistsError(f"{path} exists; napari-ftu does not overwrite results")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(payload, handle)
-    os.replace(tmp, path)
