@@ -116,7 +116,8 @@ def segment(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
     slide = _as_slide(source, pixel_size_um)
-    members = _as_ensemble(models, device).for_organ(organ)
+    ensemble = _as_ensemble(models, device)
+    members = ensemble.for_organ(organ)
     device = torch.device(device)
     total_weight = sum(m.weight for m in members)
     height, width = slide.shape[:2]
@@ -170,14 +171,13 @@ def segment(
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
         raise
-    thresholds = sum(m.weight * float(m.meta["thresholds"].get(organ, 0.5)) for m in members)
     result = SegmentationResult(
         probability=output,
         pixel_size_um=working_px,
         downsample=1 / to_working,
         slide_shape=(height, width),
         organ=organ,
-        threshold=thresholds / total_weight,
+        threshold=ensemble.threshold(organ),
         tiles_run=total,
         tiles_skipped=skipped,
         path=path,
