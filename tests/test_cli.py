@@ -16,6 +16,22 @@ from training.slides import open_slide, write_pyramid
 from training.synthetic import make_phantom
 
 
+def segment_args(slides, model, out, *options: str) -> list[str]:
+    """Arguments of a quiet kidney ``napari-ftu segment`` run, with ``options`` added."""
+    return [
+        "segment",
+        *map(str, slides),
+        "--organ",
+        "kidney",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--quiet",
+        *options,
+    ]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
@@ -31,22 +47,16 @@ def workspace(tmp_path_factory):
 def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
     root, slides = workspace
     out = tmp_path / "out"
-    args = [
-        "segment",
-        *map(str, slides),
-        "--organ",
-        "kidney",
-        "--model",
-        str(root / "model.pt"),
-        "--out",
-        str(out),
+    args = segment_args(
+        slides,
+        root / "model.pt",
+        out,
         "--threshold",
         "0",
         "--labels-tiff",
         "--geojson",
-        "--quiet",
         "--no-tissue-detection",
-    ]
+    )
     assert main(args) == 0
     frame = read_catalog(out)
     assert list(frame["id"]) == ["slide0", "slide1"]
@@ -70,63 +80,16 @@ def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
 
 def test_segment_empty_mask(workspace, tmp_path):
     root, slides = workspace
-    assert (
-        main(
-            [
-                "segment",
-                str(slides[1]),
-                "--organ",
-                "kidney",
-                "--model",
-                str(root / "model.pt"),
-                "--out",
-                str(tmp_path),
-                "--threshold",
-                "1",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(segment_args(slides[1:], root / "model.pt", tmp_path, "--threshold", "1")) == 0
     assert read_catalog(tmp_path).loc[0, "rle"] == ""
 
 
 def test_segment_bad_input_exits_non_zero(workspace, tmp_path, capsys):
     root, slides = workspace
-    assert (
-        main(
-            [
-                "segment",
-                str(tmp_path / "absent.tiff"),
-                "--organ",
-                "kidney",
-                "--model",
-                str(root / "model.pt"),
-                "--out",
-                str(tmp_path),
-                "--quiet",
-            ]
-        )
-        == 2
-    )
+    assert main(segment_args([tmp_path / "absent.tiff"], root / "model.pt", tmp_path)) == 2
     assert "absent.tiff: no such file" in capsys.readouterr().err
     (tmp_path / "broken.pt").write_text("nope")
-    assert (
-        main(
-            [
-                "segment",
-                str(slides[0]),
-                "--organ",
-                "kidney",
-                "--model",
-                str(tmp_path / "broken.pt"),
-                "--out",
-                str(tmp_path),
-                "--quiet",
-            ]
-        )
-        == 2
-    )
+    assert main(segment_args(slides[:1], tmp_path / "broken.pt", tmp_path)) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["segment", str(slides[0]), "--organ", "liver", "--model", "m.pt", "--out", "x"])
@@ -136,7 +99,7 @@ def test_segment_bad_input_exits_non_zero(workspace, tmp_path, capsys):
 def test_torchrun_shares_slides_and_rank_zero_merges(workspace, tmp_path):
     root, slides = workspace
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
+    launcher = [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -144,19 +107,10 @@ def test_torchrun_shares_slides_and_rank_zero_merges(workspace, tmp_path):
         "--nproc_per_node=2",
         "-m",
         "napari_ftu.cli",
-        "segment",
-        *map(str, slides),
-        "--organ",
-        "kidney",
-        "--model",
-        str(root / "model.pt"),
-        "--out",
-        str(tmp_path),
-        "--threshold",
-        "0",
-        "--quiet",
-        "--geojson",
     ]
+    command = launcher + segment_args(
+        slides, root / "model.pt", tmp_path, "--threshold", "0", "--geojson"
+    )
     subprocess.run(command, check=True, env=env, timeout=300, capture_output=True)
     frame = read_catalog(tmp_path)
     assert sorted(frame["id"]) == ["slide0", "slide1"]

@@ -184,43 +184,25 @@ def test_reads_slides_at_the_model_scale(tmp_path, texture):
 
 def test_large_output_goes_to_disk_and_cancel_leaves_nothing(tmp_path, texture):
     workdir = tmp_path / "run"
-    generator = segment(
-        texture,
-        member(Pointwise()),
-        "kidney",
-        pixel_size_um=0.4,
-        detect_tissue=False,
-        memory_limit_mb=0.1,
-        workdir=workdir,
-    )
+    on_disk = {
+        "pixel_size_um": 0.4,
+        "detect_tissue": False,
+        "memory_limit_mb": 0.1,
+        "workdir": workdir,
+    }
+    generator = segment(texture, member(Pointwise()), "kidney", **on_disk)
     next(generator)
     next(generator)
     assert any(p.name.startswith(".partial-") for p in workdir.iterdir())
     generator.close()
     assert list(workdir.iterdir()) == []
 
-    result = run(
-        texture,
-        member(Pointwise()),
-        "kidney",
-        pixel_size_um=0.4,
-        detect_tissue=False,
-        memory_limit_mb=0.1,
-        workdir=workdir,
-    )
+    result = run(texture, member(Pointwise()), "kidney", **on_disk)
     assert result.path == workdir / "probability.zarr"
     in_memory = run(texture, member(Pointwise()), "kidney", pixel_size_um=0.4, detect_tissue=False)
     np.testing.assert_allclose(np.asarray(result.probability[:]), in_memory.probability, atol=1e-6)
     with pytest.raises(FileExistsError, match="does not overwrite"):
-        run(
-            texture,
-            member(Pointwise()),
-            "kidney",
-            pixel_size_um=0.4,
-            detect_tissue=False,
-            memory_limit_mb=0.1,
-            workdir=workdir,
-        )
+        run(texture, member(Pointwise()), "kidney", **on_disk)
 
 
 def test_real_model_from_a_checkpoint(tmp_path):
