@@ -65,6 +65,14 @@ def segment_parser() -> argparse.ArgumentParser:
     group.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
     group.add_argument("--device", default="cpu")
     group.add_argument("--no-tissue-detection", action="store_true")
+    group.add_argument(
+        "--stain",
+        choices=("macenko", "vahadane", "reinhard"),
+        help="normalise tile stains to --stain-reference (default method: macenko)",
+    )
+    group.add_argument(
+        "--stain-reference", type=Path, help="reference image (PNG/JPEG/TIFF) for --stain"
+    )
     post = parser.add_argument_group("post-processing and outputs")
     post.add_argument("--threshold", type=float, help="default: the model's for this organ")
     post.add_argument("--min-area-um2", type=float, default=0.0)
@@ -76,7 +84,10 @@ def segment_parser() -> argparse.ArgumentParser:
 
 def segment_command(argv: Sequence[str]) -> int:
     """Run ``napari-ftu segment``; returns the exit status."""
-    args = segment_parser().parse_args(argv)
+    parser = segment_parser()
+    args = parser.parse_args(argv)
+    if args.stain and args.stain_reference is None:
+        parser.error("--stain needs --stain-reference IMAGE")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
@@ -108,6 +119,11 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
     if duplicates:
         raise ValueError(f"slides share an id (file stem): {', '.join(sorted(duplicates))}")
     ensemble = load_ensemble(args.model, args.device)
+    stain = None
+    if args.stain_reference is not None:
+        from training.stain import StainNormalizer
+
+        stain = StainNormalizer(args.stain or "macenko").fit(args.stain_reference)
     rows = []
     for path in slides:
         with open_slide(path, args.pixel_size) as slide:
@@ -127,6 +143,7 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
                 tta=args.tta,
                 device=args.device,
                 detect_tissue=not args.no_tissue_detection,
+                stain=stain,
                 on_progress=advance,
             )
             bar.close()

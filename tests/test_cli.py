@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from napari_ftu.cli import main
 from training.data.catalog import read_catalog
@@ -115,3 +116,21 @@ def test_torchrun_shares_slides_and_rank_zero_merges(workspace, tmp_path):
     frame = read_catalog(tmp_path)
     assert sorted(frame["id"]) == ["slide0", "slide1"]
     assert (tmp_path / "slide0.geojson").is_file() and (tmp_path / "slide1.geojson").is_file()
+
+
+def test_segment_with_stain_normalisation(workspace, tmp_path, capsys):
+    root, slides = workspace
+    reference, _, _ = make_phantom("kidney", size=256, seed=5)
+    write_pyramid(tmp_path / "reference.tiff", reference, 0.4)
+    options = ("--stain", "vahadane", "--stain-reference", str(tmp_path / "reference.tiff"))
+    assert main(segment_args(slides[1:], root / "model.pt", tmp_path / "out", *options)) == 0
+    assert list(read_catalog(tmp_path / "out")["id"]) == ["slide1"]
+
+    glass = tmp_path / "glass.png"
+    Image.fromarray(np.full((64, 64, 3), 245, np.uint8)).save(glass)
+    bad = ("--stain-reference", str(glass))
+    assert main(segment_args(slides[1:], root / "model.pt", tmp_path / "bad", *bad)) == 2
+    assert "too little stained tissue" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(segment_args(slides[1:], root / "model.pt", tmp_path / "bad", "--stain", "macenko"))
+    assert exited.value.code == 2 and "--stain needs --stain-reference" in capsys.readouterr().err

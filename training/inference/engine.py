@@ -10,7 +10,6 @@ tile touches are final and leave the band buffer, so memory does not grow with t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -139,6 +138,8 @@ def segment(
         tissue_scale = slide.pixel_size_um / thumb_px  # thumbnail px per level-0 px
 
     plans = [_plan(m, slide, overlap, tissue, tissue_scale) for m in members]
+    if stain is not None and hasattr(stain, "for_slide"):
+        stain = _stain_for_slide(stain, slide, plans[0])
     total = sum(p.kept for p in plans)
     skipped = sum(p.skipped for p in plans)
     yield Progress(0, total, f"{total} tiles to run, {skipped} background tiles skipped")
@@ -301,10 +302,30 @@ def _read_tile(
     if region.dtype != np.uint8:
         region = _to_uint8(region)
     if stain is not None:
-        # a tile with too little stain to fit the normaliser stays as it is
-        with contextlib.suppress(Exception):
-            region = stain.transform(region)
+        region = stain.transform(region)
     return region
+
+
+STAIN_SAMPLE_TILES = 16
+
+
+def _stain_for_slide(stain: Any, slide: Slide, plan: _Plan) -> Any:
+    """The normaliser fixed to this slide's stains, estimated once from up to 16 tissue tiles
+    spread over the slide (so every tile gets the same transform: no seams); the normaliser
+    as given when the sample holds too little stain."""
+    kept = [(y, x) for y, xs in plan.rows for x in xs]
+    if not kept:
+        return stain
+    picks = np.linspace(0, len(kept) - 1, min(STAIN_SAMPLE_TILES, len(kept))).round().astype(int)
+    sample = np.concatenate(
+        [_read_tile(slide, plan.pixel_size_um, *kept[i], plan.tile, None) for i in picks]
+    )
+    from training.stain import StainError
+
+    try:
+        return stain.for_slide(sample)
+    except StainError:
+        return stain
 
 
 def _to_uint8(region: np.ndarray) -> np.ndarray:
