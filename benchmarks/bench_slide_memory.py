@@ -16,26 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from _lazy import PeriodicSource
 
 DATA = Path(__file__).resolve().parent / "_data"
-
-
-class PeriodicSource:
-    """A lazily indexed ``(side, side, 3)`` image repeating one phantom tile."""
-
-    def __init__(self, base: np.ndarray, side: int) -> None:
-        self.base, self.shape, self.dtype, self.ndim = base, (side, side, 3), base.dtype, 3
-        self.size = side * side * 3
-
-    def __getitem__(self, index: tuple[slice, ...] | slice) -> np.ndarray:
-        ys, xs = (index, slice(None)) if isinstance(index, slice) else index[:2]
-        y0, y1, _ = ys.indices(self.shape[0])
-        x0, x1, _ = xs.indices(self.shape[1])
-        period = self.base.shape[0]
-        rows = np.arange(y0, y1) % period
-        cols = np.arange(x0, x1) % period
-        return self.base[rows[:, None], cols[None, :]]
 
 
 def peak_rss_mb() -> float:

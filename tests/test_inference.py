@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from scipy import ndimage
 from torch import nn
 
 from training.inference import Progress, probability_to_labels, resize_labels, run, segment
+from training.inference.tiling import tile_cores, tile_starts
 from training.models import build_model, save_checkpoint
 from training.models.ensemble import Member
 from training.slides import open_slide, write_pyramid
@@ -123,8 +125,28 @@ def test_background_tiles_are_skipped_and_progress_is_reported():
     far_from_tissue = ndimage.distance_transform_edt(glass) > 190
     assert far_from_tissue.any()
     assert (result.probability[far_from_tissue] == 0).all()
-    tissue = ndimage.binary_erosion(~glass, iterations=40)
-    assert np.allclose(result.probability[tissue], 1 / (1 + math.exp(-2.0)), atol=1e-5)
+    # but every tissue pixel is predicted, by the tile it is most central in at least
+    tissue = ndimage.binary_erosion(~glass, iterations=2)
+    np.testing.assert_allclose(result.probability[tissue], 1 / (1 + math.exp(-2.0)), atol=1e-6)
+    # only tiles whose core touches tissue run: fewer than the tiles that touch tissue at all
+    whole_tiles = [
+        not glass[y : y + 128, x : x + 128].all()
+        for y in tile_starts(1024, 128, 96)
+        for x in tile_starts(1024, 128, 96)
+    ]
+    assert result.tiles_run < sum(whole_tiles)
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "stride"), [(1024, 128, 96), (1000, 256, 192), (90, 64, 64), (50, 64, 48)]
+)
+def test_tile_cores_partition_the_axis(length, tile, stride):
+    starts = tile_starts(length, tile, stride)
+    cores = tile_cores(starts, tile, length)
+    assert cores[0][0] == 0 and cores[-1][1] == length
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(cores))  # no gap, no overlap
+    for start, (lo, hi) in zip(starts, cores, strict=True):
+        assert start <= lo < hi <= min(start + tile, length)  # inside its own tile
 
 
 def test_ensemble_members_at_other_scales_and_tile_sizes():
@@ -205,6 +227,44 @@ def test_large_output_goes_to_disk_and_cancel_leaves_nothing(tmp_path, texture):
         run(texture, member(Pointwise()), "kidney", **on_disk)
 
 
+@pytest.mark.parametrize("streams", [2, 3])
+def test_concurrent_streams_give_the_same_result_and_restore_threads(texture, streams):
+    model = build_model("swin_micro_upernet", input_size=64).eval()
+    options = {"pixel_size_um": 0.4, "batch_size": 2, "detect_tissue": False}
+    threads = torch.get_num_threads()
+    one = run(texture, member(model), "kidney", streams=1, **options)
+    many = run(texture, member(model), "kidney", streams=streams, **options)
+    np.testing.assert_allclose(many.probability, one.probability, atol=1e-6)
+    assert torch.get_num_threads() == threads
+
+    # cancelled with batches in flight: threads restored, no stream thread left running
+    generator = segment(texture, member(model), "kidney", streams=streams, **options)
+    next(generator)
+    next(generator)
+    generator.close()
+    assert torch.get_num_threads() == threads
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-ftu-stream")]
+
+
+def test_a_failing_model_fails_the_run_and_leaves_nothing(tmp_path, texture):
+    class Failing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("out of memory, say")
+            return x[:, :1]
+
+    workdir = tmp_path / "run"
+    options = {"pixel_size_um": 0.4, "detect_tissue": False, "memory_limit_mb": 0.1}
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        run(texture, member(Failing()), "kidney", streams=2, workdir=workdir, **options)
+    assert list(workdir.iterdir()) == []
+
+
 def test_real_model_from_a_checkpoint(tmp_path):
     model = build_model("coat_micro_daformer", input_size=64)
     path = save_checkpoint(tmp_path / "m.pt", model, {"pixel_size_um": 0.8})
@@ -223,6 +283,8 @@ def test_bad_arguments():
         run(image, member(Constant(0)), "kidney", pixel_size_um=0.4, tta=3)
     with pytest.raises(ValueError, match="overlap must be in"):
         run(image, member(Constant(0)), "kidney", pixel_size_um=0.4, overlap=1.0)
+    with pytest.raises(ValueError, match="streams must be at least 1"):
+        run(image, member(Constant(0)), "kidney", pixel_size_um=0.4, streams=0)
 
 
 def test_postprocessing():

@@ -240,3 +240,15 @@ def test_write_pyramid_from_a_memmap_source(tmp_path):
     with open_slide(tmp_path / "mm.tiff") as slide:
         assert slide.pixel_size_um is None
         np.testing.assert_array_equal(slide.read_region(90, 40, 120, 30), source[90:210, 40:70])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_block_mean_matches_the_plain_mean(dtype):
+    from training.slides import _block_mean
+
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    low, high = (info.min, info.max) if info else (-1.0, 1.0)
+    block = rng.uniform(low, high, (12, 18, 3)).astype(dtype)
+    expected = block.astype(np.float64).reshape(4, 3, 6, 3, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(_block_mean(block, 3), expected, rtol=1e-6)

@@ -157,8 +157,7 @@ class Slide:
             block = self.read_region(
                 y * rounded, x * rounded, h * rounded, w * rounded, level, fill
             )
-            block = block.reshape(h, rounded, w, rounded, -1).mean(axis=(1, 3))
-            return _cast_like(block, self.dtype)
+            return _cast_like(_block_mean(block, rounded), self.dtype)
         return self._resample(level, ratio, y, x, h, w, fill)
 
     def best_level(self, downsample: float) -> int:
@@ -339,6 +338,23 @@ def _halve(level: Any, strip: int = 1024) -> np.ndarray:
         means = block.reshape(h2, 2, w2, 2, *block.shape[2:]).mean(axis=(1, 3))
         out[y // 2 : y // 2 + h2] = _cast_like(means, level.dtype)
     return out
+
+
+def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``factor x factor`` pixel blocks of an ``(H, W, C)`` array, as float64.
+
+    Summed over rows first, then over columns, each over a contiguous axis: several times
+    faster than one mean over two strided axes.
+    """
+    h, w, c = block.shape[0] // factor, block.shape[1] // factor, block.shape[2]
+    if np.issubdtype(block.dtype, np.unsignedinteger):
+        accumulator = np.uint32 if block.dtype.itemsize == 1 else np.uint64
+    elif np.issubdtype(block.dtype, np.integer):
+        accumulator = np.int64
+    else:
+        accumulator = np.float64
+    rows = block.reshape(h, factor, w * factor * c).sum(axis=1, dtype=accumulator)
+    return rows.reshape(h, w, factor, c).sum(axis=2) / (factor * factor)
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -10,13 +10,16 @@ tile touches are final and leave the band buffer, so memory does not grow with t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
 import uuid
 import weakref
-from collections.abc import Callable, Generator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from training.inference.postprocess import probability_to_labels
-from training.inference.tiling import blend_window, tile_starts
+from training.inference.tiling import blend_window, tile_cores, tile_starts
 from training.inference.tissue import thumbnail_pixel_size, tile_has_tissue, tissue_mask
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
@@ -99,14 +102,17 @@ def segment(
     detect_tissue: bool = True,
     memory_limit_mb: float = 512,
     workdir: str | os.PathLike | None = None,
+    streams: int | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment FTUs of ``organ`` in a slide; yields :class:`Progress`, returns the result.
 
     ``source``: a :class:`Slide`, a slide path, or an ``(H, W, C)`` array (give
     ``pixel_size_um``). ``models``: an ensemble, member(s), a checkpoint or a manifest path.
     ``tta``: 1, 4 (flips) or 8 (flips and transposes). ``stain``: an object with
-    ``transform(rgb_uint8) -> rgb_uint8`` applied to every tile. Closing the generator
-    (cancelling) between batches removes any partial output.
+    ``transform(rgb_uint8) -> rgb_uint8`` applied to every tile. ``streams``: batches run at
+    once on worker threads, each with an equal share of torch's threads (default: 2 on a CPU
+    with at least 2 threads, else 1). Closing the generator (cancelling) between batches
+    removes any partial output.
     """
     if tta not in TTA_CHOICES:
         raise ValueError(f"tta must be one of {TTA_CHOICES}; got {tta}")
@@ -114,6 +120,8 @@ def segment(
         raise ValueError(f"overlap must be in [0, 1); got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    if streams is not None and streams < 1:
+        raise ValueError(f"streams must be at least 1; got {streams}")
     slide = _as_slide(source, pixel_size_um)
     ensemble = _as_ensemble(models, device)
     members = ensemble.for_organ(organ)
@@ -145,8 +153,12 @@ def segment(
     yield Progress(0, total, f"{total} tiles to run, {skipped} background tiles skipped")
 
     output, path, final_path = _allocate(out_shape, memory_limit_mb, workdir)
+    threads = torch.get_num_threads()
+    if streams is None:
+        streams = 2 if device.type == "cpu" and threads >= 2 else 1
     done = 0
     try:
+        torch.set_num_threads(max(1, threads // streams))
         for plan in plans:
             for count in _run_member(
                 plan,
@@ -158,6 +170,7 @@ def segment(
                 tta,
                 stain,
                 device,
+                streams,
                 done,
             ):
                 done = count
@@ -172,6 +185,8 @@ def segment(
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     result = SegmentationResult(
         probability=output,
         pixel_size_um=working_px,
@@ -215,16 +230,25 @@ def _plan(
     width = math.ceil(slide.shape[1] * to_member)
     stride = max(1, round(tile * (1 - overlap)))
     rows, kept, skipped = [], 0, 0
+    ys_all = tile_starts(height, tile, stride)
     xs_all = tile_starts(width, tile, stride)
-    for y in tile_starts(height, tile, stride):
+    # a tile runs when tissue touches its core (the part no other tile covers more centrally),
+    # so every tissue pixel is predicted by the tile it is most central in
+    x_cores = tile_cores(xs_all, tile, width)
+    for y, (cy0, cy1) in zip(ys_all, tile_cores(ys_all, tile, height), strict=True):
         if tissue is None:
             xs = xs_all
         else:  # member px -> level-0 px is 1 / to_member
             xs = [
                 x
-                for x in xs_all
+                for x, (cx0, cx1) in zip(xs_all, x_cores, strict=True)
                 if tile_has_tissue(
-                    tissue, tissue_scale, y / to_member, x / to_member, tile / to_member
+                    tissue,
+                    tissue_scale,
+                    cy0 / to_member,
+                    cx0 / to_member,
+                    (cy1 - cy0) / to_member,
+                    (cx1 - cx0) / to_member,
                 )
             ]
         rows.append((y, xs))
@@ -243,6 +267,7 @@ def _run_member(
     tta: int,
     stain: Any,
     device: torch.device,
+    streams: int,
     done: int,
 ) -> Generator[int, None, None]:
     """Blend one member's tiles into band buffers; add finished rows to ``output``."""
@@ -253,17 +278,56 @@ def _run_member(
     out_h, out_w = output.shape
     numerator = np.zeros((tile_w, out_w), np.float32)
     weights = np.zeros((tile_w, out_w), np.float32)
+    scratch = np.empty((tile_w, out_w), np.float32)
     band_y0 = 0
     model = member.model.to(device, memory_format=torch.channels_last).eval()
     mean = torch.tensor(member.meta["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(member.meta["std"], device=device).view(1, 3, 1, 1) * 255
-    for row_index, (y, xs) in enumerate(plan.rows):
-        for start in range(0, len(xs), batch_size):
-            batch_xs = xs[start : start + batch_size]
-            tiles = np.stack(
-                [_read_tile(slide, plan.pixel_size_um, y, x, tile, stain) for x in batch_xs]
-            )
-            probs = _predict(model, tiles, mean, std, tta, device, tile_w)
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        return _predict(model, tiles, mean, std, tta, device, tile_w)
+
+    def read(y: int, xs: list[int]) -> np.ndarray:
+        return np.stack([_read_tile(slide, plan.pixel_size_um, y, x, tile, stain) for x in xs])
+
+    def flush(row_index: int) -> None:
+        """Move the band rows that no tile after row ``row_index`` touches into ``output``."""
+        nonlocal band_y0
+        next_y = (
+            round(plan.rows[row_index + 1][0] * scale) if row_index + 1 < len(plan.rows) else out_h
+        )
+        rows = min(next_y - band_y0, tile_w)
+        if rows > 0:
+            final = scratch[:rows]
+            # weights are never 0 under a tile (see blend_window); 0 where no tile ran, and
+            # there the numerator is 0 too
+            np.maximum(weights[:rows], 1e-30, out=final)
+            np.divide(numerator[:rows], final, out=final)
+            if weight != 1:
+                final *= weight
+            stop = min(band_y0 + rows, out_h)
+            if stop > band_y0:
+                if isinstance(output, np.ndarray):
+                    output[band_y0:stop] += final[: stop - band_y0]
+                else:
+                    output[band_y0:stop] = output[band_y0:stop] + final[: stop - band_y0]
+            numerator[:-rows] = numerator[rows:].copy()
+            weights[:-rows] = weights[rows:].copy()
+            numerator[-rows:] = 0
+            weights[-rows:] = 0
+        band_y0 = next_y
+
+    batches = (
+        (row_index, y, xs[start : start + batch_size])
+        for row_index, (y, xs) in enumerate(plan.rows)
+        for start in range(0, len(xs), batch_size)
+    )
+    flushed = 0
+    with contextlib.closing(_predictions(batches, read, predict, streams)) as predictions:
+        for row_index, batch_xs, probs in predictions:
+            for finished in range(flushed, row_index):
+                flush(finished)
+            flushed = row_index
             for x, prob in zip(batch_xs, probs, strict=True):
                 wx = round(x * scale)
                 span = min(tile_w, out_w - wx)
@@ -271,25 +335,35 @@ def _run_member(
                 weights[:, wx : wx + span] += window[:, :span]
             done += len(batch_xs)
             yield done
-        next_y = (
-            round(plan.rows[row_index + 1][0] * scale) if row_index + 1 < len(plan.rows) else out_h
-        )
-        rows = min(next_y - band_y0, tile_w)
-        if rows > 0:
-            final = np.divide(
-                numerator[:rows],
-                weights[:rows],
-                out=np.zeros_like(numerator[:rows]),
-                where=weights[:rows] > 0,
-            )
-            stop = min(band_y0 + rows, out_h)
-            if stop > band_y0:
-                output[band_y0:stop] = output[band_y0:stop] + weight * final[: stop - band_y0]
-            numerator[:-rows] = numerator[rows:].copy()
-            weights[:-rows] = weights[rows:].copy()
-            numerator[-rows:] = 0
-            weights[-rows:] = 0
-        band_y0 = next_y
+    for finished in range(flushed, len(plan.rows)):
+        flush(finished)
+
+
+def _predictions(
+    batches: Iterable[tuple[int, int, list[int]]],
+    read: Callable[[int, list[int]], np.ndarray],
+    predict: Callable[[np.ndarray], np.ndarray],
+    streams: int,
+) -> Generator[tuple[int, list[int], np.ndarray], None, None]:
+    """``(row_index, xs, probabilities)`` per batch, in order, with ``streams`` batches running
+    at once on worker threads (tiles are read on the calling thread meanwhile)."""
+    if streams == 1:
+        for row_index, y, xs in batches:
+            yield row_index, xs, predict(read(y, xs))
+        return
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="napari-ftu-stream")
+    pending: deque[tuple[int, list[int], Future]] = deque()
+    try:
+        for row_index, y, xs in batches:
+            pending.append((row_index, xs, pool.submit(predict, read(y, xs))))
+            if len(pending) > streams:  # one batch read ahead while `streams` run
+                row, done_xs, future = pending.popleft()
+                yield row, done_xs, future.result()
+        while pending:
+            row, done_xs, future = pending.popleft()
+            yield row, done_xs, future.result()
+    finally:  # cancelled or failed: drop queued batches, wait for running ones
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _read_tile(

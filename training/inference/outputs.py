@@ -57,7 +57,8 @@ def labels_to_geojson(labels: np.ndarray, downsample: float, organ: str) -> dict
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        crop = np.pad(labels[box] == index, 1)
+        inside = labels[box] == index
+        crop = np.pad(inside, 1)
         contours = measure.find_contours(crop.astype(np.float32), 0.5)
         if not contours:
             continue
@@ -76,7 +77,7 @@ def labels_to_geojson(labels: np.ndarray, downsample: float, organ: str) -> dict
                     "objectType": "annotation",
                     "name": f"{name} {index}",
                     "classification": {"name": name, "color": [0, 200, 0]},
-                    "area_px_level0": float((labels == index).sum() * downsample**2),
+                    "area_px_level0": float(inside.sum() * downsample**2),
                 },
             }
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -15,6 +17,17 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
+
+
+def tile_cores(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
+    """The part of each tile that no other tile covers better: ``[start, stop)`` per tile.
+
+    Neighbouring cores meet in the middle of the tiles' overlap, the first starts at 0 and the
+    last ends at ``length``, so every pixel lies in exactly one core, the one of the tile it is
+    most central in.
+    """
+    bounds = [0.0, *((a + tile + b) / 2 for a, b in itertools.pairwise(starts)), float(length)]
+    return list(itertools.pairwise(bounds))
 
 
 def blend_window(size: int, ramp: int, floor: float = 1e-3) -> np.ndarray:

@@ -34,9 +34,11 @@ def tissue_mask(thumbnail: np.ndarray, od_threshold: float = 0.15) -> np.ndarray
     return ndimage.binary_dilation(mask, iterations=1)
 
 
-def tile_has_tissue(mask: np.ndarray, scale: float, y: float, x: float, size: float) -> bool:
-    """Whether the square at level-0-relative ``(y, x, size)``, in units of ``1/scale`` thumbnail
+def tile_has_tissue(
+    mask: np.ndarray, scale: float, y: float, x: float, height: float, width: float
+) -> bool:
+    """Whether the box at ``(y, x)`` of ``height x width``, in units of ``1/scale`` thumbnail
     pixels, touches tissue in ``mask``."""
     y0, x0 = math.floor(y * scale), math.floor(x * scale)
-    y1, x1 = math.ceil((y + size) * scale), math.ceil((x + size) * scale)
+    y1, x1 = math.ceil((y + height) * scale), math.ceil((x + width) * scale)
     return bool(mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].any())
