@@ -159,7 +159,7 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
                 raise FileExistsError(f"{target} exists; napari-ftu does not overwrite results")
             write_pyramid(
                 target,
-                labels.astype(np.uint16 if labels.max() < 65536 else np.uint32),
+                labels.astype(np.uint16 if labels.max() < 65536 else np.uint32, copy=False),
                 result.pixel_size_um,
             )
         if args.geojson:

@@ -300,3 +300,23 @@ def test_postprocessing():
     assert big.shape == (120, 160) and big[20, 20] == labels[10, 10]
     with pytest.raises(ValueError, match="threshold must be in"):
         probability_to_labels(probability, 1.5)
+
+
+def test_postprocessing_objects_in_holes_labels_dtype_and_disk_input(tmp_path):
+    probability = np.zeros((50, 90), np.float32)
+    probability[5:35, 5:35] = 0.9  # a ring ...
+    probability[10:30, 10:30] = 0.0
+    probability[15:20, 15:20] = 0.9  # ... with an island in its hole: one object once filled
+    probability[5:35, 50:80] = 0.9  # a solid square after it
+    labels = probability_to_labels(probability, 0.5)
+    assert labels.dtype == np.int32 and labels.max() == 2  # numbered 1..N without gaps
+    assert (labels[5:35, 5:35] == labels[6, 6]).all() and (labels[5:35, 50:80] == 2).all()
+    assert (labels == 0).sum() == 50 * 90 - 2 * 30 * 30
+    import zarr
+
+    on_disk = zarr.create_array(tmp_path / "p.zarr", shape=(50, 90), chunks=(7, 90), dtype="f4")
+    on_disk[:] = probability
+    np.testing.assert_array_equal(probability_to_labels(on_disk, 0.5), labels)
+    checkerboard = np.indices((600, 600)).sum(axis=0) % 2 == 0  # 180000 objects
+    many = probability_to_labels(checkerboard.astype(np.float32), 0.5, min_area_px=1)
+    assert many.max() == 180000 and (many[checkerboard] > 0).all()

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from training.data import rle
 from training.data.rle import decode, encode
 
 
@@ -97,3 +98,24 @@ def test_bad_shape_and_input_types():
         decode(None, (2, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="2-D masks"):
         encode(np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("block_pixels", [1, 7, 64, 1000])
+@pytest.mark.parametrize("fill", ["random", "full", "empty", "stripes"])
+def test_encoding_in_column_blocks_matches_one_block(monkeypatch, block_pixels, fill):
+    """Whole-slide masks are encoded a block of columns at a time; runs cross the blocks."""
+    rng = np.random.default_rng(block_pixels)
+    mask = {
+        "random": rng.random((23, 41)) > 0.5,
+        "full": np.ones((23, 41), bool),
+        "empty": np.zeros((23, 41), bool),
+        "stripes": np.tile(np.arange(41) % 5 < 3, (23, 1)),
+    }[fill]
+    whole = reference_encode(mask.astype(np.uint8))
+    monkeypatch.setattr(rle, "ENCODE_BLOCK_PIXELS", block_pixels)
+    assert encode(mask) == whole
+
+
+def test_long_run_lists_are_joined_in_chunks():
+    assert rle._join(np.arange(10), chunk=3) == " ".join(map(str, range(10)))
+    assert rle._join(np.arange(0)) == ""

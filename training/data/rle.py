@@ -12,27 +12,49 @@ import numpy as np
 __all__ = ["decode", "encode", "parse_runs"]
 
 
+ENCODE_BLOCK_PIXELS = 2**24
+
+
 def encode(mask: np.ndarray) -> str:
-    """Encode a 2-D mask (non-zero = foreground) as a competition RLE string."""
+    """Encode a 2-D mask (non-zero = foreground) as a competition RLE string.
+
+    Columns are flattened a block of about 16 M pixels at a time, so the temporary copies stay
+    small for a whole-slide mask (a 3000x3000 mask is one block).
+    """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"RLE encodes 2-D masks; got an array of shape {mask.shape}")
-    # Transposing a C-ordered array and reading it in C order is the Fortran flatten; doing it on
-    # a 1-byte view keeps the strided copy as cheap as it can be.
-    pixels = (mask != 0).view(np.uint8).T.ravel()
-    if pixels.size == 0:
+    height, width = mask.shape
+    if mask.size == 0:
         return ""
-    # Boundaries are where a pixel differs from its predecessor (0-indexed position of the pixel
-    # after the change); the padding zero before the first and after the last pixel is implicit.
-    changes = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
-    if pixels[0]:
-        changes = np.concatenate(([0], changes))
-    if pixels[-1]:
-        changes = np.concatenate((changes, [pixels.size]))
-    runs = changes.reshape(-1, 2)
+    step = max(1, ENCODE_BLOCK_PIXELS // height)
+    parts, offset, previous = [], 0, 0
+    for column in range(0, width, step):
+        # Transposing a C-ordered block and reading it in C order is the Fortran flatten; doing
+        # it on a 1-byte view keeps the strided copy as cheap as it can be.
+        pixels = (mask[:, column : column + step] != 0).view(np.uint8).T.ravel()
+        # Boundaries are where a pixel differs from its predecessor (0-indexed position of the
+        # pixel after the change); the padding zero before the first pixel is `previous`.
+        changes = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+        if pixels[0] != previous:
+            changes = np.concatenate(([0], changes))
+        parts.append(changes + offset)
+        offset += pixels.size
+        previous = pixels[-1]
+    if previous:  # and the padding zero after the last pixel
+        parts.append(np.array([offset]))
+    runs = np.concatenate(parts).reshape(-1, 2)
     runs[:, 1] -= runs[:, 0]
     runs[:, 0] += 1
-    return " ".join(map(str, runs.ravel().tolist()))
+    return _join(runs.ravel())
+
+
+def _join(numbers: np.ndarray, chunk: int = 2**20) -> str:
+    """Space-separated numbers, a million at a time: a Python int and str per number, for a
+    whole-slide mask with millions of runs, would otherwise all be alive at once."""
+    return " ".join(
+        " ".join(map(str, numbers[i : i + chunk].tolist())) for i in range(0, numbers.size, chunk)
+    )
 
 
 def parse_runs(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

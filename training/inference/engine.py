@@ -67,7 +67,7 @@ class SegmentationResult:
         """Instance labels (int32) at the working scale."""
         min_area_px = min_area_um2 / self.pixel_size_um**2
         return probability_to_labels(
-            np.asarray(self.probability[:]),
+            self.probability,
             self.threshold if threshold is None else threshold,
             min_area_px=min_area_px,
             fill_holes=fill_holes,

@@ -2,28 +2,62 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
+ROWS = 1024  # rows per band when a whole-slide array is processed piecewise
+
 
 def probability_to_labels(
-    probability: np.ndarray, threshold: float, min_area_px: float = 0.0, fill_holes: bool = True
+    probability: Any, threshold: float, min_area_px: float = 0.0, fill_holes: bool = True
 ) -> np.ndarray:
-    """Threshold, fill holes, label connected objects and drop those under ``min_area_px``."""
+    """Threshold, label connected objects, fill the holes inside each, drop those under
+    ``min_area_px``; labels are numbered 1..N.
+
+    ``probability``: a 2-D numpy or zarr array. Labels are int32. Memory beyond the result is
+    one boolean mask: holes are filled object by object within each object's bounding box, and
+    areas are counted a band at a time.
+    """
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
-    mask = np.asarray(probability) >= threshold
+    mask = threshold_mask(probability, threshold)
+    labels = np.empty(mask.shape, np.int32)
+    # into int32 directly: scipy labels into a smaller type through an int64-sized temporary
+    count = ndimage.label(mask, output=labels)
+    del mask
+    if not count:
+        return labels
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
-    labels, count = ndimage.label(mask)
-    if count and min_area_px > 0:
-        areas = np.bincount(labels.ravel(), minlength=count + 1)
-        keep = areas >= min_area_px
-        keep[0] = False
-        relabel = np.zeros(count + 1, np.int32)
-        relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        labels = relabel[labels]
-    return labels.astype(np.int32, copy=False)
+        for index, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:  # swallowed by the hole of an earlier object
+                continue
+            crop = labels[box]
+            inside = crop == index
+            holes = ndimage.binary_fill_holes(inside) & ~inside
+            crop[holes] = index  # objects inside a hole join the object around them
+    areas = np.zeros(count + 1, np.int64)
+    for y in range(0, labels.shape[0], ROWS):  # bincount copies to int64: a band at a time
+        areas += np.bincount(labels[y : y + ROWS].ravel(), minlength=count + 1)
+    keep = (areas > 0) & (areas >= min_area_px)
+    keep[0] = False
+    if keep[1:].all():
+        return labels
+    relabel = np.zeros(count + 1, labels.dtype)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
+    for y in range(0, labels.shape[0], ROWS):  # in place, a band at a time
+        labels[y : y + ROWS] = relabel[labels[y : y + ROWS]]
+    return labels
+
+
+def threshold_mask(probability: Any, threshold: float, rows: int = ROWS) -> np.ndarray:
+    """``probability >= threshold`` as a boolean array, read ``rows`` rows at a time, so a
+    probability map on disk (zarr) is never loaded whole as float."""
+    mask = np.empty(probability.shape, bool)
+    for y in range(0, probability.shape[0], rows):
+        np.greater_equal(np.asarray(probability[y : y + rows]), threshold, out=mask[y : y + rows])
+    return mask
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
