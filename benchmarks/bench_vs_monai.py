@@ -8,7 +8,7 @@ runs as the plugin and the CLI run it (tissue detection on; it converts its copy
 to channels-last and runs two batches at once). A second MONAI run gets a channels-last copy of
 the model too, to show how much of the difference that conversion alone makes.
 Images: 4096x4096 phantoms, one with ~40% background (glass) and one all tissue. MONAI is a
-benchmark-only dependency (`pip install monai`).
+benchmark-only dependency (`pip install -e .[bench]`).
 
     .venv/bin/python benchmarks/bench_vs_monai.py [--model swin_micro_upernet] [--batch-size 8]
 
