@@ -24,18 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _lazy import PeriodicSource
+from _common import DATA, PeriodicSource, peak_rss_mb
 
-DATA = Path(__file__).resolve().parent / "_data"
 MODEL = "swin_micro_upernet"
-
-
-def peak_rss_mb() -> float:
-    """High-water resident set size of this process (``VmHWM``; ``ru_maxrss`` survives exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def measure_engine(slide: str, checkpoint: str) -> None:

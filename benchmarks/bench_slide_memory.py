@@ -14,19 +14,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from _lazy import PeriodicSource
-
-DATA = Path(__file__).resolve().parent / "_data"
-
-
-def peak_rss_mb() -> float:
-    """High-water resident set size of this process (``VmHWM``; ``ru_maxrss`` survives exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+from _common import DATA, PeriodicSource, peak_rss_mb
 
 
 def measure(path: str, y: int, x: int) -> None:

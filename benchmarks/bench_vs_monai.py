@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DATA
 
 from training.inference import run
 from training.models import build_model
 from training.models.checkpoint import default_meta
 from training.models.ensemble import Member
 from training.synthetic import make_phantom
-
-DATA = Path(__file__).parent / "_data"
 
 
 def phantom(size: int, tissue_fraction: float) -> np.ndarray:

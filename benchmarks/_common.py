@@ -1,8 +1,20 @@
-"""A lazily indexed phantom slide for the benchmarks: large, never materialised whole."""
+"""What the benchmark scripts share: the data cache, peak memory, a lazily indexed slide."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+DATA = Path(__file__).resolve().parent / "_data"  # inputs written once, not committed
+
+
+def peak_rss_mb() -> float:
+    """High-water resident set size of this process (``VmHWM``; ``ru_maxrss`` survives exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 class PeriodicSource:
