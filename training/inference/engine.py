@@ -438,7 +438,11 @@ def _predict(
 ) -> np.ndarray:
     x = torch.from_numpy(tiles).to(device).permute(0, 3, 1, 2).float()
     x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
     with torch.inference_mode(), autocast:
         total = None
         views = _tta_views(tta)
@@ -451,14 +455,6 @@ def _predict(
                 prob, size=(out_size, out_size), mode="bilinear", align_corners=False
             )
     return prob[:, 0].float().cpu().numpy()
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _allocate(
