@@ -45,6 +45,7 @@ def launch(argv: Sequence[str]) -> int:
 def segment_parser() -> argparse.ArgumentParser:
     """Arguments of ``napari-ftu segment``."""
     from training.data.catalog import ORGANS
+    from training.stain import METHODS as STAIN_METHODS
 
     parser = argparse.ArgumentParser(
         prog="napari-ftu segment",
@@ -67,7 +68,7 @@ def segment_parser() -> argparse.ArgumentParser:
     group.add_argument("--no-tissue-detection", action="store_true")
     group.add_argument(
         "--stain",
-        choices=("macenko", "vahadane", "reinhard"),
+        choices=STAIN_METHODS,
         help="normalise tile stains to --stain-reference (default method: macenko)",
     )
     group.add_argument(
@@ -159,7 +160,7 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
                 raise FileExistsError(f"{target} exists; napari-ftu does not overwrite results")
             write_pyramid(
                 target,
-                labels.astype(np.uint16 if labels.max() < 65536 else np.uint32, copy=False),
+                labels.astype(np.uint16 if labels.max() < 65536 else np.uint32),
                 result.pixel_size_um,
             )
         if args.geojson:
