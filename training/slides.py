@@ -329,24 +329,24 @@ def _halve(level: Any, strip: int = 1024) -> np.ndarray:
     out_shape = ((height + 1) // 2, (width + 1) // 2, *tuple(level.shape[2:]))
     out = np.empty(out_shape, dtype=level.dtype)
     for y in range(0, height, strip):
-        block = np.asarray(level[y : y + strip]).astype(np.float32)
+        block = np.asarray(level[y : y + strip])
         if block.shape[0] % 2:
             block = np.concatenate([block, block[-1:]], axis=0)
         if block.shape[1] % 2:
             block = np.concatenate([block, block[:, -1:]], axis=1)
-        h2, w2 = block.shape[0] // 2, block.shape[1] // 2
-        means = block.reshape(h2, 2, w2, 2, *block.shape[2:]).mean(axis=(1, 3))
-        out[y // 2 : y // 2 + h2] = _cast_like(means, level.dtype)
+        means = _block_mean(block, 2)
+        out[y // 2 : y // 2 + means.shape[0]] = _cast_like(means, level.dtype)
     return out
 
 
 def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
-    """Means of ``factor x factor`` pixel blocks of an ``(H, W, C)`` array, as float64.
+    """Means of ``factor x factor`` pixel blocks of an ``(H, W, ...)`` array, as float64.
 
     Summed over rows first, then over columns, each over a contiguous axis: several times
     faster than one mean over two strided axes.
     """
-    h, w, c = block.shape[0] // factor, block.shape[1] // factor, block.shape[2]
+    h, w, rest = block.shape[0] // factor, block.shape[1] // factor, block.shape[2:]
+    c = math.prod(rest)
     if np.issubdtype(block.dtype, np.unsignedinteger):
         accumulator = np.uint32 if block.dtype.itemsize == 1 else np.uint64
     elif np.issubdtype(block.dtype, np.integer):
@@ -354,7 +354,8 @@ def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
     else:
         accumulator = np.float64
     rows = block.reshape(h, factor, w * factor * c).sum(axis=1, dtype=accumulator)
-    return rows.reshape(h, w, factor, c).sum(axis=2) / (factor * factor)
+    sums = rows.reshape(h, w, factor, c).sum(axis=2)
+    return (sums / (factor * factor)).reshape(h, w, *rest)
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
