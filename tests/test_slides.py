@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -252,3 +254,150 @@ def test_block_mean_matches_the_plain_mean(dtype):
     block = rng.uniform(low, high, (12, 18, 3)).astype(dtype)
     expected = block.astype(np.float64).reshape(4, 3, 6, 3, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(_block_mean(block, 3), expected, rtol=1e-6)
+
+
+def area_reference(image: np.ndarray, ratio: float, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """The exact mean of ``image`` (pixels as constant squares) over each output square."""
+
+    def weights(start: int, n: int, length: int) -> np.ndarray:
+        matrix = np.zeros((n, length))
+        for i in range(n):
+            low, high = (start + i) * ratio, (start + i + 1) * ratio
+            for k in range(int(np.floor(low)), int(np.ceil(high))):
+                matrix[i, k] = max(0.0, min(high, k + 1) - max(low, k)) / ratio
+        return matrix
+
+    return np.einsum(
+        "iy,yxc,jx->ijc",
+        weights(y, h, image.shape[0]),
+        image.astype(float),
+        weights(x, w, image.shape[1]),
+    )
+
+
+class CountingLevel:
+    """A numpy-backed level that records whether it was read."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.array[index]
+
+
+@pytest.mark.parametrize(
+    ("pixel_size", "region"),
+    [
+        (0.4, (13, 7, 50, 61)),
+        (0.625, (3, 11, 40, 30)),
+        (0.3, (17, 3, 40, 40)),
+        (0.9, (0, 0, 20, 25)),
+    ],
+)
+def test_non_integer_factors_are_exact_area_means(pixel_size, region):
+    from training.slides import Slide
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    slide = Slide.from_array(image, 0.25)
+    got = slide.read_region_at(pixel_size, *region)
+    expected = area_reference(image, pixel_size / 0.25, *region)
+    assert got.dtype == np.uint8
+    assert np.abs(got - expected).max() <= 0.5 + 1e-6  # only the rounding to integers
+
+
+def test_regions_read_apart_stitch_exactly_and_strips_change_nothing(monkeypatch):
+    from training import slides as slides_module
+    from training.slides import Slide
+
+    image = np.random.default_rng(1).integers(0, 256, (500, 400, 3), dtype=np.uint8)
+    slide = Slide.from_array(image, 0.25)
+    whole = slide.read_region_at(0.4, 5, 9, 200, 150)
+    left = slide.read_region_at(0.4, 5, 9, 200, 70)
+    right = slide.read_region_at(0.4, 5, 79, 200, 80)
+    np.testing.assert_array_equal(np.concatenate([left, right], axis=1), whole)
+    monkeypatch.setattr(slides_module, "STRIP_PIXELS", 3000)  # a strip of a few rows
+    np.testing.assert_array_equal(slide.read_region_at(0.4, 5, 9, 200, 150), whole)
+    np.testing.assert_array_equal(
+        slide.read_region_at(1.0, 0, 0, 125, 100),
+        slides_module.Slide.from_array(image, 0.25).read_region_at(1.0, 0, 0, 125, 100),
+    )
+
+
+def test_upsampling_is_bilinear_at_pixel_centres():
+    from scipy import ndimage
+
+    from training.slides import Slide
+
+    image = np.random.default_rng(2).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    got = Slide.from_array(image, 0.5).read_region_at(0.4, 7, 11, 40, 50).astype(float)
+    rows = (np.arange(40) + 7 + 0.5) * 0.8 - 0.5
+    cols = (np.arange(50) + 11 + 0.5) * 0.8 - 0.5
+    grid = np.meshgrid(rows, cols, indexing="ij")
+    expected = np.stack(
+        [ndimage.map_coordinates(image[..., c].astype(float), grid, order=1) for c in range(3)],
+        axis=-1,
+    )
+    assert np.abs(got - expected).max() <= 0.5 + 1e-6
+
+
+def test_level_selection_tolerates_floored_level_sizes():
+    from training.slides import Slide
+
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, 256, (1003, 1001, 3), dtype=np.uint8)
+    quarter = full[:1000, :1000].reshape(250, 4, 250, 4, 3).mean(axis=(1, 3)).astype(np.uint8)
+    levels = [CountingLevel(full), CountingLevel(quarter)]
+    slide = Slide(Path("floored.tiff"), levels, "YXS", 0.25, {})
+    assert slide.level_downsamples[1] == pytest.approx(4.008, abs=1e-3)
+    assert slide.best_level(4.0) == 1 and slide.best_level(3.9) == 0
+    # a 4x read decodes the 4x level, not level 0 (16x the data), and reads it as it is
+    region = slide.read_region_at(1.0, 10, 20, 64, 64)
+    assert levels[0].reads == 0 and levels[1].reads == 1
+    np.testing.assert_array_equal(region, quarter[10:74, 20:84])
+    # a near-1 ratio (level 0 of a 0.25002 um/px request) is read directly, no resampling
+    direct = slide.read_region_at(0.25002, 100, 200, 64, 64)
+    np.testing.assert_array_equal(direct, full[100:164, 200:264])
+
+
+def test_sixteen_bit_regions_are_padded_with_white(tmp_path):
+    image = np.full((64, 64, 3), 30000, np.uint16)
+    path = tmp_path / "deep.tiff"
+    write_pyramid(path, image, 0.5, tile=32)
+    with open_slide(path) as slide:
+        region = slide.read_region(-8, -8, 16, 16)
+        scaled = slide.read_region_at(1.0, -4, -4, 8, 8)
+    assert (region[:8] == 65535).all() and (region[8:, 8:] == 30000).all()
+    assert (scaled[:4] == 65535).all() and (scaled[4:, 4:] == 30000).all()
+
+
+def test_label_pyramids_keep_only_level_zero_ids(tmp_path):
+    labels = np.zeros((300, 260), np.uint16)
+    labels[:, :131] = 7
+    labels[:, 131:] = 9  # touching objects: a 2x2 mean across their border would invent 8
+    labels[101:203, 51:153] = 12
+    path = tmp_path / "labels.tiff"
+    write_pyramid(path, labels, 0.4, tile=32, labels=True)
+    with open_slide(path) as slide:
+        assert len(slide.levels) > 3
+        for level in slide.levels[1:]:
+            values = set(np.unique(np.asarray(level)).tolist())
+            assert values <= {7, 9, 12}, values
+        np.testing.assert_array_equal(np.asarray(slide.levels[1])[..., 0], labels[::2, ::2])
+    with pytest.raises(ValueError, match="label image must be 2-D integers"):
+        write_pyramid(tmp_path / "rgb.tiff", np.zeros((64, 64, 3), np.uint8), 0.4, labels=True)
+
+
+def test_decoded_tiles_are_cached_within_a_budget(pyramid, gradient):
+    with open_slide(pyramid) as slide:
+        first = slide.read_region(17, 33, 300, 400)
+        cache = slide._tile_cache
+        assert cache._bytes > 0 and cache._bytes <= cache.budget
+        np.testing.assert_array_equal(slide.read_region(17, 33, 300, 400), first)
+        np.testing.assert_array_equal(first, gradient[17:317, 33:433])
+        cache.budget = 128 * 128 * 3 * 2  # two tiles
+        cache.put((9, "extra/a"), b"x" * (128 * 128 * 3))
+        assert cache._bytes <= cache.budget
+        np.testing.assert_array_equal(
+            slide.read_region(200, 500, 300, 400), gradient[200:500, 500:900]
+        )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,13 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 MIN_SIDE = 8
+# A pyramid level counts as the requested downsample within this relative tolerance: real
+# pyramids have floored level sizes (downsample 4.001), as OpenSlide and TIAToolbox allow for.
+LEVEL_TOLERANCE = 0.01
+# Source pixels read at once by read_region_at; larger regions are read in strips of rows.
+STRIP_PIXELS = 2**24
+# Decoded TIFF tiles kept per slide, so overlapping reads (neighbouring model tiles) decode once.
+TILE_CACHE_MB = 256
 # A pixel size outside this range is a screen resolution (72 dpi = 353 um/px), not a microscope's.
 PLAUSIBLE_UM_PER_PX = (0.01, 100.0)
 _UNIT_TO_UM = {
@@ -79,6 +88,7 @@ class Slide:
             0.5 * (self.shape[0] / s[0] + self.shape[1] / s[1]) for s in self.shapes
         ]
         self._levels: list[Any] | None = None
+        self._tile_cache: Any = None  # decoded TIFF tiles (tiled TIFF slides)
 
     @classmethod
     def from_array(
@@ -104,12 +114,15 @@ class Slide:
         return self._levels
 
     def read_region(
-        self, y: int, x: int, h: int, w: int, level: int = 0, fill: int | float = 255
+        self, y: int, x: int, h: int, w: int, level: int = 0, fill: int | float | None = None
     ) -> np.ndarray:
         """Read ``h x w`` pixels at ``(y, x)`` of ``level`` (that level's pixel coordinates).
 
-        Parts of the region outside the image are padded with ``fill`` (white glass by default).
+        Parts of the region outside the image are padded with ``fill``; by default white glass,
+        the largest value of the slide's integer type (255 for 8-bit, 65535 for 16-bit) or 1.0.
         """
+        if fill is None:
+            fill = white(self.dtype)
         if not 0 <= level < len(self._sources):
             raise IndexError(
                 f"{self.path.name} has levels 0..{len(self._sources) - 1}; got {level}"
@@ -132,13 +145,22 @@ class Slide:
         return out
 
     def read_region_at(
-        self, pixel_size_um: float, y: int, x: int, h: int, w: int, fill: int | float = 255
+        self,
+        pixel_size_um: float,
+        y: int,
+        x: int,
+        h: int,
+        w: int,
+        fill: int | float | None = None,
     ) -> np.ndarray:
         """Read ``h x w`` pixels at ``(y, x)`` of the grid of ``pixel_size_um`` um/px.
 
-        The region is read from the pyramid level closest above the requested resolution and
-        resampled: block means for whole-number factors, otherwise an anti-aliased linear
-        interpolation with pixel centres aligned to the level-0 grid.
+        Output pixel ``(i, j)`` covers ``[(y + i) * s, (y + i + 1) * s)`` of level 0, ``s`` the
+        ratio of pixel sizes, so regions read separately stitch exactly. The region is read from
+        the coarsest pyramid level that is at least as fine as asked (within 1%) and resampled
+        with an area filter (anti-aliased; exact block means for whole-number factors), or
+        bilinearly when the level is coarser than asked. A level within half a pixel of the
+        asked scale over the whole region is read as it is. Large regions are read in strips.
         """
         if self.pixel_size_um is None:
             raise SlideError(
@@ -147,50 +169,71 @@ class Slide:
             )
         if not pixel_size_um > 0:
             raise ValueError(f"pixel size must be positive; got {pixel_size_um}")
+        if h <= 0 or w <= 0:
+            raise ValueError(f"region size must be positive; got {h}x{w}")
+        if fill is None:
+            fill = white(self.dtype)
         factor = pixel_size_um / self.pixel_size_um
         level = self.best_level(factor)
         ratio = factor / self.level_downsamples[level]
-        if abs(ratio - 1) < 1e-6:
-            return self.read_region(y, x, h, w, level, fill)
-        rounded = round(ratio)
-        if rounded >= 2 and abs(ratio - rounded) < 1e-6:
-            block = self.read_region(
-                y * rounded, x * rounded, h * rounded, w * rounded, level, fill
-            )
-            return _cast_like(_block_mean(block, rounded), self.dtype)
-        return self._resample(level, ratio, y, x, h, w, fill)
+        whole = max(1, round(ratio))
+        # the scale error of reading whole-number blocks, in level pixels across the region
+        snapped = (
+            abs(ratio - whole) <= LEVEL_TOLERANCE * whole and abs(ratio - whole) * max(h, w) < 0.5
+        )
+        out = np.empty((h, w, self.shapes[level][2]), self.dtype)
+        strip = max(1, int(STRIP_PIXELS // (w * max(ratio, 1.0) ** 2)))
+        for top in range(0, h, strip):
+            rows = min(strip, h - top)
+            if snapped:  # positions continue from the region's origin, so strips stitch exactly
+                sy, sx = round(y * ratio) + top * whole, round(x * ratio)
+                block = self.read_region(sy, sx, rows * whole, w * whole, level, fill)
+                out[top : top + rows] = (
+                    block if whole == 1 else _cast_like(_block_mean(block, whole), self.dtype)
+                )
+            else:
+                out[top : top + rows] = self._resample(level, ratio, y + top, x, rows, w, fill)
+        return out
 
     def best_level(self, downsample: float) -> int:
-        """Index of the coarsest level whose downsample does not exceed ``downsample``."""
+        """Index of the coarsest level whose downsample does not exceed ``downsample`` by more
+        than 1% (level sizes of real pyramids are floored: a 4x level may be 4.001x)."""
         candidates = [
-            i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + 1e-6)
+            i
+            for i, d in enumerate(self.level_downsamples)
+            if d <= downsample * (1 + LEVEL_TOLERANCE)
         ]
         return max(candidates, key=lambda i: self.level_downsamples[i]) if candidates else 0
 
     def _resample(
         self, level: int, ratio: float, y: int, x: int, h: int, w: int, fill: int | float
     ) -> np.ndarray:
-        from scipy import ndimage
-
-        # Output pixel i has its centre at (i + 0.5) * ratio - 0.5 in the level's pixels.
-        sy0 = math.floor(y * ratio) - 2
-        sx0 = math.floor(x * ratio) - 2
-        sh = math.ceil((y + h) * ratio) + 2 - sy0
-        sw = math.ceil((x + w) * ratio) + 2 - sx0
-        src = self.read_region(sy0, sx0, sh, sw, level, fill).astype(np.float32)
+        """Resample a region of ``level`` by ``ratio`` level pixels per output pixel."""
         if ratio > 1:
-            sigma = (ratio - 1) / 2
-            src = ndimage.gaussian_filter(src, sigma=(sigma, sigma, 0), mode="nearest")
-        cy = (np.arange(h) + y + 0.5) * ratio - 0.5 - sy0
-        cx = (np.arange(w) + x + 0.5) * ratio - 0.5 - sx0
-        grid = np.meshgrid(cy, cx, indexing="ij")
-        out = np.stack(
-            [
-                ndimage.map_coordinates(src[..., c], grid, order=1, mode="nearest")
-                for c in range(src.shape[-1])
-            ],
-            axis=-1,
-        )
+            # Output pixel i covers [(y + i) * ratio, (y + i + 1) * ratio) of the level: the
+            # exact area mean over that square, pixels taken as constant squares.
+            top, left = y * ratio, x * ratio
+            sy, sx = math.floor(top), math.floor(left)
+            sh = math.ceil((y + h) * ratio) - sy + 1
+            sw = math.ceil((x + w) * ratio) - sx + 1
+            src = self.read_region(sy, sx, sh, sw, level, fill)
+            out = _separable(
+                src,
+                _area_weights(top - sy, ratio, h, sh),
+                _area_weights(left - sx, ratio, w, sw),
+            )
+        else:
+            # Bilinear, output pixel centres at (y + i + 0.5) * ratio - 0.5 level pixels.
+            sy = math.floor((y + 0.5) * ratio - 0.5)
+            sx = math.floor((x + 0.5) * ratio - 0.5)
+            sh = math.ceil((y + h) * ratio) - sy + 2
+            sw = math.ceil((x + w) * ratio) - sx + 2
+            src = self.read_region(sy, sx, sh, sw, level, fill)
+            out = _separable(
+                src,
+                _linear_weights((y + 0.5) * ratio - 0.5 - sy, ratio, h, sh),
+                _linear_weights((x + 0.5) * ratio - 0.5 - sx, ratio, w, sw),
+            )
         return _cast_like(out, self.dtype)
 
     def close(self) -> None:
@@ -255,11 +298,14 @@ def write_pyramid(
     tile: int = 256,
     compression: str | None = "zlib",
     compression_level: int | None = None,
+    labels: bool = False,
 ) -> Path:
     """Write ``image`` (``(H, W)`` or ``(H, W, C)``, any array-like) as a tiled pyramidal OME-TIFF.
 
     Level 0 is written tile by tile from ``image``, so a memory-mapped or zarr source is never
-    read whole; each further level halves the previous one (2x2 means) down to one tile. The
+    read whole; each further level halves the previous one down to one tile: 2x2 means for
+    images, every second pixel for ``labels`` (a label image: a mean would invent ids, so every
+    value of a lower level is one of level 0's). The
     pixel size goes into the OME metadata and the TIFF resolution tags. The file appears
     atomically: it is written beside ``path`` and renamed into place.
     """
@@ -270,10 +316,14 @@ def write_pyramid(
         raise ValueError(f"image must be (H, W) or (H, W, C); got shape {image.shape}")
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16; got {tile}")
+    if labels and (image.ndim != 2 or np.dtype(image.dtype).kind not in "ui"):
+        raise ValueError(
+            f"a label image must be 2-D integers; got shape {image.shape}, dtype {image.dtype}"
+        )
     photometric = "rgb" if image.ndim == 3 and image.shape[2] in (3, 4) else "minisblack"
     levels: list[Any] = [image]
     while max(levels[-1].shape[:2]) > tile:
-        levels.append(_halve(levels[-1]))
+        levels.append(_halve(levels[-1], nearest=labels))
     metadata: dict[str, Any] = {"axes": "YXS" if image.ndim == 3 else "YX"}
     resolution = None
     if pixel_size_um:
@@ -323,13 +373,17 @@ def _tiles(level: Any, tile: int):
             yield block
 
 
-def _halve(level: Any, strip: int = 1024) -> np.ndarray:
-    """2x2 mean of ``level``, read in strips of rows so a lazy source is never read whole."""
+def _halve(level: Any, strip: int = 1024, nearest: bool = False) -> np.ndarray:
+    """2x2 means of ``level`` (or, ``nearest``, its pixels at even rows and columns), read in
+    strips of rows so a lazy source is never read whole."""
     height, width = level.shape[:2]
     out_shape = ((height + 1) // 2, (width + 1) // 2, *tuple(level.shape[2:]))
     out = np.empty(out_shape, dtype=level.dtype)
     for y in range(0, height, strip):
         block = np.asarray(level[y : y + strip])
+        if nearest:
+            out[y // 2 : (y + len(block) + 1) // 2] = block[::2, ::2]
+            continue
         if block.shape[0] % 2:
             block = np.concatenate([block, block[-1:]], axis=0)
         if block.shape[1] % 2:
@@ -356,6 +410,57 @@ def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
     rows = block.reshape(h, factor, w * factor * c).sum(axis=1, dtype=accumulator)
     sums = rows.reshape(h, w, factor, c).sum(axis=2)
     return (sums / (factor * factor)).reshape(h, w, *rest)
+
+
+def white(dtype: np.dtype) -> int | float:
+    """The value of white glass in an image of ``dtype``: its integer maximum, or 1.0."""
+    dtype = np.dtype(dtype)
+    return int(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+
+
+def _separable(src: np.ndarray, along_y: Any, along_x: Any) -> np.ndarray:
+    """``along_y @ src @ along_x.T`` for an ``(H, W, C)`` image and sparse ``(h, H)`` and
+    ``(w, W)`` weights, as float32: a few non-zeros per row, so the cost grows with the pixels
+    read, not with their square."""
+    height, width, channels = src.shape
+    h, w = along_y.shape[0], along_x.shape[0]
+    rows = along_y @ src.reshape(height, -1).astype(np.float32)
+    rows = rows.reshape(h, width, channels).transpose(1, 0, 2).reshape(width, h * channels)
+    return (along_x @ rows).reshape(w, h, channels).transpose(1, 0, 2)
+
+
+def _area_weights(start: float, ratio: float, n: int, length: int) -> Any:
+    """``(n, length)`` sparse weights: row i is the share of each source pixel in
+    ``[start + i * ratio, start + (i + 1) * ratio)``, divided by ``ratio``."""
+    lows = start + np.arange(n) * ratio
+    first = np.floor(lows).astype(np.intp)
+    columns = first[:, None] + np.arange(math.ceil(ratio) + 1)[None, :]
+    overlap = np.minimum(lows[:, None] + ratio, columns + 1) - np.maximum(lows[:, None], columns)
+    weights = np.clip(overlap, 0, None) / ratio
+    return _csr(weights, np.minimum(columns, length - 1), length)  # zero-weight taps past the end
+
+
+def _csr(weights: np.ndarray, columns: np.ndarray, length: int) -> Any:
+    """A sparse ``(n, length)`` matrix with ``weights[i]`` at ``columns[i]`` in row ``i``."""
+    from scipy import sparse
+
+    n, taps = weights.shape
+    indptr = np.arange(n + 1) * taps
+    return sparse.csr_matrix(
+        (weights.ravel().astype(np.float32), columns.ravel(), indptr), shape=(n, length)
+    )
+
+
+def _linear_weights(start: float, ratio: float, n: int, length: int) -> Any:
+    """``(n, length)`` sparse weights of linear interpolation at ``start + i * ratio``, clamped
+    to the first and last source pixel."""
+
+    positions = np.clip(start + np.arange(n) * ratio, 0, length - 1)
+    first = np.minimum(np.floor(positions).astype(np.intp), length - 2)
+    fraction = positions - first
+    columns = np.stack([first, first + 1], axis=1)
+    weights = np.stack([1 - fraction, fraction], axis=1)
+    return _csr(weights, columns, length)
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -424,16 +529,74 @@ def _open_tiff(path: Path, size: int) -> Slide:
                         f"{path.name} is truncated: image data reaches byte "
                         f"{int((offsets + counts).max())} but the file has {size} bytes"
                     )
-        sources = [zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(levels))]
+        cache = _TileCache(TILE_CACHE_MB * 2**20)
+        sources = [
+            zarr.open_array(_cached_store(series.aszarr(level=i), cache, i), mode="r")
+            for i in range(len(levels))
+        ]
         pixel_size = _tiff_pixel_size(tif)
         metadata = {"format": _tiff_kind(tif), "axes": axes, "series": series.name}
-        return Slide(path, sources, axes, pixel_size, metadata, handle=tif)
+        slide = Slide(path, sources, axes, pixel_size, metadata, handle=tif)
+        slide._tile_cache = cache
+        return slide
     except SlideError:
         tif.close()
         raise
     except Exception as exc:
         tif.close()
         raise SlideError(f"{path.name} is a damaged TIFF ({type(exc).__name__}: {exc})") from exc
+
+
+class _TileCache:
+    """Decoded TIFF tiles of one slide, the least recently used dropped past a byte budget.
+
+    Neighbouring model tiles overlap, and so do the slide tiles under them: with the cache,
+    each slide tile is decoded once while the reads sweep across it.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self._items: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[int, str], value: Any) -> None:
+        size = len(value)
+        if size > self.budget:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self.budget:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+def _cached_store(store: Any, cache: _TileCache, level: int) -> Any:
+    """``store`` (tifffile's zarr store of one level) with decoded chunks kept in ``cache``."""
+    from zarr.storage import WrapperStore
+
+    class CachedStore(WrapperStore):
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            if byte_range is not None or key.endswith(".json"):
+                return await self._store.get(key, prototype, byte_range)
+            value = cache.get((level, key))
+            if value is None:
+                value = await self._store.get(key, prototype, byte_range)
+                if value is not None:
+                    cache.put((level, key), value)
+            return value
+
+    return CachedStore(store)
 
 
 def _open_raster(path: Path) -> Slide:
