@@ -8,6 +8,7 @@ metadata when it has any (OME ``PhysicalSizeX``, SVS ``MPP``, ImageJ or TIFF res
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -100,6 +101,16 @@ class Slide:
             raise ValueError(f"an image must be (H, W) or (H, W, C); got shape {array.shape}")
         axes = "YXS" if array.ndim == 3 else "YX"
         return cls(Path(name), [array], axes, pixel_size_um, {"format": "array", "axes": axes})
+
+    def with_pixel_size(self, pixel_size_um: float) -> Slide:
+        """A view of this slide with another pixel size; this slide is left as it is, and
+        closing the view does not close the file."""
+        if not pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be positive; got {pixel_size_um}")
+        view = copy.copy(self)
+        view.pixel_size_um = float(pixel_size_um)
+        view._handle = None
+        return view
 
     @property
     def levels(self) -> list[Any]:

@@ -53,10 +53,17 @@ def probability_to_labels(
 
 def threshold_mask(probability: Any, threshold: float, rows: int = ROWS) -> np.ndarray:
     """``probability >= threshold`` as a boolean array, read ``rows`` rows at a time, so a
-    probability map on disk (zarr) is never loaded whole as float."""
+    probability map on disk (zarr) is never loaded whole as float. Missing values (NaN: what
+    an unwritten or lost chunk reads as) raise instead of reading as background."""
     mask = np.empty(probability.shape, bool)
     for y in range(0, probability.shape[0], rows):
-        np.greater_equal(np.asarray(probability[y : y + rows]), threshold, out=mask[y : y + rows])
+        band = np.asarray(probability[y : y + rows])
+        if np.isnan(band).any():
+            raise ValueError(
+                f"the probability map has missing values (NaN) in rows {y}..{y + len(band) - 1}: "
+                "its storage was deleted or never completely written"
+            )
+        np.greater_equal(band, threshold, out=mask[y : y + rows])
     return mask
 
 

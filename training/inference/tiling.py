@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,3 +43,52 @@ def blend_window(size: int, ramp: int, floor: float = 1e-3) -> np.ndarray:
     distance = np.minimum(np.arange(size), np.arange(size)[::-1]) + 1
     line = np.clip(distance / ramp, floor, 1.0).astype(np.float32)
     return np.outer(line, line)
+
+
+@dataclass
+class TilePlan:
+    """One member's tiles: rows of ``(y, [x, ...])`` at the member's scale, tissue-skipped."""
+
+    tile: int
+    stride: int
+    pixel_size_um: float
+    rows: list[tuple[int, list[int]]]
+    kept: int
+    skipped: int
+
+    def tiles(self) -> list[tuple[int, int]]:
+        """Every kept tile's ``(y, x)``, row by row."""
+        return [(y, x) for y, xs in self.rows for x in xs]
+
+
+def plan_tiles(
+    shape: tuple[int, int],
+    to_member: float,
+    tile: int,
+    overlap: float,
+    pixel_size_um: float,
+    tissue: Callable[[float, float, float, float], bool] | None = None,
+) -> TilePlan:
+    """Tiles of ``tile`` px covering a slide of level-0 ``shape`` at ``to_member`` member px per
+    level-0 px. A tile is kept when ``tissue(y, x, h, w)`` (a level-0 box) says its *core*,
+    the part no other tile covers more centrally, touches tissue: every tissue pixel is then
+    predicted by the tile it is most central in."""
+    height = math.ceil(shape[0] * to_member)
+    width = math.ceil(shape[1] * to_member)
+    stride = max(1, round(tile * (1 - overlap)))
+    ys_all, xs_all = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
+    x_cores = tile_cores(xs_all, tile, width)
+    rows, kept = [], 0
+    for y, (cy0, cy1) in zip(ys_all, tile_cores(ys_all, tile, height), strict=True):
+        xs = [
+            x
+            for x, (cx0, cx1) in zip(xs_all, x_cores, strict=True)
+            if tissue is None
+            or tissue(
+                cy0 / to_member, cx0 / to_member, (cy1 - cy0) / to_member, (cx1 - cx0) / to_member
+            )
+        ]
+        rows.append((y, xs))
+        kept += len(xs)
+    skipped = len(ys_all) * len(xs_all) - kept
+    return TilePlan(tile, stride, pixel_size_um, rows, kept, skipped)
