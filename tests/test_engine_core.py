@@ -6,7 +6,6 @@ import gc
 import math
 import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +66,7 @@ def test_an_on_disk_map_outlives_its_result_object(texture, tmp_path, monkeypatc
     assert folder.is_dir()
     probability.close()
     assert not folder.exists()
-    with pytest.raises(FileNotFoundError, match="storage .* is gone"):
+    with pytest.raises(FileNotFoundError, match=r"storage .* is gone"):
         probability[0:10]
     del probability
     gc.collect()
