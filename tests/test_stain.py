@@ -168,3 +168,15 @@ def test_importing_staintools_leaves_qt_settings_alone():
     assert "QT_QPA_PLATFORM_PLUGIN_PATH" in qt_variables_after("import cv2")  # what it guards
     guarded = "from training.stain import _staintools; _staintools(); import cv2"
     assert qt_variables_after(guarded).strip() == "[]"
+
+
+def test_closed_form_concentrations_match_staintools_lasso():
+    from training.stain import _concentrations, _staintools
+
+    _staintools()
+    from staintools.miscellaneous.get_concentrations import get_concentrations
+
+    image, _, _ = make_phantom("kidney", size=192, seed=3)
+    matrix = unit_rows(np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]]))
+    expected = get_concentrations(image.copy(), matrix)  # SPAMS, one lasso per pixel
+    np.testing.assert_allclose(_concentrations(image, matrix), expected, atol=1e-4)
