@@ -9,3 +9,4 @@ bash scripts/setup.sh
 echo "slide:        $out/train_images/kidney_hpa_0.tiff"
 echo "ground truth: $out/train.csv"
 echo "overlay:      $out/overlays/kidney_hpa_0.png"
+echo "open it in napari: .venv/bin/napari-ftu $out/train_images/kidney_hpa_0.tiff"
