@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from PIL import Image
 
 from napari_ftu.cli import main
 from training.data.catalog import read_catalog
-from training.data.rle import decode
+from training.data.rle import decode, encode
+from training.inference import SegmentationResult, resize_labels
+from training.inference.outputs import result_row
 from training.models import build_model, save_checkpoint
 from training.slides import open_slide, write_pyramid
 from training.synthetic import make_phantom
@@ -134,3 +137,28 @@ def test_segment_with_stain_normalisation(workspace, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(segment_args(slides[1:], root / "model.pt", tmp_path / "bad", "--stain", "macenko"))
     assert exited.value.code == 2 and "--stain needs --stain-reference" in capsys.readouterr().err
+
+
+def fake_result(slide_shape: tuple[int, int]) -> SegmentationResult:
+    return SegmentationResult(None, 1.6, 4.0, slide_shape, "kidney", 0.5, 0, 0)
+
+
+def test_result_row_encodes_level0_without_building_it():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((4096, 4096), np.int32)
+    for index, (y, x, h, w) in enumerate(rng.integers(0, 4096, (40, 4)) % [4096, 4096, 300, 300]):
+        labels[y : y + h, x : x + w] = index + 1
+    shape = (16384, 16384)  # level-0 labels would be 1 GiB of int32
+    tracemalloc.start()
+    try:
+        row = result_row("big", fake_result(shape), labels, 0.4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < shape[0] * shape[1] / 4
+    assert (row["img_height"], row["img_width"]) == shape
+
+    small = labels[1000:1013, 2000:2011]  # a non-integer ratio, and the same size
+    for shape in ((50, 37), small.shape):
+        row = result_row("small", fake_result(shape), small, 0.4)
+        assert row["rle"] == encode(resize_labels(small, shape) > 0)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from training.data import rle
 from training.data.rle import decode, encode
+from training.inference.postprocess import resize_labels
 
 
 def reference_encode(mask: np.ndarray) -> str:
@@ -119,3 +122,61 @@ def test_encoding_in_column_blocks_matches_one_block(monkeypatch, block_pixels, 
 def test_long_run_lists_are_joined_in_chunks():
     assert rle._join(np.arange(10), chunk=3) == " ".join(map(str, range(10)))
     assert rle._join(np.arange(0)) == ""
+
+
+def blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A label image of a few rectangles and noise: runs that start and end anywhere."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(shape) > 0.7).astype(np.int32) * 7
+    for index in range(1, 4):
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        labels[y : y + rng.integers(1, 9), x : x + rng.integers(1, 9)] = index
+    return labels
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    st.tuples(st.integers(1, 97), st.integers(1, 97)),
+    st.integers(0, 2**16),
+    st.sampled_from([1, 5, 64, 2**24]),
+)
+def test_upscaled_encoding_equals_encoding_the_resized_labels(size, target, seed, block):
+    """Any ratio, integer or not, up or down, and block boundaries anywhere."""
+    labels = blobs(size, seed)
+    expected = encode(resize_labels(labels, target) > 0)
+    original = rle.ENCODE_BLOCK_PIXELS
+    rle.ENCODE_BLOCK_PIXELS = block  # hypothesis and function-scoped monkeypatch do not mix
+    try:
+        assert rle.encode_upscaled(labels, target) == expected
+    finally:
+        rle.ENCODE_BLOCK_PIXELS = original
+
+
+def test_upscaled_encoding_never_builds_the_level0_mask():
+    """The RLE of a 16384 x 16384 level 0 from a 4x smaller mask: the level-0 mask would take
+    256 MiB as bytes (the int32 labels a resize builds, 1 GiB); the encoder stays near one
+    column block."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((4096, 4096), np.int32)
+    for index, (y, x, h, w) in enumerate(rng.integers(0, 4096, (60, 4)) % [4096, 4096, 300, 300]):
+        labels[y : y + h, x : x + w] = index + 1
+    target = (16384, 16384)
+    tracemalloc.start()
+    try:
+        text = rle.encode_upscaled(labels, target)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < target[0] * target[1] / 4
+    lengths = np.array(text.split(), np.int64)[1::2]
+    assert lengths.sum() == 16 * np.count_nonzero(labels)  # each pixel became 4 x 4
+
+
+def test_upscaled_encoding_rejects_what_cannot_be_resized():
+    with pytest.raises(ValueError, match="shape must be positive"):
+        rle.encode_upscaled(np.ones((2, 2)), (0, 5))
+    with pytest.raises(ValueError, match="empty mask"):
+        rle.encode_upscaled(np.ones((0, 2)), (4, 5))
+    with pytest.raises(ValueError, match="2-D masks"):
+        rle.encode_upscaled(np.ones((2, 2, 3)), (4, 5))

@@ -7,9 +7,11 @@ Both directions are vectorised: there is no Python loop over runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["decode", "encode", "parse_runs"]
+__all__ = ["decode", "encode", "encode_upscaled", "nearest_indices", "parse_runs"]
 
 
 ENCODE_BLOCK_PIXELS = 2**24
@@ -21,18 +23,53 @@ def encode(mask: np.ndarray) -> str:
     Columns are flattened a block of about 16 M pixels at a time, so the temporary copies stay
     small for a whole-slide mask (a 3000x3000 mask is one block).
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"RLE encodes 2-D masks; got an array of shape {mask.shape}")
-    height, width = mask.shape
+    mask = _as_2d(mask)
     if mask.size == 0:
         return ""
+    return _encode_columns(mask.shape, lambda start, stop: (mask[:, start:stop] != 0).T)
+
+
+def encode_upscaled(mask: np.ndarray, shape: tuple[int, int]) -> str:
+    """Encode ``mask`` as if resized nearest-neighbour to ``shape`` first (``encode`` of
+    :func:`training.inference.resize_labels`), without building the resized array.
+
+    For a slide's level 0 from a working-scale mask: each block of level-0 columns is picked from
+    the mask, encoded and dropped, so memory stays near one block whatever the slide's size.
+    """
+    mask = _as_2d(mask)
+    height, width = _check_shape(shape)
+    if mask.size == 0:
+        raise ValueError(f"cannot resize an empty mask of shape {mask.shape} to {shape}")
+    rows = nearest_indices(mask.shape[0], height)
+    cols = nearest_indices(mask.shape[1], width)
+    if mask.shape[0] > height:  # shrinking: pick the rows once, the result is smaller
+        mask, rows = mask[rows], np.arange(height)
+
+    def columns(start: int, stop: int) -> np.ndarray:
+        # Taken at the mask's height (small), transposed to C order, and only then stretched to
+        # the slide's rows, as a boolean: the one large temporary is the block itself.
+        picked = np.ascontiguousarray((mask[:, cols[start:stop]] != 0).T)
+        return np.take(picked, rows, axis=1)  # C order, unlike picked[:, rows]
+
+    return _encode_columns((height, width), columns)
+
+
+def nearest_indices(size: int, target: int) -> np.ndarray:
+    """Source index of each of ``target`` positions when ``size`` positions are resized
+    nearest-neighbour by pixel centres (``floor((i + 0.5) * size / target)``)."""
+    return np.minimum(((np.arange(target) + 0.5) * size / target).astype(np.int64), size - 1)
+
+
+def _encode_columns(shape: tuple[int, int], columns: Callable[[int, int], np.ndarray]) -> str:
+    """RLE of an ``(H, W)`` mask given block by block: ``columns(start, stop)`` returns those
+    columns as the rows of a boolean ``(stop - start, H)`` array."""
+    height, width = shape
     step = max(1, ENCODE_BLOCK_PIXELS // height)
     parts, offset, previous = [], 0, 0
     for column in range(0, width, step):
-        # Transposing a C-ordered block and reading it in C order is the Fortran flatten; doing
-        # it on a 1-byte view keeps the strided copy as cheap as it can be.
-        pixels = (mask[:, column : column + step] != 0).view(np.uint8).T.ravel()
+        # Reading the columns-as-rows block in C order is the Fortran flatten; doing it on a
+        # 1-byte view keeps the copy (none if the block is already C-ordered) cheap.
+        pixels = columns(column, min(column + step, width)).view(np.uint8).ravel()
         # Boundaries are where a pixel differs from its predecessor (0-indexed position of the
         # pixel after the change); the padding zero before the first pixel is `previous`.
         changes = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
@@ -47,6 +84,13 @@ def encode(mask: np.ndarray) -> str:
     runs[:, 1] -= runs[:, 0]
     runs[:, 0] += 1
     return _join(runs.ravel())
+
+
+def _as_2d(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"RLE encodes 2-D masks; got an array of shape {mask.shape}")
+    return mask
 
 
 def _join(numbers: np.ndarray, chunk: int = 2**20) -> str:

@@ -12,7 +12,6 @@ from scipy import ndimage
 from training.atomic import atomic_path
 from training.data import rle
 from training.inference.engine import SegmentationResult
-from training.inference.postprocess import resize_labels
 
 FTU_NAMES = {
     "kidney": "glomerulus",
@@ -30,9 +29,14 @@ def result_row(
     slide_pixel_size_um: float,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ``train.csv`` row for a slide: the mask as RLE at the slide's level-0 size."""
-    height, width = result.slide_shape
-    level0 = resize_labels(labels, (height, width)) if labels.shape != (height, width) else labels
+    """A ``train.csv`` row for a slide: the mask as RLE at the slide's level-0 size.
+
+    The level-0 mask is never built (for a 50k x 50k slide it would be 10 GB of labels): the RLE
+    is encoded from the working-scale ``labels`` column block by column block.
+    """
+    height, width = (int(n) for n in result.slide_shape)
+    same_size = labels.shape == (height, width)
+    mask_rle = rle.encode(labels) if same_size else rle.encode_upscaled(labels, (height, width))
     return {
         "id": image_id,
         "organ": result.organ,
@@ -41,7 +45,7 @@ def result_row(
         "img_width": width,
         "pixel_size": slide_pixel_size_um,
         "tissue_thickness": "",
-        "rle": rle.encode(level0),
+        "rle": mask_rle,
         "age": "",
         "sex": "",
         **(extra or {}),

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from training.data.rle import nearest_indices
+
 ROWS = 1024  # rows per band when a whole-slide array is processed piecewise
 
 
@@ -68,13 +70,11 @@ def threshold_mask(probability: Any, threshold: float, rows: int = ROWS) -> np.n
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label image to ``shape`` (e.g. the slide's level 0)."""
-    rows = np.minimum(
-        ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64),
-        labels.shape[0] - 1,
-    )
-    cols = np.minimum(
-        ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64),
-        labels.shape[1] - 1,
-    )
+    """Nearest-neighbour resize of a label image to ``shape`` (e.g. the slide's level 0).
+
+    For a slide-sized mask's RLE, :func:`training.data.rle.encode_upscaled` gives the same
+    result without building the resized array.
+    """
+    rows = nearest_indices(labels.shape[0], shape[0])
+    cols = nearest_indices(labels.shape[1], shape[1])
     return labels[rows[:, None], cols[None, :]]
