@@ -169,3 +169,17 @@ def test_write_catalog_round_trip(tmp_path, real_annotations):
     again = read_catalog(tmp_path)
     assert list(again["rle"]) == list(frame.head(5)["rle"])
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o002, 0o664)], ids=oct)
+def test_dataset_files_follow_the_umask(tmp_path, mask, expected):
+    """A dataset folder shared with colleagues: train.csv, its backup and the image are
+    readable to them (they were 0600)."""
+    previous = os.umask(mask)
+    try:
+        upsert_row(tmp_path, row("x", h=1, w=1), image=np.full((30, 70, 3), 200, np.uint8))
+        upsert_row(tmp_path, row("x", h=30, w=70))
+    finally:
+        os.umask(previous)
+    for name in ("train.csv", "train.backup.csv", "train_images/x.tiff"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
