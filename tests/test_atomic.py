@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 import pytest
 
-from training.atomic import atomic_path
+from training.atomic import atomic_path, exclusive_lock
 
 
 @pytest.fixture
@@ -47,3 +48,15 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
         assert tmp.name.startswith(".a.txt.") and tmp.name.endswith(".tmp.tiff")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_filesystem_without_locks_writes_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with exclusive_lock(tmp_path / ".train.csv.lock"):
+        ran = True
+    assert ran and "no file locks" in caplog.text

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -160,7 +161,7 @@ def test_write_is_atomic_when_the_replace_fails(tmp_path, monkeypatch):
         upsert_row(tmp_path, row("b"))
     monkeypatch.undo()
     assert (tmp_path / "train.csv").read_bytes() == original
-    assert [p.name for p in tmp_path.iterdir()] == ["train.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".train.csv.lock", "train.csv"]
 
 
 def test_write_catalog_round_trip(tmp_path, real_annotations):
@@ -183,3 +184,20 @@ def test_dataset_files_follow_the_umask(tmp_path, mask, expected):
         os.umask(previous)
     for name in ("train.csv", "train.backup.csv", "train_images/x.tiff"):
         assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
+
+
+def add_rows(folder: Path, prefix: str, count: int) -> None:
+    for index in range(count):
+        upsert_row(folder, row(f"{prefix}{index}"))
+
+
+def test_concurrent_writers_lose_no_rows(tmp_path):
+    """Ranks of a torchrun job add rows to one train.csv at the same time."""
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=add_rows, args=(tmp_path, p, 15)) for p in "abcd"]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    assert len(read_catalog(tmp_path)) == 60

@@ -1,13 +1,17 @@
-"""Atomic file writes: a result appears whole or not at all."""
+"""Safe file writes: a result appears whole or not at all, and writers take turns."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -50,3 +54,31 @@ def _keep_mode(path: Path, tmp: Path) -> None:
     except FileNotFoundError:
         return
     os.chmod(tmp, mode)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if absent) for the block,
+    so that processes updating one file (ranks of a torchrun job, two exports) take turns.
+
+    The lock goes with the process: a crash never leaves it behind. Where there is no ``flock``
+    (Windows, some network filesystems) the block runs unlocked, with a warning.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks through fcntl
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            log.warning("%s: this filesystem has no file locks; writing unlocked", path)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

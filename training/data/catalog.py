@@ -2,7 +2,8 @@
 
 Reading validates every row and names the file, row and column of any problem. Writing replaces
 the file atomically; :func:`upsert_row` changes one row by id and keeps the row it replaced in
-``train.backup.csv``, so an export never silently loses an earlier correction.
+``train.backup.csv``, so an export never silently loses an earlier correction. Writers take turns
+through a lock file beside the CSV (``.train.csv.lock``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.atomic import atomic_path
+from training.atomic import atomic_path, exclusive_lock
 from training.data import rle as rle_codec
 
 __all__ = [
@@ -112,7 +113,8 @@ def write_catalog(location: str | os.PathLike, frame: pd.DataFrame) -> Path:
     csv_path, _ = catalog_paths(location)
     frame = _ordered(frame)
     _validate(frame, csv_path)
-    _atomic_write_csv(frame, csv_path)
+    with exclusive_lock(_lock_path(csv_path)):
+        _atomic_write_csv(frame, csv_path)
     return csv_path
 
 
@@ -135,13 +137,21 @@ def upsert_row(
         image = np.asarray(image)
         record["img_height"], record["img_width"] = int(image.shape[0]), int(image.shape[1])
     record.setdefault("rle", "")
-    new_row = pd.DataFrame([record])
-    _validate(_ordered(new_row), csv_path, partial=True)
+    _validate(_ordered(pd.DataFrame([record])), csv_path, partial=True)
     try:
         rle_codec.parse_runs(str(record["rle"]), (record["img_height"], record["img_width"]))
     except ValueError as exc:
         raise CatalogError(f"{csv_path}: row {record['id']!r}, column 'rle': {exc}") from None
+    # Read, change and write under the folder's lock: ranks of a torchrun job (or two exports)
+    # adding rows at the same time would otherwise each write back a file without the other's.
+    with exclusive_lock(_lock_path(csv_path)):
+        return _merge_row(csv_path, image_dir, record, image)
 
+
+def _merge_row(
+    csv_path: Path, image_dir: Path, record: dict[str, object], image: np.ndarray | None
+) -> pd.DataFrame:
+    new_row = pd.DataFrame([record])
     if csv_path.exists():
         frame = read_catalog(csv_path, check_images=False, check_rle=False)
     else:
@@ -242,6 +252,10 @@ def _check_image_size(path: Path, row: pd.Series, where: str) -> None:
             f"{where}image {path.name} is {height}x{width} (HxW) but the row says "
             f"{row['img_height']}x{row['img_width']}"
         )
+
+
+def _lock_path(csv_path: Path) -> Path:
+    return csv_path.parent / f".{csv_path.name}.lock"
 
 
 def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
