@@ -162,6 +162,7 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
                 target,
                 labels.astype(np.uint16 if labels.max() < 65536 else np.uint32),
                 result.pixel_size_um,
+                labels=True,
             )
         if args.geojson:
             write_json(

@@ -70,6 +70,7 @@ def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
     assert mask.all()  # threshold 0 keeps every pixel
     with open_slide(out / "slide0.labels.tiff") as labels:
         assert labels.shape[:2] == (80, 80) and labels.pixel_size_um == pytest.approx(1.6)
+        assert labels.metadata["format"] == "ome"
     geojson = json.loads((out / "slide0.geojson").read_text())
     assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == 1
     ring = np.array(geojson["features"][0]["geometry"]["coordinates"][0])
