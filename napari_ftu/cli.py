@@ -8,10 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger("napari_ftu")
+
+BAD_INPUT = 2  # exit status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,16 +33,37 @@ def launch(argv: Sequence[str]) -> int:
     )
     parser.add_argument("slides", nargs="*", help="slide files (TIFF, OME-TIFF, SVS, PNG, JPEG)")
     args = parser.parse_args(argv)
+    missing = [path for path in args.slides if not Path(path).exists()]
+    if missing:  # before napari starts: a typo costs no waiting for a window
+        print(f"napari-ftu: error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return BAD_INPUT
     # torch (and the triton it pulls in) must be imported before any OpenGL context exists:
     # importing it after a viewer is up crashes under Mesa's software OpenGL.
     import napari
     import torch  # noqa: F401
 
     viewer = napari.Viewer(title="napari-ftu")
-    for path in args.slides:
-        viewer.open(path, plugin="napari-ftu")
+    open_slides(viewer, args.slides)
     napari.run()
     return 0
+
+
+def open_slides(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Open each slide in ``viewer`` with the plugin's reader; return the paths that failed.
+
+    A slide that cannot be opened is reported as a napari error notification, and the others
+    still open: the session goes on.
+    """
+    from napari.utils.notifications import show_error
+
+    failed = []
+    for path in map(str, paths):
+        try:
+            viewer.open(path, plugin="napari-ftu")
+        except Exception as exc:  # whatever a reader raises, one slide must not end the session
+            show_error(f"napari-ftu cannot open {path}: {exc}")
+            failed.append(path)
+    return failed
 
 
 def segment_parser() -> argparse.ArgumentParser:

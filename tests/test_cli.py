@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ftu.cli import main
+from napari_ftu.cli import main, open_slides
 from training.data.catalog import read_catalog
 from training.data.rle import decode, encode
 from training.inference import SegmentationResult, resize_labels
@@ -45,6 +45,8 @@ def workspace(tmp_path_factory):
     for seed, size in ((0, 320), (1, 256)):
         image, _, _ = make_phantom("kidney", size=size, seed=seed)
         slides.append(write_pyramid(root / f"slide{seed}.tiff", image, 0.4, tile=128))
+    data = slides[0].read_bytes()
+    (root / "broken.tiff").write_bytes(data[: len(data) // 2])  # a slide cut short in a copy
     return root, slides
 
 
@@ -163,3 +165,30 @@ def test_result_row_encodes_level0_without_building_it():
     for shape in ((50, 37), small.shape):
         row = result_row("small", fake_result(shape), small, 0.4)
         assert row["rle"] == encode(resize_labels(small, shape) > 0)
+
+
+def test_launcher_refuses_missing_files_before_any_viewer(tmp_path, capsys, monkeypatch):
+    import napari
+
+    def no_viewer(*args, **kwargs):
+        raise AssertionError("a viewer was created")
+
+    monkeypatch.setattr(napari, "Viewer", no_viewer)
+    missing = str(tmp_path / "absent.tiff")
+    assert main([missing]) == 2
+    err = capsys.readouterr().err
+    assert err == f"napari-ftu: error: no such file: {missing}\n"
+
+
+@pytest.mark.gui
+def test_launcher_reports_an_unreadable_slide_and_opens_the_others(make_napari_viewer, workspace):
+    from napari.utils.notifications import notification_manager
+
+    root, slides = workspace
+    viewer = make_napari_viewer()
+    records = len(notification_manager.records)
+    failed = open_slides(viewer, [root / "broken.tiff", slides[1]])
+    assert failed == [str(root / "broken.tiff")]
+    assert [layer.name for layer in viewer.layers] == ["slide1"]
+    messages = [record.message for record in notification_manager.records[records:]]
+    assert any("cannot open" in m and "broken.tiff is truncated" in m for m in messages)
