@@ -132,8 +132,6 @@ def segment_command(argv: Sequence[str]) -> int:
 
 
 def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) -> list[dict]:
-    from tqdm import tqdm
-
     from training.inference import run
     from training.inference.outputs import labels_to_geojson, result_row, write_json
     from training.models.ensemble import load_ensemble
@@ -152,26 +150,22 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
     rows = []
     for path in slides:
         with open_slide(path, args.pixel_size) as slide:
-            bar = tqdm(desc=path.name, unit="tile", disable=args.quiet, position=rank, leave=True)
-
-            def advance(event, bar=bar) -> None:
-                bar.total = event.total
-                bar.n = event.done
-                bar.refresh()
-
-            result = run(
-                slide,
-                ensemble,
-                args.organ,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                tta=args.tta,
-                device=args.device,
-                detect_tissue=not args.no_tissue_detection,
-                stain=stain,
-                on_progress=advance,
-            )
-            bar.close()
+            bar = TileBar(path.name, position=rank, disable=args.quiet)
+            try:
+                result = run(
+                    slide,
+                    ensemble,
+                    args.organ,
+                    overlap=args.overlap,
+                    batch_size=args.batch_size,
+                    tta=args.tta,
+                    device=args.device,
+                    detect_tissue=not args.no_tissue_detection,
+                    stain=stain,
+                    on_progress=bar,
+                )
+            finally:
+                bar.close()
             labels = result.labels(args.threshold, args.min_area_um2)
             rows.append(
                 result_row(
@@ -195,6 +189,33 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
             )
         log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)
     return rows
+
+
+class TileBar:
+    """A tqdm bar for one slide, made at the first progress event: before it, the number of
+    tiles is unknown, and a bar without a total prints a stray ``0tile`` line."""
+
+    def __init__(self, name: str, position: int = 0, disable: bool = False) -> None:
+        self.name, self.position, self.disable = name, position, disable
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        """Show ``event.done`` of ``event.total`` tiles."""
+        if self.disable:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=event.total, desc=self.name, unit="tile", position=self.position, leave=True
+            )
+        self.bar.n = event.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Finish the bar, if one was shown."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _gather_rows(rows: list[dict], rank: int, world: int) -> list[dict]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -20,8 +21,8 @@ from training.slides import open_slide, write_pyramid
 from training.synthetic import make_phantom
 
 
-def segment_args(slides, model, out, *options: str) -> list[str]:
-    """Arguments of a quiet kidney ``napari-ftu segment`` run, with ``options`` added."""
+def segment_args(slides, model, out, *options: str, quiet: bool = True) -> list[str]:
+    """Arguments of a (quiet) kidney ``napari-ftu segment`` run, with ``options`` added."""
     return [
         "segment",
         *map(str, slides),
@@ -31,7 +32,7 @@ def segment_args(slides, model, out, *options: str) -> list[str]:
         str(model),
         "--out",
         str(out),
-        "--quiet",
+        *(["--quiet"] if quiet else []),
         *options,
     ]
 
@@ -165,6 +166,14 @@ def test_result_row_encodes_level0_without_building_it():
     for shape in ((50, 37), small.shape):
         row = result_row("small", fake_result(shape), small, 0.4)
         assert row["rle"] == encode(resize_labels(small, shape) > 0)
+
+
+def test_progress_bar_appears_once_the_tile_count_is_known(workspace, tmp_path, capsys):
+    root, slides = workspace
+    assert main(segment_args(slides[1:], root / "model.pt", tmp_path, quiet=False)) == 0
+    err = capsys.readouterr().err
+    assert "slide1.tiff: 100%" in err
+    assert not re.search(r"slide1\.tiff: 0tile", err)  # what a bar without a total prints
 
 
 def test_launcher_refuses_missing_files_before_any_viewer(tmp_path, capsys, monkeypatch):
