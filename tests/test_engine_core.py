@@ -10,24 +10,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import member
 from torch import nn
 
 from training.inference import probability_to_labels, run, segment
 from training.inference.source import TileSource
 from training.inference.store import DiskProbability
-from training.models.ensemble import Member
 from training.slides import Slide, open_slide, write_pyramid
-
-
-def member(model: nn.Module, pixel_size: float = 0.4, tile: int = 64, weight: float = 1.0):
-    meta = {
-        "pixel_size_um": pixel_size,
-        "tile_size": tile,
-        "mean": [0, 0, 0],
-        "std": [1 / 255] * 3,
-        "thresholds": {"kidney": 0.5},
-    }
-    return Member(model, meta, weight, name="m")
 
 
 class Pointwise(nn.Module):

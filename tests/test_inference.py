@@ -8,28 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import member
 from scipy import ndimage
 from torch import nn
 
 from training.inference import Progress, probability_to_labels, resize_labels, run, segment
 from training.inference.tiling import tile_cores, tile_starts
 from training.models import build_model, save_checkpoint
-from training.models.ensemble import Member
 from training.slides import open_slide, write_pyramid
 from training.synthetic import make_phantom
-
-
-def member(
-    model: nn.Module, pixel_size: float = 0.4, tile: int = 64, weight: float = 1.0, name: str = "m"
-) -> Member:
-    meta = {
-        "pixel_size_um": pixel_size,
-        "tile_size": tile,
-        "mean": [0, 0, 0],
-        "std": [1 / 255] * 3,
-        "thresholds": {"kidney": 0.5},
-    }
-    return Member(model, meta, weight, name=name)
 
 
 class Constant(nn.Module):
