@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_ftu._torchrun import Team, rank_device
+
 log = logging.getLogger("napari_ftu")
 
-BAD_INPUT = 2  # exit status
+BAD_INPUT, SLIDES_FAILED = 2, 1  # exit statuses
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,8 +76,9 @@ def segment_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-ftu segment",
         description="Segment FTUs in slides without a GUI. Writes OUT/train.csv (one RLE row per "
-        "slide at level-0 size, id = file stem) and, on request, label TIFFs and GeoJSON. Under "
-        "torchrun, each rank takes its share of the slides and rank 0 merges the rows.",
+        "slide at level-0 size, id = file stem, written as each slide finishes) and, on request, "
+        "label TIFFs and GeoJSON. Under torchrun, each rank takes its share of the slides. Exit "
+        "status: 2 for bad input, 1 if a slide failed (the other slides' results are written).",
     )
     parser.add_argument("slides", nargs="+", type=Path)
     parser.add_argument("--organ", required=True, choices=ORGANS)
@@ -88,7 +91,9 @@ def segment_parser() -> argparse.ArgumentParser:
     group.add_argument("--overlap", type=float, default=0.25)
     group.add_argument("--batch-size", type=int, default=4)
     group.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
-    group.add_argument("--device", default="cpu")
+    group.add_argument(
+        "--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N"
+    )
     group.add_argument("--no-tissue-detection", action="store_true")
     group.add_argument(
         "--stain",
@@ -114,64 +119,114 @@ def segment_command(argv: Sequence[str]) -> int:
     if args.stain and args.stain_reference is None:
         parser.error("--stain needs --stain-reference IMAGE")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    try:
-        rows = _segment_share(args, args.slides[rank::world], rank)
-        if world > 1:
-            rows = _gather_rows(rows, rank, world)
-        if rank == 0:
-            from training.data.catalog import upsert_row
+    with Team() as team:
+        # Every rank checks its share before any rank writes: the gather is the barrier.
+        problems = _merged(team.gather(preflight(args, team.share(args.slides))))
+        if problems:
+            if team.rank == 0:
+                _report(problems)
+            return BAD_INPUT
+        outcomes = team.gather(_segment_share(args, team))
+    status = max(outcome[0] for outcome in outcomes)
+    if team.rank != 0:
+        return status
+    failures = _merged([outcome[1] for outcome in outcomes])
+    rows = [row for outcome in outcomes for row in outcome[2]]
+    if team.world > 1 and rows:
+        try:
+            _restore_lost_rows(args.out, rows)
+        except (OSError, ValueError) as exc:
+            failures.append(f"{args.out / 'train.csv'}: {exc}")
+            status = max(status, SLIDES_FAILED)
+    if rows:
+        log.info("wrote %d row(s) to %s", len(rows), args.out / "train.csv")
+    if failures:
+        done = f"{len(rows)} of {len(args.slides)} slide(s) segmented"
+        print(f"napari-ftu segment: {done}; failed:", file=sys.stderr)
+        _report(failures)
+    return status
 
-            for row in rows:
-                upsert_row(args.out, row)
-            log.info("wrote %d row(s) to %s", len(rows), args.out / "train.csv")
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        print(f"napari-ftu segment: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
-
-def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) -> list[dict]:
-    from training.inference import run
-    from training.inference.outputs import labels_to_geojson, result_row, write_json
-    from training.models.ensemble import load_ensemble
-    from training.slides import open_slide, write_pyramid
-
-    ids = [p.stem for p in args.slides]
-    duplicates = {i for i in ids if ids.count(i) > 1}
+def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> list[str]:
+    """What stops a run before any work: missing slides, slides that share an id."""
+    problems = [f"{path}: no such file" for path in slides if not path.exists()]
+    ids = [path.stem for path in args.slides]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"slides share an id (file stem): {', '.join(sorted(duplicates))}")
-    ensemble = load_ensemble(args.model, args.device)
+        problems.append(f"slides share an id (file stem): {', '.join(duplicates)}")
+    if args.out.exists() and not args.out.is_dir():
+        problems.append(f"{args.out}: not a folder")
+    return problems
+
+
+def _segment_share(
+    args: argparse.Namespace, team: Team
+) -> tuple[int, list[str], list[dict[str, Any]]]:
+    """Segment this rank's slides; never raises, so that every rank reaches the final gather.
+    Returns the exit status, the failures (one line each) and the rows written."""
+    try:
+        device = rank_device(args.device, team.local_rank)
+        ensemble, stain = _load(args, device)
+    except Exception as exc:  # reported by rank 0 after the gather
+        return BAD_INPUT, [_reason(exc)], []
+    failures, rows = [], []
+    for path in team.share(args.slides):
+        try:
+            rows.append(_segment_slide(args, path, ensemble, stain, device, team.rank))
+        except Exception as exc:  # one bad slide must not cost the others their results
+            failures.append(f"{path}: {_reason(exc)}")
+            # bad input explains itself; anything else is a bug, whose traceback is wanted
+            log.error("%s: failed: %s", path, _reason(exc), exc_info=not _is_bad_input(exc))
+    return (SLIDES_FAILED if failures else 0), failures, rows
+
+
+def _load(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
+    from training.models.ensemble import load_ensemble
+
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(device)  # else every rank also opens a context on GPU 0
+    ensemble = load_ensemble(args.model, device)
     stain = None
     if args.stain_reference is not None:
         from training.stain import StainNormalizer
 
         stain = StainNormalizer(args.stain or "macenko").fit(args.stain_reference)
-    rows = []
-    for path in slides:
-        with open_slide(path, args.pixel_size) as slide:
-            bar = TileBar(path.name, position=rank, disable=args.quiet)
-            try:
-                result = run(
-                    slide,
-                    ensemble,
-                    args.organ,
-                    overlap=args.overlap,
-                    batch_size=args.batch_size,
-                    tta=args.tta,
-                    device=args.device,
-                    detect_tissue=not args.no_tissue_detection,
-                    stain=stain,
-                    on_progress=bar,
-                )
-            finally:
-                bar.close()
-            labels = result.labels(args.threshold, args.min_area_um2)
-            rows.append(
-                result_row(
-                    path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}
-                )
+    return ensemble, stain
+
+
+def _segment_slide(
+    args: argparse.Namespace, path: Path, ensemble: Any, stain: Any, device: str, rank: int
+) -> dict[str, Any]:
+    """Segment one slide and write its results; its train.csv row last, as the mark of a slide
+    done. Returns the row."""
+    from training.data.catalog import upsert_row
+    from training.inference import run
+    from training.inference.outputs import labels_to_geojson, result_row, write_json
+    from training.slides import open_slide, write_pyramid
+
+    with open_slide(path, args.pixel_size) as slide:
+        bar = TileBar(path.name, position=rank, disable=args.quiet)
+        try:
+            result = run(
+                slide,
+                ensemble,
+                args.organ,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                tta=args.tta,
+                device=device,
+                detect_tissue=not args.no_tissue_detection,
+                stain=stain,
+                on_progress=bar,
             )
+        finally:
+            bar.close()
+        labels = result.labels(args.threshold, args.min_area_um2)
+        row = result_row(
+            path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}
+        )
         if args.labels_tiff:
             target = args.out / f"{path.stem}.labels.tiff"
             if target.exists():
@@ -187,8 +242,9 @@ def _segment_share(args: argparse.Namespace, slides: Sequence[Path], rank: int) 
                 args.out / f"{path.stem}.geojson",
                 labels_to_geojson(labels, result.downsample, args.organ),
             )
-        log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)
-    return rows
+    upsert_row(args.out, row)
+    log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)
+    return row
 
 
 class TileBar:
@@ -218,16 +274,35 @@ class TileBar:
             self.bar.close()
 
 
-def _gather_rows(rows: list[dict], rank: int, world: int) -> list[dict]:
-    import torch.distributed as dist
+def _restore_lost_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    # Ranks take turns on train.csv through a file lock; on a filesystem without locks two
+    # ranks can rewrite it at once and one row is lost. Rank 0 checks, after every rank is done.
+    from training.data.catalog import read_catalog, upsert_row
 
-    dist.init_process_group("gloo")
-    try:
-        gathered: list[list[dict] | None] = [None] * world
-        dist.all_gather_object(gathered, rows)
-    finally:
-        dist.destroy_process_group()
-    return [row for part in gathered for row in (part or [])] if rank == 0 else []
+    frame = read_catalog(out, check_images=False, check_rle=False).set_index("id")
+    for row in rows:
+        if row["id"] not in frame.index or frame.loc[row["id"], "rle"] != row["rle"]:
+            log.warning("%s: its row was lost by a concurrent write; writing it again", row["id"])
+            upsert_row(out, row)
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    # What the slide, model and image readers raise for a file they cannot use, with a message.
+    return isinstance(exc, (OSError, ValueError)) and bool(str(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if _is_bad_input(exc) else f"{type(exc).__name__}: {exc}"
+
+
+def _merged(parts: Sequence[Sequence[str]]) -> list[str]:
+    """The ranks' lines in rank order, each once (every rank finds a shared-id problem)."""
+    return list(dict.fromkeys(line for part in parts for line in part))
+
+
+def _report(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"napari-ftu segment: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

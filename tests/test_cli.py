@@ -6,11 +6,13 @@ import re
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from napari_ftu._torchrun import rank_device
 from napari_ftu.cli import main, open_slides
 from training.data.catalog import read_catalog
 from training.data.rle import decode, encode
@@ -35,6 +37,19 @@ def segment_args(slides, model, out, *options: str, quiet: bool = True) -> list[
         *(["--quiet"] if quiet else []),
         *options,
     ]
+
+
+def torchrun(*args: str) -> list[str]:
+    """The command line of ``torchrun --nproc_per_node=2 -m napari_ftu.cli ARGS``."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc_per_node=2", "-m", "napari_ftu.cli", *args]
+
+
+def worktree_env() -> dict[str, str]:
+    """The environment of a torchrun test: one thread per rank, this checkout's packages."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +96,8 @@ def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
     assert ring[:, 0].min() <= 4 and ring[:, 0].max() >= 316  # level-0 pixel coordinates (x, y)
     assert geojson["features"][0]["properties"]["classification"]["name"] == "glomerulus"
 
-    # results are never overwritten: a second run refuses, and train.csv keeps its rows
-    assert main(args) == 2
+    # results are never overwritten: a second run fails, and train.csv keeps its rows
+    assert main(args) == 1
     assert list(read_catalog(out)["id"]) == ["slide0", "slide1"]
 
 
@@ -106,20 +121,10 @@ def test_segment_bad_input_exits_non_zero(workspace, tmp_path, capsys):
 @pytest.mark.slow
 def test_torchrun_shares_slides_and_rank_zero_merges(workspace, tmp_path):
     root, slides = workspace
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "napari_ftu.cli",
-    ]
-    command = launcher + segment_args(
-        slides, root / "model.pt", tmp_path, "--threshold", "0", "--geojson"
+    command = torchrun(
+        *segment_args(slides, root / "model.pt", tmp_path, "--threshold", "0", "--geojson")
     )
-    subprocess.run(command, check=True, env=env, timeout=300, capture_output=True)
+    subprocess.run(command, check=True, env=worktree_env(), timeout=300, capture_output=True)
     frame = read_catalog(tmp_path)
     assert sorted(frame["id"]) == ["slide0", "slide1"]
     assert (tmp_path / "slide0.geojson").is_file() and (tmp_path / "slide1.geojson").is_file()
@@ -166,6 +171,38 @@ def test_result_row_encodes_level0_without_building_it():
     for shape in ((50, 37), small.shape):
         row = result_row("small", fake_result(shape), small, 0.4)
         assert row["rle"] == encode(resize_labels(small, shape) > 0)
+
+
+def test_a_bad_slide_costs_only_its_own_results(workspace, tmp_path, capsys):
+    root, slides = workspace
+    bad = root / "broken.tiff"
+    assert main(segment_args([bad, *slides], root / "model.pt", tmp_path)) == 1
+    assert sorted(read_catalog(tmp_path)["id"]) == ["slide0", "slide1"]
+    err = capsys.readouterr().err
+    assert "2 of 3 slide(s) segmented" in err
+    assert f"error: {bad}: broken.tiff is truncated" in err
+
+
+@pytest.mark.slow
+def test_torchrun_rank_with_a_bad_slide_neither_hangs_nor_loses_the_others(workspace, tmp_path):
+    """Rank 0 gets the broken slide and slide1, rank 1 gets slide0: every rank reaches the
+    gather, the good slides' rows are written, the exit status says something failed."""
+    root, slides = workspace
+    bad = root / "broken.tiff"
+    command = torchrun(*segment_args([bad, *slides], root / "model.pt", tmp_path))
+    done = subprocess.run(command, env=worktree_env(), timeout=300, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert sorted(read_catalog(tmp_path)["id"]) == ["slide0", "slide1"]
+    assert f"{bad}: broken.tiff is truncated" in done.stderr
+
+
+def test_cuda_spreads_torchrun_ranks_over_the_gpus():
+    assert rank_device("cuda", 0, gpu_count=4) == "cuda:0"
+    assert rank_device("cuda", 3, gpu_count=4) == "cuda:3"
+    assert rank_device("cuda", 5, gpu_count=4) == "cuda:1"  # more ranks than GPUs: in turn
+    assert rank_device("cuda:2", 1, gpu_count=4) == "cuda:2"  # an explicit GPU is kept
+    assert rank_device("cpu", 1, gpu_count=4) == "cpu"
+    assert rank_device("cuda", 1, gpu_count=0) == "cuda"  # no GPU: torch says so, clearly
 
 
 def test_progress_bar_appears_once_the_tile_count_is_known(workspace, tmp_path, capsys):
