@@ -77,13 +77,20 @@ def segment_parser() -> argparse.ArgumentParser:
         prog="napari-ftu segment",
         description="Segment FTUs in slides without a GUI. Writes OUT/train.csv (one RLE row per "
         "slide at level-0 size, id = file stem, written as each slide finishes) and, on request, "
-        "label TIFFs and GeoJSON. Under torchrun, each rank takes its share of the slides. Exit "
-        "status: 2 for bad input, 1 if a slide failed (the other slides' results are written).",
+        "label TIFFs and GeoJSON. Existing outputs are refused before any work unless "
+        "--overwrite. Under torchrun, each rank takes its share of the slides. Exit status: 2 "
+        "for bad input, 1 if a slide failed (the other slides' results are written).",
     )
     parser.add_argument("slides", nargs="+", type=Path)
     parser.add_argument("--organ", required=True, choices=ORGANS)
     parser.add_argument("--model", required=True, type=Path, help="checkpoint or ensemble manifest")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing label TIFFs and GeoJSON, and rows of OUT/train.csv (replaced "
+        "rows are kept in OUT/train.backup.csv)",
+    )
     group = parser.add_argument_group("inference")
     group.add_argument(
         "--pixel-size", type=float, help="um/px of the slides if their files lack it"
@@ -121,10 +128,14 @@ def segment_command(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with Team() as team:
         # Every rank checks its share before any rank writes: the gather is the barrier.
-        problems = _merged(team.gather(preflight(args, team.share(args.slides))))
-        if problems:
+        checks = team.gather(preflight(args, team.share(args.slides)))
+        problems = _merged([problem for problem, _ in checks])
+        existing = _merged([found for _, found in checks])
+        if problems or existing:
             if team.rank == 0:
-                _report(problems)
+                _report(problems + [f"{what} exists" for what in existing])
+                if existing:
+                    print("napari-ftu segment: pass --overwrite to replace them", file=sys.stderr)
             return BAD_INPUT
         outcomes = team.gather(_segment_share(args, team))
     status = max(outcome[0] for outcome in outcomes)
@@ -147,8 +158,11 @@ def segment_command(argv: Sequence[str]) -> int:
     return status
 
 
-def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> list[str]:
-    """What stops a run before any work: missing slides, slides that share an id."""
+def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[str], list[str]]:
+    """What stops a run before any work: problems with the input (missing slides, shared ids,
+    an unreadable train.csv) and, unless ``--overwrite``, results of ``slides`` that exist."""
+    from training.data.catalog import CSV_NAME, read_catalog
+
     problems = [f"{path}: no such file" for path in slides if not path.exists()]
     ids = [path.stem for path in args.slides]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -156,7 +170,29 @@ def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> list[str]:
         problems.append(f"slides share an id (file stem): {', '.join(duplicates)}")
     if args.out.exists() and not args.out.is_dir():
         problems.append(f"{args.out}: not a folder")
-    return problems
+    if args.overwrite or not args.out.is_dir():
+        return problems, []
+    existing = [
+        str(target)
+        for path in slides
+        for target in _result_files(args, path.stem)
+        if target.exists()
+    ]
+    csv_path = args.out / CSV_NAME
+    if csv_path.exists():
+        try:
+            known = set(read_catalog(csv_path, check_images=False, check_rle=False)["id"])
+        except ValueError as exc:
+            return [*problems, str(exc)], []
+        existing.extend(f"{csv_path}: row {path.stem}" for path in slides if path.stem in known)
+    return problems, existing
+
+
+def _result_files(args: argparse.Namespace, image_id: str) -> list[Path]:
+    return [
+        *([args.out / f"{image_id}.labels.tiff"] if args.labels_tiff else []),
+        *([args.out / f"{image_id}.geojson"] if args.geojson else []),
+    ]
 
 
 def _segment_share(
@@ -229,7 +265,7 @@ def _segment_slide(
         )
         if args.labels_tiff:
             target = args.out / f"{path.stem}.labels.tiff"
-            if target.exists():
+            if target.exists() and not args.overwrite:
                 raise FileExistsError(f"{target} exists; napari-ftu does not overwrite results")
             write_pyramid(
                 target,
@@ -241,6 +277,7 @@ def _segment_slide(
             write_json(
                 args.out / f"{path.stem}.geojson",
                 labels_to_geojson(labels, result.downsample, args.organ),
+                overwrite=args.overwrite,
             )
     upsert_row(args.out, row)
     log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)

@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -96,8 +97,8 @@ def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
     assert ring[:, 0].min() <= 4 and ring[:, 0].max() >= 316  # level-0 pixel coordinates (x, y)
     assert geojson["features"][0]["properties"]["classification"]["name"] == "glomerulus"
 
-    # results are never overwritten: a second run fails, and train.csv keeps its rows
-    assert main(args) == 1
+    # results are not overwritten unless asked: a second run refuses, train.csv keeps its rows
+    assert main(args) == 2
     assert list(read_catalog(out)["id"]) == ["slide0", "slide1"]
 
 
@@ -203,6 +204,38 @@ def test_cuda_spreads_torchrun_ranks_over_the_gpus():
     assert rank_device("cuda:2", 1, gpu_count=4) == "cuda:2"  # an explicit GPU is kept
     assert rank_device("cpu", 1, gpu_count=4) == "cpu"
     assert rank_device("cuda", 1, gpu_count=0) == "cuda"  # no GPU: torch says so, clearly
+
+
+def test_existing_results_are_refused_before_any_work(workspace, tmp_path, capsys, monkeypatch):
+    root, slides = workspace
+    outputs = ("--labels-tiff", "--geojson", "--threshold", "0.5")
+    assert main(segment_args(slides[:1], root / "model.pt", tmp_path, *outputs)) == 0
+    capsys.readouterr()
+    before = (tmp_path / "train.csv").read_text()
+
+    import training.models.ensemble
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded although the results exist")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.models.ensemble, "load_ensemble", no_work)
+        assert main(segment_args(slides, root / "model.pt", tmp_path, *outputs)) == 2
+    err = capsys.readouterr().err
+    for what in ("slide0.labels.tiff exists", "slide0.geojson exists", "train.csv: row slide0"):
+        assert what in err
+    assert "slide1" not in err and "--overwrite" in err
+    assert (tmp_path / "train.csv").read_text() == before
+    assert not (tmp_path / "slide1.labels.tiff").exists()
+
+    # --overwrite replaces them; the replaced row is kept in train.backup.csv
+    again = segment_args(slides, root / "model.pt", tmp_path, *outputs[:-1], "0", "--overwrite")
+    assert main(again) == 0
+    frame = read_catalog(tmp_path).set_index("id")
+    assert sorted(frame.index) == ["slide0", "slide1"]
+    assert decode(frame.loc["slide0", "rle"], (320, 320)).all()  # threshold 0 this time
+    assert list(pd.read_csv(tmp_path / "train.backup.csv")["id"]) == ["slide0"]
+    assert (tmp_path / "slide1.labels.tiff").is_file()
 
 
 def test_progress_bar_appears_once_the_tile_count_is_known(workspace, tmp_path, capsys):

@@ -88,9 +88,9 @@ def labels_to_geojson(labels: np.ndarray, downsample: float, organ: str) -> dict
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically; refuse to replace an existing file."""
-    if path.exists():
+def write_json(path: Path, payload: dict[str, Any], overwrite: bool = False) -> None:
+    """Write JSON atomically; refuse to replace an existing file unless ``overwrite``."""
+    if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; napari-ftu does not overwrite results")
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(payload, handle)
