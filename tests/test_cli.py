@@ -15,7 +15,7 @@ from PIL import Image
 
 from napari_ftu._torchrun import rank_device
 from napari_ftu.cli import main, open_slides
-from training.data.catalog import read_catalog
+from training.data.catalog import read_catalog, upsert_row
 from training.data.rle import decode, encode
 from training.inference import SegmentationResult, resize_labels
 from training.inference.outputs import result_row
@@ -271,3 +271,18 @@ def test_launcher_reports_an_unreadable_slide_and_opens_the_others(make_napari_v
     assert [layer.name for layer in viewer.layers] == ["slide1"]
     messages = [record.message for record in notification_manager.records[records:]]
     assert any("cannot open" in m and "broken.tiff is truncated" in m for m in messages)
+
+
+def test_rank_zero_restores_rows_lost_to_a_filesystem_without_locks(tmp_path, caplog):
+    from napari_ftu.cli import _restore_lost_rows
+
+    def slide_row(image_id: str, rle: str) -> dict:
+        return {"id": image_id, "organ": "kidney", "img_height": 4, "img_width": 4, "rle": rle}
+
+    upsert_row(tmp_path, slide_row("kept", "1 2"))
+    upsert_row(tmp_path, slide_row("stale", "1 2"))  # an older run's row that was not replaced
+    rows = [slide_row("kept", "1 2"), slide_row("stale", "3 4"), slide_row("lost", "5 1")]
+    _restore_lost_rows(tmp_path, rows)
+    frame = read_catalog(tmp_path).set_index("id")
+    assert frame.loc[["kept", "stale", "lost"], "rle"].tolist() == ["1 2", "3 4", "5 1"]
+    assert "stale: its row was lost" in caplog.text and "kept" not in caplog.text
