@@ -17,6 +17,7 @@ from training.models import (
     save_checkpoint,
 )
 from training.models.ensemble import load_ensemble
+from training.models.registry import CONFIGS
 
 SMALL = ["swin_micro_upernet", "coat_micro_daformer"]
 
@@ -181,3 +182,78 @@ def test_ensemble_manifest_with_a_lung_specialist(tmp_path):
     (tmp_path / "lung_only.json").write_text(json.dumps(only_lung))
     with pytest.raises(ValueError, match="no ensemble member applies to organ 'kidney'"):
         load_ensemble(tmp_path / "lung_only.json").for_organ("kidney")
+
+
+# --- what a checkpoint may ask for ----------------------------------------------------------------
+
+
+def forbid_timm(monkeypatch) -> list:
+    """Record calls of timm.create_model and refuse them (a refusal must come before any build)."""
+    import timm
+
+    calls = []
+
+    def create_model(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise RuntimeError("timm.create_model was called")
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    return calls
+
+
+CRAFTED_ARGS = [
+    ({"encoder_args": {"checkpoint_path": "/tmp/other.pth"}}, "encoder_args.checkpoint_path"),
+    (
+        {"encoder_args": {"pretrained_cfg_overlay": {"file": "/tmp/other.pth"}}},
+        "encoder_args.pretrained_cfg_overlay",
+    ),
+    ({"encoder_args": {"pretrained": True}}, "encoder_args.pretrained"),
+    ({"encoder_args": {"features_only": False}}, "encoder_args.features_only"),
+    ({"encoder": "resnet50"}, "encoder of swin_micro_upernet .* cannot be changed"),
+    ({"encoder": "hf-hub:someone/model"}, "encoder of swin_micro_upernet"),
+    ({"decoder": "daformer"}, "decoder of swin_micro_upernet .* cannot be changed"),
+    ({"pretrained": "/tmp/imagenet.pth"}, "architecture.args.pretrained is refused"),
+    ({"encoder_args": {"depths": "1,1,2,1"}}, "encoder_args.depths must be a list"),
+    ({"encoder_args": {"embed_dim": "32"}}, "encoder_args.embed_dim must be a positive int"),
+    ({"encoder_args": {"embed_dim": 10**9}}, "encoder_args.embed_dim must be a positive int"),
+    ({"encoder_args": {"window_size": True}}, "encoder_args.window_size"),
+    ({"encoder_args": {"embed_dims": [32, 64, 128, 256]}}, "not an architecture argument"),
+    ({"input_size": "64"}, "input_size must be a positive int"),
+    ({"input_size": 100}, "input_size must be a multiple of 32"),
+    ({"decoder_channels": -4}, "decoder_channels must be a positive int"),
+    ({"colour": "red"}, r"unknown argument\(s\) for swin_micro_upernet: colour"),
+    ({"encoder_args": ["embed_dim", 32]}, "encoder_args must be a dict"),
+]
+
+
+@pytest.mark.parametrize(("args", "match"), CRAFTED_ARGS)
+def test_a_checkpoint_cannot_choose_code_or_files(tmp_path, monkeypatch, args, match):
+    good = save_checkpoint(tmp_path / "good.pt", build_model("swin_micro_upernet", input_size=64))
+    payload = read_checkpoint(good)
+    payload["architecture"]["args"].update(args)
+    torch.save(payload, tmp_path / "crafted.pt")
+    timm_calls = forbid_timm(monkeypatch)
+    with pytest.raises(CheckpointError, match=rf"crafted\.pt: .*{match}"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    assert timm_calls == []
+
+
+def test_build_model_accepts_only_architecture_numbers():
+    with pytest.raises(TypeError, match=r"encoder_args.checkpoint_path is not an architecture"):
+        build_model("swin_micro_upernet", encoder_args={"checkpoint_path": "x.pth"})
+    with pytest.raises(ValueError, match=r"encoder of coat_micro_daformer .* cannot be changed"):
+        build_model("coat_micro_daformer", encoder="coat_lite_medium")
+    with pytest.raises(TypeError, match=r"encoder_args.serial_depths must be a list"):
+        build_model("coat_micro_daformer", encoder_args={"serial_depths": 2})
+    with pytest.raises(ValueError, match=r"encoder_args.drop_path_rate must be a number in"):
+        build_model("coat_micro_daformer", encoder_args={"drop_path_rate": 1.5})
+    # repeating the registry's own encoder and decoder (as saved checkpoints do) is fine
+    model = build_model(
+        "swin_micro_upernet",
+        encoder="swin_tiny_patch4_window7_224",
+        decoder="upernet",
+        input_size=64,
+        encoder_args={"depths": (1, 1, 1, 1), "mlp_ratio": 2.0, "drop_path_rate": 0.1},
+    )
+    assert model.config["encoder_args"]["depths"] == (1, 1, 1, 1)
+    assert CONFIGS["swin_micro_upernet"]["encoder_args"]["depths"] == [1, 1, 2, 1]

@@ -1,7 +1,9 @@
 """One self-describing checkpoint file: weights plus everything needed to use them.
 
 Loading never executes code from the file: ``torch.load(weights_only=True)`` only rebuilds
-tensors and plain containers, and the model is rebuilt from the registry by name.
+tensors and plain containers, and the model is rebuilt from the registry by name. The file's
+architecture arguments pass the registry's checks (architecture numbers only: no other model,
+no file to load) before anything is built.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from training.atomic import atomic_path
 from training.data.catalog import ORGANS
-from training.models.registry import build_model
+from training.models.registry import build_from_config, list_models, resolve_config
 
 FORMAT = "napari-ftu-checkpoint"
 FORMAT_VERSION = 1
@@ -115,15 +117,34 @@ def load_checkpoint(
     payload = read_checkpoint(path)
     name = Path(path).name
     architecture = payload["architecture"]
+    config = _resolve_architecture(architecture, name)
     try:
-        model = build_model(architecture.get("name", ""), **architecture.get("args", {}))
-    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        model = build_from_config(config)
+    except (ValueError, TypeError, AssertionError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{name}: architecture cannot be built here: {exc}") from None
     _load_state(model, payload["state_dict"], name)
     meta = default_meta(model)
     meta.update(payload["meta"])
     meta["architecture"] = architecture
     return model.to(device).eval(), meta
+
+
+def _resolve_architecture(architecture: dict[str, Any], name: str) -> dict[str, Any]:
+    """The registry configuration the file names, with its arguments checked before any build."""
+    args = architecture.get("args", {})
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise CheckpointError(f"{name}: architecture.args must be a dict of named arguments")
+    if "pretrained" in args:
+        raise CheckpointError(
+            f"{name}: architecture.args.pretrained is refused: a checkpoint cannot choose a "
+            "weights file to load (its own weights are in it)"
+        )
+    model_name = architecture.get("name")
+    field = "architecture.args" if model_name in list_models() else "architecture.name"
+    try:
+        return resolve_config(model_name, **args)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{name}: {field} refused: {exc}") from None
 
 
 def _load_state(model: nn.Module, state: dict[str, Any], name: str) -> None:

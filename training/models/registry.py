@@ -1,8 +1,18 @@
-"""Registered model configurations: the seeds' full models and small variants for a CPU."""
+"""Registered model configurations: the seeds' full models and small variants for a CPU.
+
+A configuration's arguments may be overridden by a caller or by a checkpoint file. Both go through
+``resolve_config``, which accepts only architecture numbers: timm's ``create_model`` also honours
+arguments that load files or other code (``checkpoint_path``, ``pretrained_cfg_overlay``, another
+model name), and a checkpoint must not be able to choose what is loaded.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -57,6 +67,101 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+# A generous ceiling on every integer argument, so that a file cannot ask for an absurd build.
+MAX_INT = 4096
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What an architecture argument may hold: plain numbers of ``leaf`` type, one or a list."""
+
+    leaf: type | tuple[type, ...]
+    fits: Callable[[Any], bool]  # the range of one number
+    single: bool
+    many: bool
+    description: str
+
+    def check(self, where: str, value: Any) -> None:
+        """Raise ``TypeError`` (not plain numbers of the right type) or ``ValueError`` (range)."""
+        is_list = isinstance(value, (list, tuple))
+        leaves = list(value) if is_list else [value]
+        shape_ok = (is_list and self.many and leaves) or (not is_list and self.single)
+        types_ok = all(isinstance(v, self.leaf) and not isinstance(v, bool) for v in leaves)
+        if not shape_ok or not types_ok:
+            raise TypeError(f"{where} must be {self.description}; got {value!r}")
+        if not all(self.fits(v) for v in leaves):
+            raise ValueError(f"{where} must be {self.description}; got {value!r}")
+
+
+def _positive_int(value: int) -> bool:
+    return 0 < value <= MAX_INT
+
+
+def _positive_number(value: float) -> bool:
+    return math.isfinite(value) and 0 < value <= MAX_INT
+
+
+_UP_TO = f"up to {MAX_INT}"
+_INT = _Kind(int, _positive_int, single=True, many=False, description=f"a positive int {_UP_TO}")
+_INTS = _Kind(
+    int, _positive_int, single=False, many=True, description=f"a list of positive ints {_UP_TO}"
+)
+_INT_OR_INTS = _Kind(
+    int, _positive_int, single=True, many=True, description=f"a positive int {_UP_TO} or a list"
+)
+_NUMBER = _Kind(
+    (int, float),
+    _positive_number,
+    single=True,
+    many=False,
+    description=f"a number in (0, {MAX_INT}]",
+)
+_NUMBERS = _Kind(
+    (int, float),
+    _positive_number,
+    single=False,
+    many=True,
+    description=f"a list of numbers in (0, {MAX_INT}]",
+)
+_RATE = _Kind(
+    (int, float), lambda v: 0 <= v < 1, single=True, many=False, description="a number in [0, 1)"
+)
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """The timm arguments a family's configurations may change, and those fixed here."""
+
+    args: dict[str, _Kind]
+    fixed: dict[str, Any] = field(default_factory=dict)  # set by this code, never by a caller
+
+
+SWIN = EncoderFamily(
+    args={
+        "embed_dim": _INT,
+        "depths": _INTS,
+        "num_heads": _INT_OR_INTS,
+        "window_size": _INT_OR_INTS,
+        "mlp_ratio": _NUMBER,
+        "drop_path_rate": _RATE,
+    },
+)
+COAT = EncoderFamily(
+    args={
+        "embed_dims": _INTS,
+        "serial_depths": _INTS,
+        "num_heads": _INT,
+        "mlp_ratios": _NUMBERS,
+        "drop_path_rate": _RATE,
+    }
+)
+ENCODER_FAMILIES: dict[str, EncoderFamily] = {
+    "swin_tiny_patch4_window7_224": SWIN,
+    "swin_small_patch4_window7_224": SWIN,
+    "coat_lite_medium": COAT,
+    "coat_lite_tiny": COAT,
+}
+
 
 def list_models() -> list[str]:
     """Names of the registered configurations (full and small)."""
@@ -64,36 +169,74 @@ def list_models() -> list[str]:
 
 
 def resolve_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """The configuration ``name`` with ``overrides`` applied (``encoder_args`` are merged)."""
-    if name not in CONFIGS:
+    """The configuration ``name`` with ``overrides`` checked and applied.
+
+    ``encoder_args`` are merged; ``encoder`` and ``decoder`` may only repeat the registry's own.
+    Raises ``TypeError`` for an argument that is not an architecture number (or of the wrong type)
+    and ``ValueError`` for a value out of range, before anything is built.
+    """
+    if not isinstance(name, str) or name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     config = copy.deepcopy(CONFIGS[name])
-    unknown = set(overrides) - set(config) - {"pretrained"}
+    unknown = set(overrides) - set(config)
     if unknown:
-        raise TypeError(f"unknown argument(s) for {name}: {', '.join(sorted(unknown))}")
-    for key, value in overrides.items():
-        if key == "encoder_args":
-            config["encoder_args"].update(value)
-        elif key != "pretrained":
-            config[key] = value
+        raise TypeError(
+            f"unknown argument(s) for {name}: {', '.join(sorted(map(str, unknown)))} "
+            f"(allowed: {', '.join(sorted(config))})"
+        )
+    for key in ("encoder", "decoder"):
+        if key in overrides and overrides[key] != config[key]:
+            raise ValueError(
+                f"{key} of {name} is {config[key]!r} and cannot be changed (got "
+                f"{overrides[key]!r}); use a registered model name instead"
+            )
+    for key in ("input_size", "decoder_channels"):
+        if key in overrides:
+            _INT.check(key, overrides[key])
+            config[key] = overrides[key]
+    if config["input_size"] % 32:
+        raise ValueError(f"input_size must be a multiple of 32; got {config['input_size']}")
+    extra = overrides.get("encoder_args", {})
+    if not isinstance(extra, dict):
+        raise TypeError(f"encoder_args must be a dict; got {type(extra).__name__}")
+    family = ENCODER_FAMILIES[config["encoder"]]
+    for key, value in extra.items():
+        if key not in family.args:
+            raise TypeError(
+                f"encoder_args.{key} is not an architecture argument of {name} (allowed: "
+                f"{', '.join(sorted(family.args))})"
+            )
+        family.args[key].check(f"encoder_args.{key}", value)
+    config["encoder_args"].update(copy.deepcopy(extra))
     config["name"] = name
     return config
 
 
-def build_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``pretrained`` (a local file path) loads encoder weights.
-
-    Overrides: ``input_size``, ``decoder_channels``, ``encoder_args`` (merged into the timm
-    arguments), ``pretrained``. The model keeps its resolved configuration in ``model.config``.
-    """
-    config = resolve_config(name, **overrides)
-    size = int(config["input_size"])
-    if size % 32:
-        raise ValueError(f"input_size must be a multiple of 32; got {size}")
+def build_from_config(
+    config: dict[str, Any], pretrained: str | os.PathLike | None = None
+) -> nn.Module:
+    """Build the model a ``resolve_config`` result describes; ``model.config`` keeps it."""
+    family = ENCODER_FAMILIES[config["encoder"]]
     encoder = TimmEncoder(
-        config["encoder"], size, pretrained=overrides.get("pretrained"), **config["encoder_args"]
+        config["encoder"],
+        int(config["input_size"]),
+        pretrained=pretrained,
+        **config["encoder_args"],
+        **family.fixed,
     )
     decoder = DECODERS[config["decoder"]](encoder.channels, config["decoder_channels"])
     model = Segmenter(encoder, decoder)
     model.config = config
     return model
+
+
+def build_model(
+    name: str, *, pretrained: str | os.PathLike | None = None, **overrides: Any
+) -> nn.Module:
+    """Build a registered model; ``pretrained`` (a local file path) loads encoder weights.
+
+    Overrides: ``input_size``, ``decoder_channels``, ``encoder_args`` (architecture numbers of
+    the encoder family, merged into the registry's). The model keeps its resolved configuration
+    in ``model.config``.
+    """
+    return build_from_config(resolve_config(name, **overrides), pretrained)
