@@ -257,3 +257,62 @@ def test_build_model_accepts_only_architecture_numbers():
     )
     assert model.config["encoder_args"]["depths"] == (1, 1, 1, 1)
     assert CONFIGS["swin_micro_upernet"]["encoder_args"]["depths"] == [1, 1, 2, 1]
+
+
+# --- checkpoint metadata --------------------------------------------------------------------------
+
+
+BAD_META = [
+    ("tile_size", 100, "a positive multiple of 32"),
+    ("tile_size", "64", "a positive multiple of 32"),
+    ("tile_size", 0, "a positive multiple of 32"),
+    ("tile_size", True, "a positive multiple of 32"),
+    ("pixel_size_um", -0.5, "positive finite number"),
+    ("pixel_size_um", float("nan"), "positive finite number"),
+    ("pixel_size_um", float("inf"), "positive finite number"),
+    ("pixel_size_um", "0.5", "positive finite number"),
+    ("pixel_size_um", None, "positive finite number"),
+    ("thresholds", {"liver": 0.5}, "organs among"),
+    ("thresholds", {"lung": 1.5}, r"numbers in \[0, 1\]"),
+    ("thresholds", {"lung": "high"}, r"numbers in \[0, 1\]"),
+    ("thresholds", [0.5, 0.5], "a dict"),
+    ("mean", [0.5, 0.5], "3 numbers"),
+    ("mean", ["a", "b", "c"], "3 finite numbers"),
+    ("std", [0.2, 0.0, 0.2], "each above 0"),
+    ("std", [0.2, float("nan"), 0.2], "3 finite numbers"),
+    ("organs", ["lung", "liver"], "organs among"),
+    ("organs", [], "non-empty list"),
+    ("organs", "lung", "non-empty list"),
+    ("organs", [["lung"]], "non-empty list"),
+    ("training", "yesterday", "a dict"),
+]
+
+
+@pytest.fixture(scope="module")
+def micro_swin() -> nn.Module:
+    return build_model("swin_micro_upernet", input_size=64)
+
+
+@pytest.mark.parametrize(("field", "value", "match"), BAD_META)
+def test_checkpoint_metadata_is_checked_at_load(tmp_path, micro_swin, field, value, match):
+    payload = read_checkpoint(save_checkpoint(tmp_path / "good.pt", micro_swin))
+    payload["meta"][field] = value
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"bad\.pt: meta\.{field} .*{match}"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"again\.pt: meta\.{field}"):
+        save_checkpoint(tmp_path / "again.pt", micro_swin, {field: value})
+    assert not (tmp_path / "again.pt").exists()
+
+
+def test_numpy_numbers_in_meta_are_saved_as_plain_numbers(tmp_path, micro_swin):
+    import numpy as np
+
+    meta = {"pixel_size_um": np.float32(0.8), "thresholds": {"lung": np.float64(0.3)}}
+    meta["tile_size"] = np.int64(64)
+    path = save_checkpoint(
+        tmp_path / "np.pt", build_model("swin_micro_upernet", input_size=64), meta
+    )
+    _, loaded = load_checkpoint(path)
+    assert loaded["pixel_size_um"] == pytest.approx(0.8) and type(loaded["pixel_size_um"]) is float
+    assert loaded["thresholds"] == {"lung": 0.3} and loaded["tile_size"] == 64

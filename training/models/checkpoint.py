@@ -3,12 +3,14 @@
 Loading never executes code from the file: ``torch.load(weights_only=True)`` only rebuilds
 tensors and plain containers, and the model is rebuilt from the registry by name. The file's
 architecture arguments pass the registry's checks (architecture numbers only: no other model,
-no file to load) before anything is built.
+no file to load) and its metadata is checked field by field before the model is used.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import os
 import pickle
 import zipfile
@@ -34,7 +36,10 @@ class CheckpointError(ValueError):
 
 def default_meta(model: nn.Module) -> dict[str, Any]:
     """The metadata a checkpoint gets when the caller gives none."""
-    config = getattr(model, "config", {})
+    return _default_meta(getattr(model, "config", {}))
+
+
+def _default_meta(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "pixel_size_um": 0.4,
         "tile_size": int(config.get("input_size", 256)),
@@ -55,9 +60,10 @@ def save_checkpoint(
         raise CheckpointError(
             "the model has no registry configuration; build it with build_model()"
         )
+    path = Path(path)
     full_meta = default_meta(model)
     full_meta.update(copy.deepcopy(meta or {}))
-    _check_meta(full_meta, "meta")
+    full_meta = check_meta(full_meta, path.name)
     arch_args = {k: v for k, v in config.items() if k not in ("name",)}
     payload = {
         "format": FORMAT,
@@ -66,7 +72,6 @@ def save_checkpoint(
         "meta": full_meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -118,13 +123,14 @@ def load_checkpoint(
     name = Path(path).name
     architecture = payload["architecture"]
     config = _resolve_architecture(architecture, name)
+    meta = _default_meta(config)
+    meta.update(payload["meta"])
+    meta = check_meta(meta, name)
     try:
         model = build_from_config(config)
     except (ValueError, TypeError, AssertionError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{name}: architecture cannot be built here: {exc}") from None
     _load_state(model, payload["state_dict"], name)
-    meta = default_meta(model)
-    meta.update(payload["meta"])
     meta["architecture"] = architecture
     return model.to(device).eval(), meta
 
@@ -167,11 +173,52 @@ def _load_state(model: nn.Module, state: dict[str, Any], name: str) -> None:
     model.load_state_dict(state)
 
 
-def _check_meta(meta: dict[str, Any], where: str) -> None:
-    if not meta["pixel_size_um"] or float(meta["pixel_size_um"]) <= 0:
-        raise CheckpointError(f"{where}: pixel_size_um must be positive")
-    if int(meta["tile_size"]) % 32:
-        raise CheckpointError(f"{where}: tile_size must be a multiple of 32")
-    unknown = set(meta.get("organs", [])) - set(ORGANS)
-    if unknown:
-        raise CheckpointError(f"{where}: unknown organ(s) {sorted(unknown)}")
+def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """``meta`` with every field checked (``CheckpointError`` naming ``where`` and the field) and
+    numbers made plain ``int``/``float``, which ``torch.load(weights_only=True)`` can read."""
+    checked = dict(meta)
+
+    def refuse(field: str, must: str) -> CheckpointError:
+        return CheckpointError(f"{where}: meta.{field} must be {must}; got {meta.get(field)!r}")
+
+    size = meta.get("tile_size")
+    if not _is_integer(size) or size <= 0 or size % 32:
+        raise refuse("tile_size", "a positive multiple of 32")
+    checked["tile_size"] = int(size)
+
+    pixel_size = meta.get("pixel_size_um")
+    if not _is_number(pixel_size) or pixel_size <= 0:
+        raise refuse("pixel_size_um", "a positive finite number of micrometres")
+    checked["pixel_size_um"] = float(pixel_size)
+
+    for field in ("mean", "std"):
+        values = meta.get(field)
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            raise refuse(field, "3 numbers (R, G, B)")
+        if not all(_is_number(v) and (field == "mean" or v > 0) for v in values):
+            raise refuse(field, "3 finite numbers" + (", each above 0" if field == "std" else ""))
+        checked[field] = [float(v) for v in values]
+
+    organs = meta.get("organs")
+    if not isinstance(organs, (list, tuple)) or not organs or not all(o in ORGANS for o in organs):
+        raise refuse("organs", f"a non-empty list of organs among {', '.join(ORGANS)}")
+    checked["organs"] = list(organs)
+
+    thresholds = meta.get("thresholds")
+    if not isinstance(thresholds, dict) or not set(thresholds) <= set(ORGANS):
+        raise refuse("thresholds", f"a dict from organs among {', '.join(ORGANS)} to numbers")
+    if not all(_is_number(t) and 0 <= t <= 1 for t in thresholds.values()):
+        raise refuse("thresholds", "a dict of organs to numbers in [0, 1]")
+    checked["thresholds"] = {organ: float(t) for organ, t in thresholds.items()}
+
+    if not isinstance(meta.get("training", {}), dict):
+        raise refuse("training", "a dict (a training summary)")
+    return checked
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
