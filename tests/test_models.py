@@ -184,6 +184,83 @@ def test_ensemble_manifest_with_a_lung_specialist(tmp_path):
         load_ensemble(tmp_path / "lung_only.json").for_organ("kidney")
 
 
+# --- tile sizes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64, 96, 160, 256])
+def test_a_swin_model_takes_other_multiples_of_32(size):
+    model = build_model("swin_micro_upernet", input_size=128).eval()
+    with torch.inference_mode():
+        logits = model(torch.randn(1, 3, size, size))
+    assert logits.shape == (1, 1, size, size)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("size", [320, 384])
+def test_swin_at_another_size_matches_timm_built_for_that_size(size):
+    # built at 256, every stage's window is 8 as in a model built at 320 or 384, so timm's own
+    # fixed-size model (attention masks precomputed for that size) is the reference; at 320 the
+    # coarser stages are padded to whole windows
+    import timm
+
+    model = build_model("swin_micro_upernet", input_size=256).eval()
+    reference = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        features_only=True,
+        img_size=size,
+        **CONFIGS["swin_micro_upernet"]["encoder_args"],
+    ).eval()
+    reference.load_state_dict(model.encoder.model.state_dict())
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        ours = model.encoder(x)
+        theirs = [f.permute(0, 3, 1, 2) for f in reference(x)]
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_full_swin_tiny_takes_768_px_tiles_by_default():
+    # 768 / 32 = 24 is no multiple of the window (7): timm pads the last stage to 28
+    import timm
+
+    model = build_model("swin_tiny_upernet").eval()
+    assert model.config["input_size"] == 768
+    reference = timm.create_model("swin_tiny_patch4_window7_224", features_only=True, img_size=768)
+    reference.load_state_dict(model.encoder.model.state_dict())
+    x = torch.randn(1, 3, 768, 768)
+    with torch.inference_mode():
+        ours = model.encoder(x)
+        for a, b in zip(ours, reference.eval()(x), strict=True):
+            torch.testing.assert_close(a, b.permute(0, 3, 1, 2))
+        logits = model(x)
+    assert [f.shape[-1] for f in ours] == [192, 96, 48, 24]
+    assert logits.shape == (1, 1, 768, 768) and torch.isfinite(logits).all()
+
+
+def test_coat_takes_only_the_size_it_was_built_for():
+    model = build_model("coat_micro_daformer", input_size=128).eval()
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 128, 128)).shape == (1, 1, 128, 128)
+        with pytest.raises(ValueError, match=r"takes only 128 x 128 px .* input_size=96"):
+            model(torch.randn(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        build_model("swin_micro_upernet", input_size=64)(torch.randn(1, 3, 80, 80))
+
+
+def test_feature_layout_comes_from_timm_not_from_the_name():
+    # swinv2_cr is named like Swin but returns NCHW features; timm's Swin returns NHWC
+    from training.models.encoders import TimmEncoder
+
+    encoder = TimmEncoder(
+        "swinv2_cr_tiny_ns_224", 64, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)
+    )
+    features = encoder(torch.randn(1, 3, 64, 64))
+    assert not encoder.channels_last_output
+    assert [f.shape[1] for f in features] == encoder.channels == [32, 64, 128, 256]
+    assert build_model("swin_micro_upernet", input_size=64).encoder.channels_last_output
+
+
 # --- what a checkpoint may ask for ----------------------------------------------------------------
 
 
@@ -303,6 +380,22 @@ def test_checkpoint_metadata_is_checked_at_load(tmp_path, micro_swin, field, val
     with pytest.raises(CheckpointError, match=rf"again\.pt: meta\.{field}"):
         save_checkpoint(tmp_path / "again.pt", micro_swin, {field: value})
     assert not (tmp_path / "again.pt").exists()
+
+
+def test_tile_size_must_fit_the_model(tmp_path):
+    # CoaT takes only its build size; Swin takes any multiple of 32
+    coat = save_checkpoint(tmp_path / "coat.pt", build_model("coat_micro_daformer", input_size=64))
+    payload = read_checkpoint(coat)
+    payload["meta"]["tile_size"] = 128
+    torch.save(payload, tmp_path / "coat128.pt")
+    with pytest.raises(CheckpointError, match=r"coat128\.pt: meta\.tile_size 128 .* takes only 64"):
+        load_checkpoint(tmp_path / "coat128.pt")
+    swin = build_model("swin_micro_upernet", input_size=64)
+    path = save_checkpoint(tmp_path / "swin.pt", swin, {"tile_size": 256})
+    loaded, meta = load_checkpoint(path)
+    assert meta["tile_size"] == 256
+    with torch.inference_mode():
+        assert loaded(torch.randn(1, 3, 256, 256)).shape == (1, 1, 256, 256)
 
 
 def test_numpy_numbers_in_meta_are_saved_as_plain_numbers(tmp_path, micro_swin):

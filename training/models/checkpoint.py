@@ -64,6 +64,7 @@ def save_checkpoint(
     full_meta = default_meta(model)
     full_meta.update(copy.deepcopy(meta or {}))
     full_meta = check_meta(full_meta, path.name)
+    _check_tile_fits(model, full_meta["tile_size"], path.name)
     arch_args = {k: v for k, v in config.items() if k not in ("name",)}
     payload = {
         "format": FORMAT,
@@ -130,6 +131,7 @@ def load_checkpoint(
         model = build_from_config(config)
     except (ValueError, TypeError, AssertionError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{name}: architecture cannot be built here: {exc}") from None
+    _check_tile_fits(model, meta["tile_size"], name)
     _load_state(model, payload["state_dict"], name)
     meta["architecture"] = architecture
     return model.to(device).eval(), meta
@@ -214,6 +216,16 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(meta.get("training", {}), dict):
         raise refuse("training", "a dict (a training summary)")
     return checked
+
+
+def _check_tile_fits(model: nn.Module, size: int, where: str) -> None:
+    """The engine feeds the model tiles of ``tile_size``: the model must take them."""
+    try:
+        model.encoder.check_input_size(size, size)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{where}: meta.tile_size {size} does not fit the model: {exc}"
+        ) from None
 
 
 def _is_integer(value: Any) -> bool:

@@ -21,16 +21,18 @@ from training.models.decoders import DECODERS
 from training.models.encoders import TimmEncoder
 from training.models.segmenter import Segmenter
 
-# input_size: the tile side the model takes (CoaT's position encoding fixes it; Swin's windows
-# need it divisible by 32 x window). The full models follow the seeds' (Swin 224-22k style with
-# window 7, CoaT-lite-medium); the small ones keep the architecture at a CPU's scale.
+# input_size: the tile side the model is built for. Swin takes any multiple of 32 once built
+# (timm pads to whole windows), so window 7 need not divide 768 / 32; CoaT's patch embeddings fix
+# the grid, so a CoaT model takes only its input_size. The full models follow the seeds
+# (Swin 224-22k style with window 7, CoaT-lite-medium, 768 px tiles); the small ones keep the
+# architecture at a CPU's scale.
 CONFIGS: dict[str, dict[str, Any]] = {
     "swin_tiny_upernet": {
         "encoder": "swin_tiny_patch4_window7_224",
         "encoder_args": {},
         "decoder": "upernet",
         "decoder_channels": 256,
-        "input_size": 672,
+        "input_size": 768,
     },
     "swin_small_upernet": {
         "encoder": "swin_small_patch4_window7_224",
@@ -145,6 +147,9 @@ SWIN = EncoderFamily(
         "mlp_ratio": _NUMBER,
         "drop_path_rate": _RATE,
     },
+    # timm's Swin then pads to whole windows and builds its shift masks per input size, so a
+    # model takes tiles of any multiple of 32, not only the size it was built at
+    fixed={"strict_img_size": False},
 )
 COAT = EncoderFamily(
     args={
