@@ -56,20 +56,6 @@ def test_gradients_reach_the_encoder():
     assert model.encoder.model.patch_embed.proj.weight.grad is not None
 
 
-def test_pretrained_weights_only_from_a_local_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads weights"):
-        build_model("coat_micro_daformer", pretrained=tmp_path / "absent.pth")
-    donor = build_model("coat_micro_daformer")
-    path = tmp_path / "encoder.pth"
-    torch.save(donor.encoder.model.state_dict(), path)
-    model = build_model("coat_micro_daformer", pretrained=path)
-    for key, value in donor.encoder.model.state_dict().items():
-        torch.testing.assert_close(model.encoder.model.state_dict()[key], value)
-    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="no tensor in this file fits"):
-        build_model("coat_micro_daformer", pretrained=tmp_path / "other.pth")
-
-
 @pytest.mark.parametrize("name", SMALL)
 def test_checkpoint_round_trip(tmp_path, name):
     model = build_model(name, input_size=96).eval()

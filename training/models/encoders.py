@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,10 @@ class TimmEncoder(nn.Module):
 
         super().__init__()
         args = {"features_only": True, "img_size": img_size, **timm_args}
-        self.model = timm.create_model(name, pretrained=False, **args)
-        if pretrained is not None:
-            load_encoder_weights(self.model, pretrained)
+        if pretrained is None:
+            self.model = timm.create_model(name, pretrained=False, **args)
+        else:
+            self.model = create_with_weights(name, pretrained, args)
         self.name = name
         self.input_size = img_size
         self.channels: list[int] = list(self.model.feature_info.channels())
@@ -67,26 +69,67 @@ class TimmEncoder(nn.Module):
         return [f.contiguous() for f in features]
 
 
-def load_encoder_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load ImageNet (or other) backbone weights from a local file into a features-only model."""
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file: ``.safetensors``, or a torch file (``.pth``, ``.pt``)
+    holding a state dict, possibly under ``state_dict``/``model`` (timm's own reader)."""
+    from timm.models import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained encoder weights not found: {path} (napari-ftu never downloads weights; "
             "give the path of a local .safetensors or .pth file)"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        # torch files are read with weights_only=True: no code from the file runs
+        state = load_state_dict(str(path))
+    except Exception as exc:  # torch, safetensors and zip errors alike mean "not readable"
+        raise ValueError(f"{path.name} is not a readable weights file: {exc}") from exc
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path.name} holds no state dict of tensors (wrong file?)")
+    return state
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if isinstance(state, dict) and "model" in state:
-            state = state["model"]
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f"{path.name}: no tensor in this file fits the encoder (wrong model?)")
-    model.load_state_dict(usable, strict=False)
+
+def create_with_weights(name: str, path: str | os.PathLike, args: dict[str, Any]) -> nn.Module:
+    """``timm.create_model(name, features_only=True, ...)`` with backbone weights from ``path``.
+
+    The weights go through timm's own loading: the model's checkpoint filter (key renames of
+    older formats, resized relative position tables and patch embeddings), then a strict
+    ``load_state_dict`` into the backbone before timm wraps it for features. Every backbone
+    tensor must come from the file; only a classifier head in the file is left unused.
+    """
+    import timm
+
+    path = Path(path)
+    state = read_state_dict(path)
+    classifier = timm.models.get_pretrained_cfg(name).classifier or ()
+    heads = {c.split(".")[0] for c in ([classifier] if isinstance(classifier, str) else classifier)}
+    # The head is dropped by its top-level name before timm's filter (which may rename it) and
+    # the backbone is built headless (num_classes=0), so timm keeps its strict load.
+    state = {k: v for k, v in state.items() if k.split(".")[0] not in heads}
+    if not state:
+        raise ValueError(f"{path.name} holds only a classifier head, no backbone weights")
+    overlay = {
+        "state_dict": state,
+        "num_classes": 0,
+        # No other weight source may be consulted, so nothing can reach the network.
+        "file": None,
+        "url": None,
+        "hf_hub_id": None,
+        "hf_hub_filename": None,
+        "source": None,
+        "custom_load": False,
+    }
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = textwrap.shorten(" ".join(str(exc).split()), 400)
+        raise ValueError(
+            f"{path.name} does not fit the encoder {name} (weights of another model?): {detail}"
+        ) from None
+    # timm keeps its pretrained config (which now holds copies of the weights) on the modules
+    for module in model.modules():
+        config = getattr(module, "pretrained_cfg", None)
+        if isinstance(config, dict):
+            config.pop("state_dict", None)
+    return model
