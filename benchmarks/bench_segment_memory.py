@@ -42,7 +42,7 @@ def measure_engine(slide: str, checkpoint: str) -> None:
             "seconds": seconds,
             "tiles_run": result.tiles_run,
             "tiles_skipped": result.tiles_skipped,
-            "output": type(result.probability).__module__.split(".")[0],
+            "output": type(result.probability).__name__,
             "output_shape": list(result.probability.shape),
             "threads": torch.get_num_threads(),
             "peak_rss_mb": peak_rss_mb(),

@@ -151,6 +151,7 @@ def test_a_pixel_size_given_to_the_engine_leaves_the_callers_slide_alone(texture
     with open_slide(path) as slide:
         result = run(slide, member(Pointwise()), "kidney", pixel_size_um=0.8, detect_tissue=False)
         assert slide.pixel_size_um == pytest.approx(0.4)
+        assert slide._tile_cache._bytes == 0  # decoded tiles dropped once the run is over
         assert result.probability.shape == (600, 520)  # read as if 0.8 um/px: 2x upsampled
         assert slide.read_region(0, 0, 4, 4).shape == (4, 4, 3)  # still open
 

@@ -401,3 +401,5 @@ def test_decoded_tiles_are_cached_within_a_budget(pyramid, gradient):
         np.testing.assert_array_equal(
             slide.read_region(200, 500, 300, 400), gradient[200:500, 500:900]
         )
+        slide.clear_cache()
+        assert cache._bytes == 0 and not cache._items

@@ -41,7 +41,7 @@ LEVEL_TOLERANCE = 0.01
 # Source pixels read at once by read_region_at; larger regions are read in strips of rows.
 STRIP_PIXELS = 2**24
 # Decoded TIFF tiles kept per slide, so overlapping reads (neighbouring model tiles) decode once.
-TILE_CACHE_MB = 256
+TILE_CACHE_MB = 128
 # A pixel size outside this range is a screen resolution (72 dpi = 353 um/px), not a microscope's.
 PLAUSIBLE_UM_PER_PX = (0.01, 100.0)
 _UNIT_TO_UM = {
@@ -246,6 +246,11 @@ class Slide:
                 _linear_weights((x + 0.5) * ratio - 0.5 - sx, ratio, w, sw),
             )
         return _cast_like(out, self.dtype)
+
+    def clear_cache(self) -> None:
+        """Drop the decoded tiles kept for overlapping reads (memory back after a long run)."""
+        if self._tile_cache is not None:
+            self._tile_cache.clear()
 
     def close(self) -> None:
         """Release the file handle."""
@@ -577,6 +582,11 @@ class _TileCache:
             if value is not None:
                 self._items.move_to_end(key)
             return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
 
     def put(self, key: tuple[int, str], value: Any) -> None:
         size = len(value)

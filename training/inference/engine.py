@@ -133,6 +133,7 @@ def segment(
         raise ValueError(f"streams must be at least 1; got {streams}")
     with contextlib.ExitStack() as cleanup:
         slide = _as_slide(source, pixel_size_um, cleanup)
+        cleanup.callback(slide.clear_cache)  # the decoded tiles are of no use after the run
         ensemble = _as_ensemble(models, device)
         members = ensemble.for_organ(organ)
         device = torch.device(device)
