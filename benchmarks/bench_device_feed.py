@@ -1,0 +1,127 @@
+"""How busy the engine keeps a device: tiles per second and the model's share of wall time.
+
+A **synthetic** all-tissue kidney phantom at 0.25 um/px (a 40x scan; a 2048 px phantom
+repeated, pyramidal OME-TIFF written once into benchmarks/_data/) is segmented by
+``training.inference.run`` with a model of random weights (time does not depend on them) at
+0.4 um/px. The model is wrapped so that every forward pass is timed on the device (CUDA events;
+wall clock on a CPU); "busy" is the summed forward time over the run's wall time, from the
+first tile read to the last row written.
+
+    .venv/bin/python benchmarks/bench_device_feed.py --device cuda             # the issue's run
+    .venv/bin/python benchmarks/bench_device_feed.py --device cpu --side 2048 \\
+        --model swin_micro_upernet --batch-size 4                              # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from _common import DATA, PeriodicSource
+from torch import nn
+
+SLIDE_PX, MODEL_PX = 0.25, 0.4
+
+
+class TimedModel(nn.Module):
+    """``model`` with the device time of every forward pass summed in ``busy_seconds``."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.device = model, device
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.cpu_seconds = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.model(x)
+            end.record()
+            self.events.append((start, end))
+            return out
+        began = time.perf_counter()
+        out = self.model(x)
+        self.cpu_seconds += time.perf_counter() - began
+        return out
+
+    def busy_seconds(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return sum(s.elapsed_time(e) for s, e in self.events) / 1000
+        return self.cpu_seconds
+
+
+def slide(side: int) -> str:
+    from training.slides import write_pyramid
+    from training.synthetic import make_phantom
+
+    path = DATA / f"phantom_025um_{side}.tiff"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        image, _, _ = make_phantom(
+            "kidney", size=2048, seed=0, pixel_size_um=SLIDE_PX, tissue_fraction=1.0
+        )
+        write_pyramid(path, PeriodicSource(image, side), SLIDE_PX)
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--side", type=int, default=20480, help="slide side in pixels")
+    parser.add_argument("--model", default="swin_tiny_upernet")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--read-workers", type=int, default=8)
+    parser.add_argument("--tta", type=int, default=1)
+    args = parser.parse_args()
+
+    from training.inference import run
+    from training.models import build_model
+    from training.models.ensemble import Member
+
+    device = torch.device(args.device)
+    model = build_model(args.model).eval()
+    tile = int(model.config["input_size"])
+    timed = TimedModel(model, device)
+    meta = {
+        "pixel_size_um": MODEL_PX,
+        "tile_size": tile,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "thresholds": {"kidney": 0.5},
+    }
+    path = slide(args.side)
+    options = {
+        "device": device,
+        "batch_size": args.batch_size,
+        "read_workers": args.read_workers,
+        "tta": args.tta,
+        "memory_limit_mb": 8192,
+    }
+    warm = Member(timed, meta, name=args.model)
+    run(slide(2048), warm, "kidney", detect_tissue=False, **options)  # compile kernels, warm up
+    timed.events.clear()
+    timed.cpu_seconds = 0.0
+    start = time.perf_counter()
+    result = run(path, warm, "kidney", **options)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    busy = timed.busy_seconds()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"{args.model} at {tile} px, {MODEL_PX} um/px, batch {args.batch_size}, tta {args.tta}, "
+        f"read workers {args.read_workers}, {name}, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
+    )
+    print(
+        f"{args.side}x{args.side} slide at {SLIDE_PX} um/px: {result.tiles_run} tiles in "
+        f"{wall:.1f} s = {result.tiles_run / wall:.1f} tiles/s; model busy {busy:.1f} s = "
+        f"{busy / wall:.0%} of wall time"
+    )
+
+
+if __name__ == "__main__":
+    main()
