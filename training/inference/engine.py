@@ -34,7 +34,7 @@ from training.inference.tissue import thumbnail_pixel_size, tile_has_tissue, tis
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
 
-__all__ = ["TTA_CHOICES", "Progress", "SegmentationResult", "run", "segment"]
+__all__ = ["TTA_CHOICES", "Progress", "RunOptions", "SegmentationResult", "run", "segment"]
 
 
 @dataclass(frozen=True)
@@ -123,50 +123,68 @@ def segment(
     threads reading tiles ahead. Closing the generator (cancelling) between batches removes
     any partial output.
     """
-    if tta not in TTA_CHOICES:
-        raise ValueError(f"tta must be one of {TTA_CHOICES}; got {tta}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1); got {overlap}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-    if streams is not None and streams < 1:
-        raise ValueError(f"streams must be at least 1; got {streams}")
+    options = RunOptions(
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        device=torch.device(device),
+        detect_tissue=detect_tissue,
+        memory_limit_mb=memory_limit_mb,
+        workdir=workdir,
+        streams=streams,
+        read_workers=read_workers,
+    )
     with contextlib.ExitStack() as cleanup:
         slide = _as_slide(source, pixel_size_um, cleanup)
         cleanup.callback(slide.clear_cache)  # the decoded tiles are of no use after the run
         ensemble = _as_ensemble(models, device)
         members = ensemble.for_organ(organ)
-        device = torch.device(device)
-        result = yield from _Run(slide, members, overlap, device, memory_limit_mb).execute(
-            organ=organ,
-            threshold=ensemble.threshold(organ),
-            batch_size=batch_size,
-            tta=tta,
-            stain=stain,
-            detect_tissue=detect_tissue,
-            workdir=workdir,
-            streams=streams,
-            read_workers=read_workers,
-        )
+        run = _Run(slide, members, options)
+        result = yield from run.execute(organ, ensemble.threshold(organ), stain)
     return result
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a segmentation runs (see :func:`segment`); checked when made."""
+
+    overlap: float = 0.25
+    batch_size: int = 4
+    tta: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    detect_tissue: bool = True
+    memory_limit_mb: float = 512
+    workdir: str | os.PathLike | None = None
+    streams: int | None = None
+    read_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.tta not in TTA_CHOICES:
+            raise ValueError(f"tta must be one of {TTA_CHOICES}; got {self.tta}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {self.batch_size}")
+        if self.streams is not None and self.streams < 1:
+            raise ValueError(f"streams must be at least 1; got {self.streams}")
+        if self.read_workers < 0:
+            raise ValueError(f"read_workers must be 0 or more; got {self.read_workers}")
+
+    def streams_for(self) -> int:
+        """Batches at once: as asked, else 2 on a CPU with at least 2 threads, else 1."""
+        if self.streams is not None:
+            return self.streams
+        return 2 if self.device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
 class _Run:
     """One segmentation: the slide, its members, their tile plans and the output."""
 
-    def __init__(
-        self,
-        slide: Slide,
-        members: list[Member],
-        overlap: float,
-        device: torch.device,
-        memory_limit_mb: float,
-    ) -> None:
+    def __init__(self, slide: Slide, members: list[Member], options: RunOptions) -> None:
         self.slide = slide
         self.members = members
-        self.overlap = overlap
-        self.device = device
-        self.memory_limit_mb = memory_limit_mb
+        self.options = options
+        self.stain: Any = None  # the normaliser, fixed to this slide
         self.working_px = min(float(m.meta["pixel_size_um"]) for m in members)
         self.to_working = slide.pixel_size_um / self.working_px
         height, width = slide.shape[:2]
@@ -175,38 +193,26 @@ class _Run:
             max(1, math.ceil(width * self.to_working)),
         )
 
-    def execute(self, *, organ: str, threshold: float, **options: Any) -> Generator:
-        tissue = _tissue(self.slide) if options["detect_tissue"] else None
+    def execute(self, organ: str, threshold: float, stain: Any) -> Generator:
+        """Plan, then run every member's tiles; yields progress, returns the result."""
+        options = self.options
+        tissue = _tissue(self.slide) if options.detect_tissue else None
         plans = [self._plan(m, tissue) for m in self.members]
-        stain = options["stain"]
         if stain is not None and hasattr(stain, "for_slide"):
             stain = _stain_for_slide(stain, self.slide, plans[0])
+        self.stain = stain
         total = sum(p.kept for p in plans)
         skipped = sum(p.skipped for p in plans)
         yield Progress(0, total, f"{total} tiles to run, {skipped} background tiles skipped")
-        store = OutputStore(self.out_shape, self.memory_limit_mb, options["workdir"])
-        streams = options["streams"]
-        if streams is None:
-            streams = 2 if self.device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+        store = OutputStore(self.out_shape, options.memory_limit_mb, options.workdir)
         done = 0
         try:
-            with _torch_thread_share(streams):
+            with _torch_thread_share(options.streams_for()):
                 total_weight = sum(m.weight for m in self.members)
                 for index, (member, plan) in enumerate(zip(self.members, plans, strict=True)):
                     name = member.name or "model"
-                    batches = self._member(
-                        member,
-                        plan,
-                        store,
-                        member.weight / total_weight,
-                        first=index == 0,
-                        stain=stain,
-                        streams=streams,
-                        batch_size=options["batch_size"],
-                        tta=options["tta"],
-                        read_workers=options["read_workers"],
-                    )
-                    for count in batches:
+                    weight = member.weight / total_weight
+                    for count in self._member(member, plan, store, weight, first=index == 0):
                         done += count
                         yield Progress(done, total, f"{name}: {done}/{total} tiles")
             probability, path = store.finish()
@@ -225,8 +231,8 @@ class _Run:
             path=path,
             meta={
                 "members": [m.name for m in self.members],
-                "tta": options["tta"],
-                "overlap": self.overlap,
+                "tta": options.tta,
+                "overlap": options.overlap,
                 "tissue_fraction": float(tissue[0].mean()) if tissue is not None else 1.0,
             },
         )
@@ -244,43 +250,38 @@ class _Run:
             self.slide.shape[:2],
             self.slide.pixel_size_um / pixel_size,
             int(member.meta["tile_size"]),
-            self.overlap,
+            self.options.overlap,
             pixel_size,
             touches,
         )
 
     def _member(
-        self,
-        member: Member,
-        plan: TilePlan,
-        store: OutputStore,
-        weight: float,
-        *,
-        first: bool,
-        stain: Any,
-        streams: int,
-        batch_size: int,
-        tta: int,
-        read_workers: int,
+        self, member: Member, plan: TilePlan, store: OutputStore, weight: float, first: bool
     ) -> Iterator[int]:
         """Run one member's tiles into ``store``; yields the tiles done per batch."""
+        options, device = self.options, self.options.device
         scale = plan.pixel_size_um / self.working_px  # working px per member px
         tile_w = round(plan.tile * scale)
         window = blend_window(tile_w, round((plan.tile - plan.stride) * scale))
-        band = BandAccumulator(store, window, weight, self.device, first)
-        predictor = Predictor(member, self.device, tta, tile_w)
-        source = TileSource(self.slide, plan.pixel_size_um, plan.tile, stain, read_workers)
+        band = BandAccumulator(store, window, weight, device, first)
+        predictor = Predictor(member, device, options.tta, tile_w)
+        source = TileSource(
+            self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+        )
+        size = options.batch_size
         requests = (
-            (row, y, xs[start : start + batch_size])
+            (row, y, xs[start : start + size])
             for row, (y, xs) in enumerate(plan.rows)
-            for start in range(0, len(xs), batch_size)
+            for start in range(0, len(xs), size)
         )
         row_tops = [round(y * scale) for y, _ in plan.rows] + [store.shape[0]]
         finished = 0
         tiles = source.batches(requests)
         with (
             contextlib.closing(tiles),
-            contextlib.closing(_predictions(tiles, predictor, streams)) as predictions,
+            contextlib.closing(
+                _predictions(tiles, predictor, options.streams_for())
+            ) as predictions,
         ):
             for row, xs, probabilities in predictions:
                 for done_row in range(finished, row):
