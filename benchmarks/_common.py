@@ -47,3 +47,23 @@ class PeriodicSource:
             glass = self.glass
             block[below] = glass[(rows[below] % len(glass))[:, None], (cols % len(glass))[None, :]]
         return block
+
+
+def forty_x_phantom(side: int, pixel_size_um: float = 0.25) -> str:
+    """A ``side x side`` all-tissue kidney phantom at 0.25 um/px (a 40x scan), a 2048 px phantom
+    repeated, as a pyramidal OME-TIFF written once into ``DATA``; returns its path."""
+    import time
+
+    from training.slides import write_pyramid
+    from training.synthetic import make_phantom
+
+    path = DATA / f"phantom_{round(pixel_size_um * 100):03d}um_{side}.tiff"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        image, _, _ = make_phantom(
+            "kidney", size=2048, seed=0, pixel_size_um=pixel_size_um, tissue_fraction=1.0
+        )
+        start = time.perf_counter()
+        write_pyramid(path, PeriodicSource(image, side), pixel_size_um)
+        print(f"wrote {path.name} in {time.perf_counter() - start:.0f} s")
+    return str(path)

@@ -18,7 +18,7 @@ import argparse
 import time
 
 import torch
-from _common import DATA, PeriodicSource
+from _common import forty_x_phantom
 from torch import nn
 
 SLIDE_PX, MODEL_PX = 0.25, 0.4
@@ -53,20 +53,6 @@ class TimedModel(nn.Module):
         return self.cpu_seconds
 
 
-def slide(side: int) -> str:
-    from training.slides import write_pyramid
-    from training.synthetic import make_phantom
-
-    path = DATA / f"phantom_025um_{side}.tiff"
-    if not path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        image, _, _ = make_phantom(
-            "kidney", size=2048, seed=0, pixel_size_um=SLIDE_PX, tissue_fraction=1.0
-        )
-        write_pyramid(path, PeriodicSource(image, side), SLIDE_PX)
-    return str(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
@@ -92,7 +78,7 @@ def main() -> None:
         "std": [0.229, 0.224, 0.225],
         "thresholds": {"kidney": 0.5},
     }
-    path = slide(args.side)
+    path = forty_x_phantom(args.side)
     options = {
         "device": device,
         "batch_size": args.batch_size,
@@ -101,7 +87,9 @@ def main() -> None:
         "memory_limit_mb": 8192,
     }
     warm = Member(timed, meta, name=args.model)
-    run(slide(2048), warm, "kidney", detect_tissue=False, **options)  # compile kernels, warm up
+    run(
+        forty_x_phantom(2048), warm, "kidney", detect_tissue=False, **options
+    )  # compile kernels, warm up
     timed.events.clear()
     timed.cpu_seconds = 0.0
     start = time.perf_counter()

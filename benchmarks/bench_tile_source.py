@@ -23,7 +23,7 @@ import math  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import DATA, PeriodicSource  # noqa: E402
+from _common import forty_x_phantom  # noqa: E402
 
 TILE, MODEL_PX, SLIDE_PX, OVERLAP = 672, 0.4, 0.25, 0.25
 
@@ -53,22 +53,6 @@ def reference_read(slide, pixel_size_um: float, y: int, x: int, h: int, w: int) 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def slide_path(side: int) -> str:
-    from training.slides import write_pyramid
-    from training.synthetic import make_phantom
-
-    path = DATA / f"phantom_025um_{side}.tiff"
-    if not path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        image, _, _ = make_phantom(
-            "kidney", size=2048, seed=0, pixel_size_um=SLIDE_PX, tissue_fraction=1.0
-        )
-        start = time.perf_counter()
-        write_pyramid(path, PeriodicSource(image, side), SLIDE_PX)
-        print(f"wrote {path.name} in {time.perf_counter() - start:.0f} s")
-    return str(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", type=int, default=8192)
@@ -85,7 +69,7 @@ def main() -> None:
     from training.slides import open_slide
     from training.stain import StainNormalizer
 
-    path = slide_path(args.side)
+    path = forty_x_phantom(args.side)
     stride = round(TILE * (1 - OVERLAP))
     side = math.ceil(args.side * SLIDE_PX / MODEL_PX)
     starts = tile_starts(side, TILE, stride)
