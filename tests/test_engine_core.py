@@ -201,3 +201,19 @@ def test_all_tta_views_run_as_one_batch(texture):
     assert tiles == 36 and model.tiles == 8 * tiles
     assert model.calls == batches  # one forward per batch: the 8 views together
     np.testing.assert_allclose(result.probability, expected(texture), atol=1e-5)
+
+
+def test_default_streams_on_a_cpu_run_two_batches_at_once(texture):
+    class Recording(Pointwise):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.add(threading.current_thread().name.split("_")[0])
+            return super().forward(x)
+
+    seen: set[str] = set()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(texture, member(Recording()), "kidney", pixel_size_um=0.4, detect_tissue=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"napari-ftu-stream"}  # the stream pool, for every member and batch

@@ -185,6 +185,7 @@ class _Run:
         self.members = members
         self.options = options
         self.stain: Any = None  # the normaliser, fixed to this slide
+        self.streams = options.streams_for()  # before the thread share lowers torch's count
         self.working_px = min(float(m.meta["pixel_size_um"]) for m in members)
         self.to_working = slide.pixel_size_um / self.working_px
         height, width = slide.shape[:2]
@@ -207,7 +208,7 @@ class _Run:
         store = OutputStore(self.out_shape, options.memory_limit_mb, options.workdir)
         done = 0
         try:
-            with _torch_thread_share(options.streams_for()):
+            with _torch_thread_share(self.streams):
                 total_weight = sum(m.weight for m in self.members)
                 for index, (member, plan) in enumerate(zip(self.members, plans, strict=True)):
                     name = member.name or "model"
@@ -279,9 +280,7 @@ class _Run:
         tiles = source.batches(requests)
         with (
             contextlib.closing(tiles),
-            contextlib.closing(
-                _predictions(tiles, predictor, options.streams_for())
-            ) as predictions,
+            contextlib.closing(_predictions(tiles, predictor, self.streams)) as predictions,
         ):
             for row, xs, probabilities in predictions:
                 for done_row in range(finished, row):
