@@ -52,8 +52,7 @@ class BandAccumulator:
             final = self.numerator[:rows] / self.weights[:rows].clamp_min(1e-30)
             if self.weight != 1:
                 final *= self.weight
-            stop = min(self.y0 + rows, height)
-            self.store.add(self.y0, final[: stop - self.y0].cpu().numpy(), self.first)
+            self.store.add(self.y0, final.cpu().numpy(), self.first)  # next_y <= height
             self.numerator = torch.roll(self.numerator, -rows, dims=0)
             self.weights = torch.roll(self.weights, -rows, dims=0)
             self.numerator[-rows:] = 0
