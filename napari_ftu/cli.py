@@ -83,7 +83,12 @@ def segment_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("slides", nargs="+", type=Path)
     parser.add_argument("--organ", required=True, choices=ORGANS)
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint or ensemble manifest")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint or ensemble manifest (default: the bundled default model; see "
+        "docs/model_card.md)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--overwrite",
@@ -115,6 +120,9 @@ def segment_parser() -> argparse.ArgumentParser:
     post.add_argument("--min-area-um2", type=float, default=0.0)
     post.add_argument("--labels-tiff", action="store_true", help="write OUT/<id>.labels.tiff")
     post.add_argument("--geojson", action="store_true", help="write OUT/<id>.geojson (QuPath)")
+    post.add_argument(
+        "--overlay", action="store_true", help="write OUT/<id>.overlay.png (FTU outlines)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -123,6 +131,13 @@ def segment_command(argv: Sequence[str]) -> int:
     """Run ``napari-ftu segment``; returns the exit status."""
     parser = segment_parser()
     args = parser.parse_args(argv)
+    if args.model is None:
+        from training.models.default import default_model_path
+
+        try:
+            args.model = default_model_path()
+        except FileNotFoundError as exc:
+            parser.error(str(exc))
     if args.stain and args.stain_reference is None:
         parser.error("--stain needs --stain-reference IMAGE")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -192,6 +207,7 @@ def _result_files(args: argparse.Namespace, image_id: str) -> list[Path]:
     return [
         *([args.out / f"{image_id}.labels.tiff"] if args.labels_tiff else []),
         *([args.out / f"{image_id}.geojson"] if args.geojson else []),
+        *([args.out / f"{image_id}.overlay.png"] if args.overlay else []),
     ]
 
 
@@ -239,7 +255,12 @@ def _segment_slide(
     done. Returns the row."""
     from training.data.catalog import upsert_row
     from training.inference import run
-    from training.inference.outputs import labels_to_geojson, result_row, write_json
+    from training.inference.outputs import (
+        labels_to_geojson,
+        result_row,
+        write_json,
+        write_overlay,
+    )
     from training.slides import open_slide, write_pyramid
 
     with open_slide(path, args.pixel_size) as slide:
@@ -278,6 +299,10 @@ def _segment_slide(
                 args.out / f"{path.stem}.geojson",
                 labels_to_geojson(labels, result.downsample, args.organ),
                 overwrite=args.overwrite,
+            )
+        if args.overlay:
+            write_overlay(
+                args.out / f"{path.stem}.overlay.png", slide, labels, overwrite=args.overwrite
             )
     upsert_row(args.out, row)
     log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)

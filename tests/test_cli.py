@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from napari_ftu._torchrun import rank_device
 from napari_ftu.cli import main, open_slides
@@ -100,6 +101,24 @@ def test_segment_writes_rows_labels_and_geojson(workspace, tmp_path):
     # results are not overwritten unless asked: a second run refuses, train.csv keeps its rows
     assert main(args) == 2
     assert list(read_catalog(out)["id"]) == ["slide0", "slide1"]
+
+
+def test_segment_writes_an_overlay_png(workspace, tmp_path):
+    root, slides = workspace
+    args = segment_args(slides[:1], root / "model.pt", tmp_path, "--threshold", "0.5", "--overlay")
+    assert main(args) == 0
+    with Image.open(tmp_path / "slide0.overlay.png") as png:
+        overlay = np.asarray(png)
+    assert overlay.shape == (320, 320, 3)
+    with open_slide(slides[0]) as slide:
+        original = slide.read_region(0, 0, 320, 320)
+    mask = decode(read_catalog(tmp_path).loc[0, "rle"], (320, 320)).astype(bool)
+    changed = (overlay != original).any(axis=-1)
+    assert mask.any() and changed.any()
+    near_mask = ndimage.binary_dilation(mask, iterations=2)
+    assert not (changed & ~near_mask).any()  # outlines only, drawn on the FTUs' borders
+    assert not changed[ndimage.binary_erosion(mask, iterations=3)].any()  # insides untouched
+    assert main(args) == 2  # an existing overlay is not replaced
 
 
 def test_segment_empty_mask(workspace, tmp_path):

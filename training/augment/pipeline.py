@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ from training.augment.stain_jitter import hed_jitter
 __all__ = ["AugmentConfig", "Augmenter"]
 
 Sample = tuple[np.ndarray, np.ndarray]
+# CutMix's second sample, or a function that reads it when CutMix fires
+Other = tuple[np.ndarray, np.ndarray] | Callable[[], tuple[np.ndarray, np.ndarray]] | None
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,13 @@ class Augmenter:
         organ: str,
         model_um: float,
         thickness_um: float,
-        other: tuple[np.ndarray, np.ndarray] | None = None,
+        other: Other = None,
     ) -> Sample:
         """Augment ``image`` (H, W, 3) uint8 and ``mask`` (H, W) uint8 0/1, a crop at ``model_um``
         um/px of a section ``thickness_um`` thick of ``organ``; ``other`` (image, mask) of the same
-        shape is CutMix's second sample. Returns contiguous arrays of the same shape and dtype."""
+        shape is CutMix's second sample, or a function that reads it (called only when CutMix
+        fires, so a data loader reads a second crop only then). Returns contiguous arrays of the
+        same shape and dtype."""
         _check_sample(image, mask)
         _check_organ(organ)
         if model_um <= 0 or thickness_um <= 0:
@@ -186,12 +190,11 @@ class Augmenter:
             sample = self._color(sample, rng)
         return np.ascontiguousarray(sample[0]), np.ascontiguousarray(sample[1])
 
-    def _mix(
-        self, sample: Sample, rng: np.random.Generator, other: tuple[np.ndarray, np.ndarray] | None
-    ) -> Sample:
+    def _mix(self, sample: Sample, rng: np.random.Generator, other: Other) -> Sample:
         c = self.config
         if other is not None and rng.random() < c.cutmix_p:
-            sample = cutmix(*sample, *other, rng, max_area=c.cutmix_max_area)
+            pair = other() if callable(other) else other
+            sample = cutmix(*sample, *pair, rng, max_area=c.cutmix_max_area)
         if rng.random() < c.cutout_p:
             sample = cutout(
                 *sample,

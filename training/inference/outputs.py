@@ -94,3 +94,40 @@ def write_json(path: Path, payload: dict[str, Any], overwrite: bool = False) -> 
         raise FileExistsError(f"{path} exists; napari-ftu does not overwrite results")
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(payload, handle)
+
+
+OVERLAY_SIDE = 2048  # the longest side of an overlay PNG, in pixels
+
+
+def write_overlay(
+    path: Path, slide: Any, labels: np.ndarray, overwrite: bool = False, side: int = OVERLAY_SIDE
+) -> None:
+    """A PNG of the slide (at most ``side`` pixels long) with the FTU outlines in green.
+
+    The slide is read at the overlay's scale from its best pyramid level, so a whole-slide
+    overlay never loads level 0.
+    """
+    from PIL import Image
+    from skimage.segmentation import find_boundaries
+
+    from training.inference.postprocess import resize_labels
+    from training.inference.source import as_rgb_uint8
+
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; napari-ftu does not overwrite results")
+    height, width = slide.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if scale < 1:
+        if slide.pixel_size_um is None:  # any pixel size will do for reading at a ratio
+            slide = slide.with_pixel_size(1.0)
+        image = slide.read_region_at(slide.pixel_size_um / scale, 0, 0, *shape)
+    else:
+        image = slide.read_region(0, 0, height, width)
+    image = as_rgb_uint8(np.asarray(image)).copy()
+    # padded, so that an FTU cut by the image's edge is outlined along the edge too
+    outline = find_boundaries(np.pad(resize_labels(labels, shape), 1), mode="inner")[1:-1, 1:-1]
+    outline = ndimage.binary_dilation(outline, iterations=max(1, min(shape) // 600))
+    image[outline] = (0, 220, 0)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")

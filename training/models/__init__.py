@@ -10,11 +10,13 @@ from training.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from training.models.default import default_model_path
 from training.models.registry import build_model, list_models
 
 __all__ = [
     "CheckpointError",
     "build_model",
+    "default_model_path",
     "list_models",
     "load_checkpoint",
     "read_checkpoint",

@@ -1,0 +1,209 @@
+"""``python -m training.train`` and ``python -m training.evaluate`` end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from training import evaluate as evaluate_command
+from training import train as train_command
+from training.data import rle
+from training.data.catalog import upsert_row
+from training.models import build_model, load_checkpoint, save_checkpoint
+from training.synthetic import make_phantom
+from training.validation import dice
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Two organs, three phantoms each, 128 px at 2 um/px (FTUs some tens of pixels wide)."""
+    folder = tmp_path_factory.mktemp("data") / "phantoms"
+    for organ in ("kidney", "lung"):
+        for seed in range(3):
+            image, mask, meta = make_phantom(organ, "hpa", 128, seed, pixel_size_um=2.0)
+            row = {
+                "id": f"{organ}{seed}",
+                "organ": organ,
+                "data_source": meta["data_source"],
+                "pixel_size": 2.0,
+                "tissue_thickness": 4,
+                "rle": rle.encode(mask),
+            }
+            upsert_row(folder, row, image=image)
+    return folder
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--tile",
+        "64",
+        "--pixel-size",
+        "2.0",
+        "--batch-size",
+        "2",
+        "--samples-per-epoch",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_training_writes_a_usable_run_folder(dataset, tmp_path):
+    out = tmp_path / "run"
+    code = train_command.main(
+        _args(dataset, out, "--model", "swin_micro_upernet", "--epochs", "2", "--ema", "0.9")
+    )
+    assert code == 0
+    for name in ("best.pt", "last.pt", "metrics.csv", "learning_curve.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    _, meta = load_checkpoint(out / "best.pt")
+    assert meta["pixel_size_um"] == 2.0 and meta["tile_size"] == 64
+    assert set(meta["organs"]) == {"kidney", "lung"}
+    assert set(meta["thresholds"]) >= {"kidney", "lung"}
+    training = meta["training"]
+    assert training["best_epoch"] in (1, 2) and training["epochs"] == training["best_epoch"]
+    assert load_checkpoint(out / "last.pt")[1]["training"]["epochs"] == 2
+    assert set(training["validation"]["organ"]) == {"kidney", "lung"}
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    for column in ("loss", "bce", "dice", "lr", "samples_per_s", "val_dice", "val_dice_kidney"):
+        assert column in metrics.columns, column
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == "swin_micro_upernet" and config["ema"] == 0.9
+    assert "augment" in config and config["oversample"] == {"lung": 5.0}
+
+
+def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
+    out = tmp_path / "run"
+    base = _args(dataset, out, "--model", "swin_micro_upernet")
+    assert train_command.main([*base, "--epochs", "1"]) == 0
+    assert train_command.main([*base, "--epochs", "1"]) == 2  # refuses to overwrite a run
+    assert train_command.main([*base, "--epochs", "2", "--resume"]) == 0
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2]
+
+    tuned = tmp_path / "tuned"
+    args = _args(dataset, tuned, "--init", str(out / "best.pt"), "--epochs", "1", "--lr", "1e-4")
+    assert train_command.main(args) == 0
+    _, meta = load_checkpoint(tuned / "best.pt")
+    assert meta["training"]["init"] == str(out / "best.pt")
+
+
+def test_yaml_config_sets_defaults_and_flags_win(dataset, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"model": "coat_micro_daformer", "epochs": 3, "lr": 0.01, "augment": {"cutmix_p": 0.0}}
+        )
+    )
+    out = tmp_path / "run"
+    args = _args(dataset, out, "--config", str(config), "--epochs", "1", "--val-fraction", "0")
+    assert train_command.main(args) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == "coat_micro_daformer" and saved["lr"] == 0.01
+    assert saved["epochs"] == 1 and saved["augment"]["cutmix_p"] == 0.0
+    assert (out / "best.pt").is_file()  # no validation images: the final weights are kept
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "unet"], "not one of"),
+        (["--init", "missing.pt"], "no such checkpoint"),
+        (["--init", "{corrupt}"], "--init"),
+        (["--model", "swin_micro_upernet", "--oversample", "liver=2"], "ORGAN=FACTOR"),
+    ],
+)
+def test_bad_input_stops_before_training(dataset, tmp_path, capsys, extra, message):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a checkpoint")
+    extra = [str(corrupt) if e == "{corrupt}" else e for e in extra]
+    try:
+        code = train_command.main(_args(dataset, tmp_path / "run", *extra))
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_empty_dataset_is_refused(tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "train.csv").write_text(
+        "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n"
+    )
+    args = _args(folder, tmp_path / "run", "--model", "swin_micro_upernet")
+    assert train_command.main(args) == 2
+    assert "no rows" in capsys.readouterr().err
+
+
+def test_evaluate_scores_per_organ_and_source(dataset, tmp_path, capsys):
+    model = build_model("swin_micro_upernet", input_size=64)
+    meta = {"pixel_size_um": 2.0, "tile_size": 64}
+    checkpoint = save_checkpoint(tmp_path / "m.pt", model, meta)
+    out = tmp_path / "scores.json"
+    assert (
+        evaluate_command.main(
+            ["--data", str(dataset), "--model", str(checkpoint), "--out", str(out)]
+        )
+        == 0
+    )
+    scores = json.loads(out.read_text())
+    assert scores["images"] == 6
+    assert set(scores["organ"]) == {"kidney", "lung"} and set(scores["data_source"]) == {"HPA"}
+    assert 0 <= scores["dice"] <= 1
+    assert "mean per-image Dice" in capsys.readouterr().out
+    assert (
+        evaluate_command.main(["--data", str(tmp_path / "nope"), "--model", str(checkpoint)]) == 2
+    )
+
+
+def test_dice_is_the_competition_metric():
+    a = torch.zeros(4, 4, dtype=torch.uint8).numpy()
+    b = a.copy()
+    assert dice(a, b) == 1.0  # nothing to find, nothing found
+    a[:2] = 1
+    b[1:3] = 1
+    assert dice(a, b) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_hold_identical_weights(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.train",
+        *_args(dataset, out, "--model", "swin_micro_upernet", "--epochs", "2"),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, meta = load_checkpoint(out / "last.pt")
+    training = meta["training"]
+    assert training["ranks"] == 2
+    assert training["ranks_agree"] is True
+    assert len(set(training["rank_weight_digests"])) == 1

@@ -1,0 +1,389 @@
+"""The training loop: AdamW, warm-up + cosine, clipping, accumulation, EMA, autocast, DDP.
+
+One :class:`Trainer` holds what the loop shares (model, optimiser, schedule, EMA, loaders, the
+best score); ``python -m training.train`` builds it from the configuration. Validation runs on
+rank 0 through the inference engine, tunes a threshold per organ, and keeps the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+from training.curves import write_curve, write_metrics
+from training.data.crops import CropDataset, CropSampler
+from training.data.records import Record
+from training.distributed import World, agree
+from training.models.checkpoint import read_checkpoint, save_checkpoint
+from training.models.ensemble import Member
+
+__all__ = ["Trainer", "TrainerOptions"]
+
+log = logging.getLogger(__name__)
+STATE_NAME = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """The loop's settings (the optimisation group of the command's configuration)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup: float  # epochs
+    clip_grad: float
+    accumulate: int
+    ema: float
+    workers: int
+    val_every: int = 1
+    val_tta: int = 1
+    time_limit_s: float | None = None
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class _History:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: float = -1.0
+    best_epoch: int = 0
+    epoch: int = 0  # epochs finished
+    elapsed_s: float = 0.0
+
+
+class _WithAux(nn.Module):
+    """``forward`` returns main and auxiliary logits, so DDP sees every head in its forward."""
+
+    def __init__(self, model: nn.Module, aux: bool) -> None:
+        super().__init__()
+        self.model, self.aux = model, aux
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        if self.aux:
+            return self.model.forward_with_aux(x)
+        return self.model(x), None
+
+
+class Trainer:
+    """Trains ``model`` on crops, validates whole images, writes checkpoints to ``out``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        dataset: CropDataset,
+        samples_per_epoch: int,
+        val_records: list[Record],
+        criterion: Any,
+        options: TrainerOptions,
+        world: World,
+        device: torch.device,
+        out: Path,
+    ) -> None:
+        self.model, self.meta, self.options = model.to(device), meta, options
+        self.criterion, self.world, self.device, self.out = criterion, world, device, out
+        self.val_records = val_records
+        self.sampler = CropSampler(samples_per_epoch, world.rank, world.size)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=options.batch_size,
+            sampler=self.sampler,
+            num_workers=options.workers,
+            persistent_workers=options.workers > 0,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_quiet_worker,
+            drop_last=True,
+        )
+        if len(self.loader) == 0:
+            raise ValueError(
+                f"{samples_per_epoch} samples per epoch make no batch of {options.batch_size} "
+                f"on each of {world.size} rank(s)"
+            )
+        self.steps_per_epoch = math.ceil(len(self.loader) / options.accumulate)
+        wrapped: nn.Module = _WithAux(self.model, aux=criterion.config.aux > 0)
+        if world.distributed:
+            if device.type == "cuda":  # batch statistics over every rank's batch (GPU only)
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                wrapped = _WithAux(self.model, aux=criterion.config.aux > 0)
+            ids = [device.index] if device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(
+                wrapped, device_ids=ids, find_unused_parameters=criterion.config.aux == 0
+            )
+        self.wrapped = wrapped
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.ema = (
+            AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(options.ema), use_buffers=True
+            )
+            if options.ema > 0
+            else None
+        )
+        self.history = _History()
+        mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1) * 255
+        self._mean, self._std = mean, std
+
+    # ---- schedule -------------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 1% of the peak at the last step."""
+        total = max(self.options.epochs * self.steps_per_epoch, 1)
+        warmup = min(round(self.options.warmup * self.steps_per_epoch), total - 1)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    # ---- the loop -------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs; return the training summary stored in the checkpoints."""
+        start = time.monotonic() - self.history.elapsed_s
+        stopped_early = False
+        for epoch in range(self.history.epoch + 1, self.options.epochs + 1):
+            self.sampler.set_epoch(epoch)
+            row, stopped_early = self._train_epoch(epoch, start)
+            self._average_buffers()
+            self.history.epoch = epoch
+            self.history.elapsed_s = time.monotonic() - start
+            last = epoch == self.options.epochs or stopped_early
+            if self.val_records and (epoch % self.options.val_every == 0 or last):
+                row.update(self._validate())
+            self.history.rows.append(row)
+            self._save(row)
+            if stopped_early:
+                log.info("time limit reached after epoch %d", epoch)
+                break
+        summary = self._summary(stopped_early)
+        if self.world.is_main:
+            meta = self._meta(summary)
+            save_checkpoint(self.out / "last.pt", self.model, meta)
+            if not self.val_records:  # nothing to choose by: the final weights are the best
+                save_checkpoint(self.out / "best.pt", self._eval_model(), meta)
+        return summary
+
+    def _train_epoch(self, epoch: int, start: float) -> tuple[dict[str, Any], bool]:
+        from tqdm.auto import tqdm
+
+        self.wrapped.train()
+        totals: dict[str, float] = {}
+        batches = seen = 0
+        began = time.perf_counter()
+        stop = False
+        bar = tqdm(
+            total=len(self.loader),
+            desc=f"epoch {epoch}/{self.options.epochs}",
+            disable=not (self.world.is_main and self.options.progress),
+            leave=False,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(self.loader):
+            final = (index + 1) % self.options.accumulate == 0 or index + 1 == len(self.loader)
+            parts = self._step(batch, sync=final)
+            if final:
+                self._optimizer_step()
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + value
+            batches += 1
+            seen += len(batch["image"])
+            bar.update()
+            bar.set_postfix(loss=f"{totals['loss'] / batches:.4f}")
+            if final and self._time_is_up(start):
+                stop = True
+                break
+        bar.close()
+        seconds = time.perf_counter() - began
+        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({key: value / max(batches, 1) for key, value in totals.items()})
+        row["samples_per_s"] = seen * self.world.size / seconds if seconds > 0 else float("nan")
+        row["train_seconds"] = seconds
+        return row, stop
+
+    def _step(self, batch: dict[str, torch.Tensor], sync: bool) -> dict[str, float]:
+        images = batch["image"].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        images = ((images - self._mean) / self._std).contiguous()
+        target = batch["mask"].to(self.device, non_blocking=True).float().unsqueeze(1)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        skip_sync = (
+            self.wrapped.no_sync()
+            if self.world.distributed and not sync
+            else contextlib.nullcontext()
+        )
+        with skip_sync:
+            with autocast:
+                logits, aux = self.wrapped(images)
+            loss, parts = self.criterion(logits, target, aux)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()}: lower --lr or check the data"
+                )
+            (loss / self.options.accumulate).backward()
+        parts = {k: float(v) for k, v in parts.items() if k != "total"}
+        return {"loss": float(loss.detach()), **parts}
+
+    def _optimizer_step(self) -> None:
+        if self.options.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def _average_buffers(self) -> None:
+        """Average the ranks' batch-norm running statistics: each rank updated them with its
+        own batches (CPU processes cannot use SyncBatchNorm), and the checkpoint must not
+        depend on which rank wrote it."""
+        if not self.world.distributed:
+            return
+        for buffer in self.model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer /= self.world.size
+
+    def _time_is_up(self, start: float) -> bool:
+        if self.options.time_limit_s is None:
+            return False
+        up = torch.tensor(float(time.monotonic() - start >= self.options.time_limit_s))
+        if self.world.distributed:  # every rank stops at the same step
+            up = up.to(self.device)
+            dist.all_reduce(up, op=dist.ReduceOp.MAX)
+        return bool(up.item())
+
+    # ---- validation and files -------------------------------------------------------------
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _validate(self) -> dict[str, Any]:
+        """Whole-image Dice on rank 0 (the others wait); thresholds tuned per organ."""
+        from training.validation import predict, score, summarise, tune_thresholds
+
+        row: dict[str, Any] = {}
+        if self.world.is_main:
+            model = copy.deepcopy(self._eval_model()).eval()
+            member = Member(model, self.meta, name="validation")
+            scores = predict(member, self.val_records, device=self.device, tta=self.options.val_tta)
+            thresholds = tune_thresholds(scores)
+            summary = summarise(score(scores, thresholds))
+            row["val_dice"] = summary["dice"]
+            for group in ("organ", "data_source"):
+                for name, value in summary[group].items():
+                    row[f"val_dice_{name}"] = value
+            row["thresholds"] = thresholds
+            row["val_summary"] = summary
+            log.info("validation Dice %.4f %s", summary["dice"], summary["organ"])
+        self.world.barrier()
+        return row
+
+    def _save(self, row: dict[str, Any]) -> None:
+        if "val_dice" in row and row["val_dice"] > self.history.best:
+            self.history.best, self.history.best_epoch = row["val_dice"], row["epoch"]
+        summary = self._summary(False)  # on every rank: it gathers the ranks' weight digests
+        if self.world.is_main:
+            if self.history.best_epoch == row["epoch"] and "val_dice" in row:
+                self.meta["thresholds"] = {**self.meta["thresholds"], **row["thresholds"]}
+                best_meta = self._meta(summary)
+                best_meta["training"]["validation"] = row["val_summary"]
+                save_checkpoint(self.out / "best.pt", self._eval_model(), best_meta)
+            save_checkpoint(self.out / "last.pt", self.model, self._meta(summary))
+            torch.save(self._state(), self.out / STATE_NAME)
+            rows = [_csv_row(r) for r in self.history.rows]
+            write_metrics(rows, self.out / "metrics.csv")
+            write_curve(rows, self.out / "learning_curve.png", title=self.out.name)
+        self.world.barrier()
+
+    def _summary(self, stopped_early: bool) -> dict[str, Any]:
+        rates = [r["samples_per_s"] for r in self.history.rows if r.get("samples_per_s")]
+        summary = {
+            "epochs": self.history.epoch,
+            "epochs_planned": self.options.epochs,
+            "best_epoch": self.history.best_epoch,
+            "best_val_dice": round(self.history.best, 4) if self.history.best >= 0 else None,
+            "seconds": round(self.history.elapsed_s, 1),
+            "samples_per_s": round(sum(rates) / len(rates), 2) if rates else None,
+            "stopped_by_time_limit": stopped_early,
+            "ranks": self.world.size,
+        }
+        if self.world.distributed:
+            digests = agree(self.world, weights_digest(self.model))
+            summary["rank_weight_digests"] = digests
+            summary["ranks_agree"] = len(set(digests)) == 1
+        return summary
+
+    def _meta(self, summary: dict[str, Any]) -> dict[str, Any]:
+        meta = copy.deepcopy(self.meta)
+        meta["training"] = {**meta.get("training", {}), **summary}
+        return meta
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "history": {
+                "rows": [_csv_row(r) for r in self.history.rows],
+                "best": self.history.best,
+                "best_epoch": self.history.best_epoch,
+                "epoch": self.history.epoch,
+                "elapsed_s": self.history.elapsed_s,
+            },
+            "thresholds": dict(self.meta["thresholds"]),
+        }
+
+    def resume(self) -> None:
+        """Continue from ``out``'s last checkpoint and training state."""
+        state_path, last = self.out / STATE_NAME, self.out / "last.pt"
+        if not (state_path.is_file() and last.is_file()):
+            raise FileNotFoundError(f"{self.out}: no {last.name} and {STATE_NAME} to resume from")
+        self.model.load_state_dict(read_checkpoint(last)["state_dict"])
+        state = torch.load(state_path, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.history = _History(**state["history"])
+        self.meta["thresholds"] = dict(state["thresholds"])
+        if self.world.is_main:
+            log.info("resuming after epoch %d of %d", self.history.epoch, self.options.epochs)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 of every parameter and buffer: equal on every rank after a correct DDP run."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without the nested validation details (they live in the checkpoint)."""
+    return {k: v for k, v in row.items() if k not in ("thresholds", "val_summary")}
+
+
+def _quiet_worker(_: int) -> None:
+    """Workers read and augment on one thread each: the main process owns the cores' BLAS."""
+    torch.set_num_threads(1)
+    with contextlib.suppress(ImportError):
+        import cv2
+
+        cv2.setNumThreads(0)
