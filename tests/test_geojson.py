@@ -2,18 +2,23 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from PIL import Image
 from shapely.geometry import Polygon
 from skimage.draw import ellipse
 from skimage.draw import polygon as skimage_polygon
 
+from training.data.catalog import read_catalog
 from training.data.geojson import GeoJSONError, classification_name, object_type, rasterize
+from training.data.import_geojson import main as import_main
 from training.data.polygon_fill import fill
 from training.data.rle import decode
+from training.slides import open_slide, write_pyramid
 
 
 def square(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
@@ -314,3 +319,102 @@ def test_real_outlines_reproduce_train_csv(shared_data):
     assert labelme.min() >= 0.99 and (labelme == 1).all(), labelme.min()
     # By pixel centres, the outline band makes the difference: a Dice of about 0.996.
     assert qupath.min() >= 0.985 and qupath.mean() >= 0.995, (qupath.min(), qupath.mean())
+
+
+def test_import_command_on_a_real_image(shared_data, tmp_path):
+    folder = shared_data / "hubmap-kidney-pas"
+    code = import_main(
+        [
+            str(folder / "train_images" / "106.tiff"),
+            str(folder / "geojson" / "106.geojson"),
+            *("--out", str(tmp_path), "--organ", "kidney", "--convention", "labelme"),
+        ]
+    )
+    assert code == 0
+    ours, theirs = read_catalog(tmp_path), read_catalog(folder).set_index("id")
+    assert ours.loc[0, "rle"] == theirs.loc["106", "rle"]
+    assert ours.loc[0, "pixel_size"] == pytest.approx(theirs.loc["106", "pixel_size"])
+
+
+# --- the import command ---------------------------------------------------------------------
+
+
+def make_pair(folder: Path, stem: str, rings: list, pixel_size: float | None = 0.5) -> Path:
+    """An RGB image ``stem.tiff`` (``stem.png`` without a pixel size) and ``stem.geojson``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(len(stem)).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    if pixel_size is None:
+        path = folder / f"{stem}.png"
+        Image.fromarray(image).save(path)
+    else:
+        path = folder / f"{stem}.tiff"
+        write_pyramid(path, image, pixel_size)
+    (folder / f"{stem}.geojson").write_text(json.dumps(collection(feature(rings))))
+    return path
+
+
+def test_import_command_round_trip(tmp_path):
+    image = make_pair(tmp_path / "in", "slide-1", [square(5, 6, 40.5, 30), square(10, 10, 20, 20)])
+    out = tmp_path / "dataset"
+    argv = [str(image), str(tmp_path / "in" / "slide-1.geojson"), "--out", str(out)]
+    argv += ["--organ", "kidney", "--data-source", "QuPath", "--thickness", "4", "--id", "s1"]
+    assert import_main(argv) == 0
+    frame = read_catalog(out)
+    row = frame.iloc[0]
+    assert (row["id"], row["organ"], row["data_source"]) == ("s1", "kidney", "QuPath")
+    assert (row["img_height"], row["img_width"], row["pixel_size"]) == (48, 64, 0.5)
+    assert row["tissue_thickness"] == 4
+    expected = rasterize(tmp_path / "in" / "slide-1.geojson", (48, 64))
+    np.testing.assert_array_equal(decode(row["rle"], (48, 64)), expected)
+    with open_slide(out / "train_images" / "s1.tiff") as copied, open_slide(image) as source:
+        np.testing.assert_array_equal(
+            copied.read_region(0, 0, 48, 64), source.read_region(0, 0, 48, 64)
+        )
+        assert copied.pixel_size_um == pytest.approx(0.5)
+
+
+def test_import_command_pairs_folders_by_stem(tmp_path):
+    images, outlines = tmp_path / "images", tmp_path / "outlines"
+    for stem in ("a", "b"):
+        make_pair(images, stem, [square(1, 1, 9, 9)])
+    (images / "c.tiff").write_bytes((images / "a.tiff").read_bytes())  # no outlines: left alone
+    outlines.mkdir()
+    for stem in ("a", "b"):
+        (images / f"{stem}.geojson").rename(outlines / f"{stem}.geojson")
+    argv = [str(images), str(outlines), "--out", str(tmp_path / "ds"), "--organ", "lung"]
+    assert import_main(argv) == 0
+    assert list(read_catalog(tmp_path / "ds")["id"]) == ["a", "b"]
+
+
+def test_import_command_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    png = make_pair(tmp_path / "in", "nopx", [square(1, 1, 9, 9)], pixel_size=None)
+    out = tmp_path / "ds"
+    base = ["--out", str(out), "--organ", "kidney"]
+    cases = {
+        "does not say its pixel size; pass --pixel-size UM": [
+            str(png),
+            str(png.with_suffix(".geojson")),
+        ],
+        "no such file or folder": [str(png), str(tmp_path / "none.geojson")],
+        "both be files or both be folders": [str(png), str(tmp_path / "in")],
+        "no image in": [str(tmp_path / "in"), str(_write(tmp_path / "lone" / "x.geojson").parent)],
+        "lie outside the 48x64": [str(png), str(_write(tmp_path / "far.json", 99))],
+    }
+    for message, argv in cases.items():
+        extra = ["--pixel-size", "0.5"] if "outside" in message else []
+        assert import_main(argv + base + extra) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists()
+    # With --pixel-size the PNG imports, at the size given.
+    argv = [str(png), str(png.with_suffix(".geojson")), *base, "--pixel-size", "0.25"]
+    assert import_main(argv) == 0
+    assert read_catalog(out).loc[0, "pixel_size"] == 0.25
+
+
+def _write(path: Path, corner: float = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(collection(feature([square(corner, corner, corner + 8, corner + 8)])))
+    )
+    return path
