@@ -207,3 +207,16 @@ def test_torchrun_ranks_hold_identical_weights(dataset, tmp_path):
     assert training["ranks"] == 2
     assert training["ranks_agree"] is True
     assert len(set(training["rank_weight_digests"])) == 1
+
+
+def test_augmentation_preview_writes_a_grid(dataset, tmp_path):
+    from PIL import Image
+
+    from training.augment import preview
+
+    out = tmp_path / "grid.png"
+    args = ["--data", str(dataset), "--out", str(out), "--pixel-size", "2", "--tile", "64"]
+    assert preview.main([*args, "--rows", "2", "--cols", "2"]) == 0
+    with Image.open(out) as png:
+        assert png.size == (4 * 68, 2 * 68)
+    assert preview.main(["--data", str(tmp_path / "none"), "--out", str(out)]) == 2

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The datasets every training script and benchmark here uses, under runs/data/:
+#   phantoms-{hpa,hubmap}-{train,test}  synthetic phantoms of all five organs (disjoint seeds)
+#   kidney-dev / kidney-test            the real HuBMAP PAS kidney images (../shared), split by
+#                                       a spatial block; kidney-test is never trained or tuned on
+#   kidney-hitl10                       10 development images for the human-in-the-loop figure
+set -euo pipefail
+PY=${PYTHON:-.venv/bin/python}
+DATA=${DATA:-runs/data}
+$PY scripts/split_kidney.py --out "$DATA"
+make() { [ -f "$DATA/$1/train.csv" ] || $PY scripts/make_phantoms.py --out "$DATA/$1" "${@:2}"; }
+make phantoms-hpa-train --domain hpa --per-organ 10 --seed 0
+make phantoms-hubmap-train --domain hubmap --per-organ 6 --seed 0
+make phantoms-hpa-test --domain hpa --per-organ 4 --seed 100
+make phantoms-hubmap-test --domain hubmap --per-organ 4 --seed 100
