@@ -2,17 +2,19 @@
 # Rebuild the bundled default model (training/models/default/) from the shared data and phantoms:
 # Swin+UPerNet and CoaT+DAFormer on phantoms of all five organs (HPA and HuBMAP presets) plus the
 # real kidney development images, and a Swin+UPerNet lung specialist (lung drawn 25x as often).
-# About 35 minutes on a 2-core CPU. Usage: scripts/train_default_model.sh [RUNS_DIR]
+# About 30 minutes on a 2-core CPU. --time-limit caps each member's training time, so on a
+# slower machine fewer epochs run (the epochs done are in each checkpoint's metadata).
+# Usage: scripts/train_default_model.sh [RUNS_DIR]
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 RUNS=${1:-runs/default}
 DATA=${DATA:-runs/data}
 bash scripts/prepare_data.sh
 COMMON=(--data "$DATA/phantoms-hpa-train" "$DATA/phantoms-hubmap-train" "$DATA/kidney-dev:1.5"
-        --pixel-size 1.0 --epochs 6 --samples-per-epoch 1600 --batch-size 8 --lr 1e-3
-        --workers 1 --val-every 2 --time-limit 11 --no-progress --seed 0)
+        --pixel-size 1.0 --samples-per-epoch 1600 --batch-size 8 --lr 1e-3
+        --workers 1 --val-every 2 --no-progress --seed 0)
 member() { [ -f "$RUNS/$1/best.pt" ] || $PY -m training.train "${COMMON[@]}" "${@:2}" --out "$RUNS/$1"; }
-member swin --model swin_micro_upernet
-member coat --model coat_micro_daformer
-member lung --model swin_micro_upernet --oversample lung=25
+member swin --model swin_micro_upernet --epochs 6 --time-limit 11
+member coat --model coat_micro_daformer --epochs 5 --time-limit 8
+member lung --model swin_micro_upernet --oversample lung=25 --epochs 5 --time-limit 8
 $PY scripts/assemble_default_model.py "$RUNS"

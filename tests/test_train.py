@@ -94,7 +94,10 @@ def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     base = _args(dataset, out, "--model", "swin_micro_upernet")
     assert train_command.main([*base, "--epochs", "1"]) == 0
     assert train_command.main([*base, "--epochs", "1"]) == 2  # refuses to overwrite a run
-    assert train_command.main([*base, "--epochs", "2", "--resume"]) == 0
+    # the saved configuration repeats the run: resume it with one more epoch
+    assert (
+        train_command.main(["--config", str(out / "config.yaml"), "--epochs", "2", "--resume"]) == 0
+    )
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2]
 
     tuned = tmp_path / "tuned"
