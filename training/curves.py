@@ -26,6 +26,7 @@ def write_curve(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     frame = pd.DataFrame(list(rows))
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -44,6 +45,8 @@ def write_curve(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
     right.set_ylim(0, 1)
     if dice_columns:
         right.legend(fontsize="small")
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)

@@ -17,7 +17,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from training.config import AUGMENT_GROUPS, parse_config, save_config
@@ -228,11 +227,6 @@ def _data_summary(
         "val_ids": sorted(r.id for r in val),
         "augment_groups": list(args.augment_groups),
     }
-
-
-def run_folder(path: str | Path) -> Path:
-    """The run folder as a path (for scripts)."""
-    return Path(path)
 
 
 if __name__ == "__main__":

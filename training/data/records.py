@@ -8,7 +8,6 @@ weight of its folder. Images are opened lazily, in the DataLoader's worker proce
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,8 +206,3 @@ def _fold(value: object, where: str) -> int:
     if number is None or number != int(number):
         raise CatalogError(f"{where}: fold must be a whole number; got {value!r}")
     return int(number)
-
-
-def folder_names(specs: Sequence[DataSpec]) -> list[str]:
-    """Readable names of the folders, for logs and metrics."""
-    return [os.fspath(spec.path) for spec in specs]

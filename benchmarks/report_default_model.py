@@ -1,0 +1,40 @@
+"""Print the default model's scores (Markdown) from its evaluation files.
+
+    for t in phantoms-hpa-test phantoms-hubmap-test kidney-test; do
+      python -m training.evaluate --data runs/data/$t \\
+          --model training/models/default/ensemble.yaml --out runs/default/eval-$t.json
+    done
+    python benchmarks/report_default_model.py runs/default
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
+SETS = (
+    ("phantoms-hpa-test", "HPA phantoms (synthetic)"),
+    ("phantoms-hubmap-test", "HuBMAP phantoms (synthetic)"),
+    ("kidney-test", "real PAS kidney, held out"),
+)
+
+
+def main() -> None:
+    runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/default")
+    print("| test set | images | mean | " + " | ".join(ORGANS) + " |")
+    print("|---|---|---|" + "---|" * len(ORGANS))
+    for name, label in SETS:
+        path = runs / f"eval-{name}.json"
+        if not path.is_file():
+            continue
+        scores = json.loads(path.read_text())
+        cells = [f"{scores['organ'][o]:.3f}" if o in scores["organ"] else "" for o in ORGANS]
+        print(
+            f"| {label} | {scores['images']} | {scores['dice']:.3f} | " + " | ".join(cells) + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
