@@ -165,7 +165,9 @@ def test_importing_staintools_leaves_qt_settings_alone():
         command = [sys.executable, "-c", f"{statement}; {show}"]
         return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
 
-    assert "QT_QPA_PLATFORM_PLUGIN_PATH" in qt_variables_after("import cv2")  # what it guards
+    if "QT_QPA_PLATFORM_PLUGIN_PATH" not in qt_variables_after("import cv2"):
+        # opencv-python-headless (albumentations' OpenCV) may own the cv2 files: it sets nothing
+        pytest.skip("this OpenCV build sets no Qt variables: nothing to guard against here")
     guarded = "from training.stain import _staintools; _staintools(); import cv2"
     assert qt_variables_after(guarded).strip() == "[]"
 
