@@ -154,7 +154,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; return the training summary stored in the checkpoints."""
         start = time.monotonic() - self.history.elapsed_s
-        stopped_early = False
+        summary = None
         for epoch in range(self.history.epoch + 1, self.options.epochs + 1):
             self.sampler.set_epoch(epoch)
             row, stopped_early = self._train_epoch(epoch, start)
@@ -165,16 +165,12 @@ class Trainer:
             if self.val_records and (epoch % self.options.val_every == 0 or last):
                 row.update(self._validate())
             self.history.rows.append(row)
-            self._save(row)
+            summary = self._save(row, final=last, stopped_early=stopped_early)
             if stopped_early:
                 log.info("time limit reached after epoch %d", epoch)
                 break
-        summary = self._summary(stopped_early)
-        if self.world.is_main:
-            meta = self._meta(summary)
-            save_checkpoint(self.out / "last.pt", self.model, meta)
-            if not self.val_records:  # nothing to choose by: the final weights are the best
-                save_checkpoint(self.out / "best.pt", self._eval_model(), meta)
+        if summary is None:  # a resumed run that had already finished
+            summary = self._summary(False, digests=True)
         return summary
 
     def _train_epoch(self, epoch: int, start: float) -> tuple[dict[str, Any], bool]:
@@ -294,24 +290,32 @@ class Trainer:
         self.world.barrier()
         return row
 
-    def _save(self, row: dict[str, Any]) -> None:
+    def _save(self, row: dict[str, Any], final: bool, stopped_early: bool) -> dict[str, Any]:
+        """Write the epoch's checkpoints, state and metrics (rank 0); return the summary."""
         if "val_dice" in row and row["val_dice"] > self.history.best:
             self.history.best, self.history.best_epoch = row["val_dice"], row["epoch"]
-        summary = self._summary(False)  # on every rank: it gathers the ranks' weight digests
+        # on every rank: the final summary gathers the ranks' weight digests
+        summary = self._summary(stopped_early, digests=final)
         if self.world.is_main:
             if self.history.best_epoch == row["epoch"] and "val_dice" in row:
                 self.meta["thresholds"] = {**self.meta["thresholds"], **row["thresholds"]}
                 best_meta = self._meta(summary)
                 best_meta["training"]["validation"] = row["val_summary"]
                 save_checkpoint(self.out / "best.pt", self._eval_model(), best_meta)
-            save_checkpoint(self.out / "last.pt", self.model, self._meta(summary))
+            meta = self._meta(summary)
+            save_checkpoint(self.out / "last.pt", self.model, meta)
+            if final and not self.val_records:  # nothing to choose by: the final weights
+                save_checkpoint(self.out / "best.pt", self._eval_model(), meta)
             torch.save(self._state(), self.out / STATE_NAME)
             rows = [_csv_row(r) for r in self.history.rows]
             write_metrics(rows, self.out / "metrics.csv")
             write_curve(rows, self.out / "learning_curve.png", title=self.out.name)
         self.world.barrier()
+        return summary
 
-    def _summary(self, stopped_early: bool) -> dict[str, Any]:
+    def _summary(self, stopped_early: bool, digests: bool = False) -> dict[str, Any]:
+        """The training summary; with ``digests`` (a collective: every rank calls it), the
+        ranks' weight digests and whether they agree."""
         rates = [r["samples_per_s"] for r in self.history.rows if r.get("samples_per_s")]
         summary = {
             "epochs": self.history.epoch,
@@ -323,10 +327,10 @@ class Trainer:
             "stopped_by_time_limit": stopped_early,
             "ranks": self.world.size,
         }
-        if self.world.distributed:
-            digests = agree(self.world, weights_digest(self.model))
-            summary["rank_weight_digests"] = digests
-            summary["ranks_agree"] = len(set(digests)) == 1
+        if digests and self.world.distributed:
+            gathered = agree(self.world, weights_digest(self.model))
+            summary["rank_weight_digests"] = gathered
+            summary["ranks_agree"] = len(set(gathered)) == 1
         return summary
 
     def _meta(self, summary: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,10 @@ class ImageScore:
     probability: np.ndarray
     dice: float = float("nan")
     threshold: float = 0.5
+    truth: np.ndarray = field(init=False, repr=False)  # the level-0 mask, decoded once
+
+    def __post_init__(self) -> None:
+        self.truth = self.record.mask()
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -91,7 +95,7 @@ def score(
     for item in scored:
         if thresholds and item.record.organ in thresholds:
             item.threshold = float(thresholds[item.record.organ])
-        item.dice = dice(_full_size(item, item.threshold), item.record.mask())
+        item.dice = dice(_full_size(item, item.threshold), item.truth)
     return scored
 
 
@@ -104,11 +108,7 @@ def tune_thresholds(
         by_organ[item.record.organ].append(item)
     best: dict[str, float] = {}
     for organ, items in sorted(by_organ.items()):
-        truths = [item.record.mask() for item in items]
-        means = [
-            np.mean([dice(_full_size(i, t), m) for i, m in zip(items, truths, strict=True)])
-            for t in grid
-        ]
+        means = [np.mean([dice(_full_size(i, t), i.truth) for i in items]) for t in grid]
         best[organ] = float(grid[int(np.argmax(means))])
     return best
 

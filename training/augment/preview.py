@@ -47,11 +47,10 @@ def preview_grid(
     seed: int = 0,
 ) -> np.ndarray:
     """``rows x 2*cols`` crops (plain, augmented) as one RGB image with outlines."""
-    from skimage.segmentation import find_boundaries
-
     from training.augment import AugmentConfig, Augmenter
     from training.data.crops import CropDataset, CropOptions
     from training.data.records import load_records, parse_data_spec, sampling_weights
+    from training.inference.postprocess import outlines
 
     specs = [parse_data_spec(text) for text in data]
     records = load_records(specs)
@@ -67,7 +66,7 @@ def preview_grid(
         for side, dataset in enumerate((plain, augmented)):
             item = dataset[index]
             image, mask = item["image"].numpy().copy(), item["mask"].numpy()
-            image[find_boundaries(np.pad(mask, 1), mode="inner")[1:-1, 1:-1]] = (0, 220, 0)
+            image[outlines(mask)] = (0, 220, 0)
             y = (index // cols) * (tile + gap)
             x = ((index % cols) * 2 + side) * (tile + gap)
             grid[y : y + tile, x : x + tile] = image

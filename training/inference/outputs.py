@@ -108,9 +108,8 @@ def write_overlay(
     overlay never loads level 0.
     """
     from PIL import Image
-    from skimage.segmentation import find_boundaries
 
-    from training.inference.postprocess import resize_labels
+    from training.inference.postprocess import outlines, resize_labels
     from training.inference.source import as_rgb_uint8
 
     if path.exists() and not overwrite:
@@ -125,9 +124,9 @@ def write_overlay(
     else:
         image = slide.read_region(0, 0, height, width)
     image = as_rgb_uint8(np.asarray(image)).copy()
-    # padded, so that an FTU cut by the image's edge is outlined along the edge too
-    outline = find_boundaries(np.pad(resize_labels(labels, shape), 1), mode="inner")[1:-1, 1:-1]
-    outline = ndimage.binary_dilation(outline, iterations=max(1, min(shape) // 600))
+    outline = ndimage.binary_dilation(
+        outlines(resize_labels(labels, shape)), iterations=max(1, min(shape) // 600)
+    )
     image[outline] = (0, 220, 0)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")

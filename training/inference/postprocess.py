@@ -78,3 +78,11 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = nearest_indices(labels.shape[0], shape[0])
     cols = nearest_indices(labels.shape[1], shape[1])
     return labels[rows[:, None], cols[None, :]]
+
+
+def outlines(labels: np.ndarray) -> np.ndarray:
+    """Where each object's inner boundary is, as a boolean map; an object cut by the image's
+    edge is outlined along the edge too (the labels are padded before the boundary is found)."""
+    from skimage.segmentation import find_boundaries
+
+    return find_boundaries(np.pad(labels, 1), mode="inner")[1:-1, 1:-1]
