@@ -193,14 +193,14 @@ def _validate(frame: pd.DataFrame, csv_path: Path, *, partial: bool = False) -> 
                 f"(expected one of {', '.join(ORGANS)})"
             )
         for column in _INT_COLUMNS:
-            value = _as_number(row[column], int)
+            value = as_number(row[column], int)
             if value is None or value <= 0:
                 raise CatalogError(
                     f"{where}column '{column}': {row[column]!r} is not a positive integer"
                 )
         for column in _FLOAT_COLUMNS:
             if column in frame.columns and row[column] != "":
-                value = _as_number(row[column], float)
+                value = as_number(row[column], float)
                 if value is None or not value > 0:
                     raise CatalogError(
                         f"{where}column '{column}': {row[column]!r} is not a positive number"
@@ -223,7 +223,8 @@ def _where(csv_path: Path, index: object, image_id: object, column: str) -> str:
     return f"{place}, column '{column}': " if column else f"{place}, "
 
 
-def _as_number(value: object, kind: type) -> float | int | None:
+def as_number(value: object, kind: type) -> float | int | None:
+    """``value`` as a finite ``kind`` (``int`` only for whole numbers), else ``None``."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -282,4 +283,4 @@ def _write_image(
         backup_dir = image_dir / ".backup"
         backup_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(target, backup_dir / f"{record['id']}.{stamp.replace(':', '')}.tiff")
-    write_pyramid(target, image, _as_number(record.get("pixel_size", ""), float))
+    write_pyramid(target, image, as_number(record.get("pixel_size", ""), float))

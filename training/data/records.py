@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.data import rle
-from training.data.catalog import ORGANS, CatalogError, image_path, read_catalog
+from training.data.catalog import ORGANS, CatalogError, as_number, image_path, read_catalog
 
 __all__ = [
     "DataSpec",
@@ -93,7 +93,7 @@ def load_records(specs: Sequence[DataSpec], check_images: bool = True) -> list[R
             path = image_path(spec.path, row["id"])
             if path is None:
                 raise CatalogError(f"{where} has no file in train_images/ (.tiff or .tif)")
-            pixel_size = _number(row.get("pixel_size"))
+            pixel_size = as_number(row.get("pixel_size"), float)
             if pixel_size is None or pixel_size <= 0:
                 raise CatalogError(f"{where} has no pixel_size; training needs it in um/px")
             if check_images:
@@ -104,7 +104,7 @@ def load_records(specs: Sequence[DataSpec], check_images: bool = True) -> list[R
                     raise CatalogError(f"{where}: the image cannot be read ({exc})") from None
             shape = (int(row["img_height"]), int(row["img_width"]))
             mask = rle.decode(row["rle"], shape)
-            thickness = _number(row.get("tissue_thickness"))
+            thickness = as_number(row.get("tissue_thickness"), float)
             records.append(
                 Record(
                     id=str(row["id"]),
@@ -193,16 +193,8 @@ def _centres(mask: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.center_of_mass(mask, labels, range(1, count + 1)), np.float32)
 
 
-def _number(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _fold(value: object, where: str) -> int:
-    number = _number(value)
-    if number is None or number != int(number):
+    number = as_number(value, int)
+    if number is None:
         raise CatalogError(f"{where}: fold must be a whole number; got {value!r}")
-    return int(number)
+    return number
