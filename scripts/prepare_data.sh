@@ -8,7 +8,10 @@ set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-runs/data}
 $PY scripts/split_kidney.py --out "$DATA"
-make() { [ -f "$DATA/$1/train.csv" ] || $PY scripts/make_phantoms.py --out "$DATA/$1" "${@:2}"; }
+# each phantom covers 800 um at its domain's pixel size for the organ (HuBMAP prostate: 6.263 um/px)
+make() {
+  [ -f "$DATA/$1/train.csv" ] || $PY -m training.synthetic --out "$DATA/$1" --side-um 800 "${@:2}"
+}
 make phantoms-hpa-train --domain hpa --per-organ 10 --seed 0
 make phantoms-hubmap-train --domain hubmap --per-organ 6 --seed 0
 make phantoms-hpa-test --domain hpa --per-organ 4 --seed 100

@@ -142,6 +142,18 @@ def test_cli_writes_a_valid_dataset_folder(tmp_path):
     assert len(read_catalog(out)) == 2
 
 
+def test_cli_side_in_micrometres_follows_each_domain_pixel_size(tmp_path):
+    out = tmp_path / "hubmap"
+    args = ["--out", str(out), "--domain", "hubmap", "--organs", "kidney", "lung"]
+    assert main([*args, "--side-um", "150"]) == 0
+    frame = read_catalog(out).set_index("organ")
+    # 150 um at HuBMAP's 0.5 um/px (kidney) and 0.7562 um/px (lung)
+    assert (frame.loc["kidney", "img_height"], frame.loc["kidney", "img_width"]) == (300, 300)
+    assert frame.loc["lung", "img_height"] == round(150 / 0.7562)
+    with pytest.raises(SystemExit):
+        main([*args, "--side-um", "150", "--size", "300"])
+
+
 def test_cli_from_real_annotations(tmp_path, real_annotations):
     out = tmp_path / "real"
     assert (

@@ -422,7 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     parser.add_argument("--organs", nargs="+", default=list(ORGANS), choices=ORGANS)
     parser.add_argument("--per-organ", type=int, default=1, help="phantoms per organ")
-    parser.add_argument("--size", type=int, default=1024, help="side in pixels")
+    side = parser.add_mutually_exclusive_group()
+    side.add_argument("--size", type=int, default=1024, help="side in pixels")
+    side.add_argument(
+        "--side-um",
+        type=float,
+        help="side in micrometres instead: each organ's side in pixels follows its domain's "
+        "pixel size, so FTU counts per image are alike across domains",
+    )
     parser.add_argument("--domain", choices=list(DOMAINS), default="hpa")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tissue-fraction", type=float, default=0.85)
@@ -459,10 +466,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             jobs.append((f"{row.id}", meta, image, mask))
     for organ in [] if args.from_annotations else args.organs:
+        size = args.size
+        if args.side_um is not None:
+            size = max(64, round(args.side_um / DOMAINS[args.domain]["pixel_size"][organ]))
         for index in range(args.per_organ):
             seed = args.seed + index
             image, mask, meta = make_phantom(
-                organ, args.domain, args.size, seed, tissue_fraction=args.tissue_fraction
+                organ, args.domain, size, seed, tissue_fraction=args.tissue_fraction
             )
             jobs.append((f"{organ}_{args.domain}_{seed}", meta, image, mask))
     for image_id, meta, image, mask in jobs:
