@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up, then generate a kidney phantom slide (pyramidal OME-TIFF), its ground truth as a
-# competition train.csv (RLE) and an overlay PNG, in runs/demo/ (or the folder given).
+# competition train.csv (RLE) and an overlay PNG, in runs/demo/ (or the folder given); then
+# segment a real held-out kidney image (or, without ../shared, the phantom) with the bundled
+# default model into runs/demo/segmented/: train.csv (RLE) and an overlay PNG of its outlines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/demo}
@@ -9,4 +11,9 @@ bash scripts/setup.sh
 echo "slide:        $out/train_images/kidney_hpa_0.tiff"
 echo "ground truth: $out/train.csv"
 echo "overlay:      $out/overlays/kidney_hpa_0.png"
+slide=../shared/data/hubmap-kidney-pas/train_images/250.tiff
+[ -f "$slide" ] || slide="$out/train_images/kidney_hpa_0.tiff"
+.venv/bin/napari-ftu segment "$slide" --organ kidney --out "$out/segmented" --overlay --overwrite
+stem=$(basename "$slide" .tiff)
+echo "segmented:    $out/segmented/train.csv, $out/segmented/$stem.overlay.png (default model)"
 echo "open it in napari: .venv/bin/napari-ftu $out/train_images/kidney_hpa_0.tiff"
