@@ -124,6 +124,36 @@ def test_background_tiles_are_skipped_and_progress_is_reported():
     assert result.tiles_run < sum(whole_tiles)
 
 
+@pytest.mark.parametrize("memory_limit_mb", [512, 0])  # in memory, and zarr on disk
+def test_bands_cover_the_map_and_show_the_ensemble_so_far(texture, memory_limit_mb):
+    """A viewer shows rows as they finish: each member's bands cover every row once, in order,
+    and the last member's bands are the final map (the first member's, alone, are its own)."""
+    members = [member(Constant(1.0), tile=64), member(Pointwise(), tile=64)]
+    events: list[Progress] = []
+    result = run(
+        texture[:200, :150],
+        members,
+        "kidney",
+        pixel_size_um=0.4,
+        detect_tissue=False,
+        memory_limit_mb=memory_limit_mb,
+        on_progress=events.append,
+    )
+    bands = [e.band for e in events if e.band is not None]
+    assert all(b.map_shape == (200, 150) and b.pixel_size_um == 0.4 for b in bands)
+    starts = [b.y0 for b in bands]
+    restart = starts.index(0, 1)  # the second member starts again at the top
+    for part in (bands[:restart], bands[restart:]):
+        rows = [(b.y0, b.y0 + len(b.values)) for b in part]
+        assert rows[0][0] == 0 and rows[-1][1] == 200
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+    first = np.concatenate([b.values for b in bands[:restart]])
+    np.testing.assert_allclose(first, 1 / (1 + math.exp(-1.0)), atol=1e-5)
+    final = np.concatenate([b.values for b in bands[restart:]])
+    np.testing.assert_allclose(final, np.asarray(result.probability), atol=1e-6)
+    result.close()
+
+
 @pytest.mark.parametrize(
     ("length", "tile", "stride"), [(1024, 128, 96), (1000, 256, 192), (90, 64, 64), (50, 64, 48)]
 )

@@ -1,9 +1,10 @@
 """Tiled, streaming inference over slides of any size (Qt-free)."""
 
-from training.inference.engine import Progress, SegmentationResult, run, segment
+from training.inference.engine import Band, Progress, SegmentationResult, run, segment
 from training.inference.postprocess import probability_to_labels, resize_labels
 
 __all__ = [
+    "Band",
     "Progress",
     "SegmentationResult",
     "probability_to_labels",

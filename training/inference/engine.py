@@ -34,16 +34,29 @@ from training.inference.tissue import thumbnail_pixel_size, tile_has_tissue, tis
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
 
-__all__ = ["TTA_CHOICES", "Progress", "RunOptions", "SegmentationResult", "run", "segment"]
+__all__ = ["TTA_CHOICES", "Band", "Progress", "RunOptions", "SegmentationResult", "run", "segment"]
+
+
+@dataclass(frozen=True)
+class Band:
+    """Rows ``y0 ...`` of the probability map finished since the last event, as the ensemble
+    so far sees them (the members run so far, weighted), so a viewer can show results before
+    the run ends."""
+
+    y0: int
+    values: np.ndarray  # (rows, W) float32
+    map_shape: tuple[int, int]  # the whole map's (H, W) at the working scale
+    pixel_size_um: float  # of the map
 
 
 @dataclass(frozen=True)
 class Progress:
-    """``done`` of ``total`` tiles processed, and what is happening."""
+    """``done`` of ``total`` tiles processed, what is happening, and any rows just finished."""
 
     done: int
     total: int
     message: str
+    band: Band | None = None
 
 
 @dataclass
@@ -210,12 +223,15 @@ class _Run:
         try:
             with _torch_thread_share(self.streams):
                 total_weight = sum(m.weight for m in self.members)
+                so_far = 0.0  # the weight of the members run so far
                 for index, (member, plan) in enumerate(zip(self.members, plans, strict=True)):
                     name = member.name or "model"
                     weight = member.weight / total_weight
-                    for count in self._member(member, plan, store, weight, first=index == 0):
+                    so_far += weight
+                    for count, rows in self._member(member, plan, store, weight, index == 0):
                         done += count
-                        yield Progress(done, total, f"{name}: {done}/{total} tiles")
+                        band = self._band(store, rows, so_far) if rows else None
+                        yield Progress(done, total, f"{name}: {done}/{total} tiles", band)
             probability, path = store.finish()
         except BaseException:
             store.discard()
@@ -238,6 +254,13 @@ class _Run:
             },
         )
 
+    def _band(self, store: OutputStore, rows: tuple[int, int], weight: float) -> Band:
+        """The finished ``rows`` of ``store``, divided by the weight of the members so far."""
+        values = np.asarray(store.array[rows[0] : rows[1]], np.float32)
+        if weight != 1:
+            values = values / weight
+        return Band(rows[0], values, self.out_shape, self.working_px)
+
     def _plan(self, member: Member, tissue: tuple[np.ndarray, float] | None) -> TilePlan:
         pixel_size = float(member.meta["pixel_size_um"])
         touches = None
@@ -258,8 +281,9 @@ class _Run:
 
     def _member(
         self, member: Member, plan: TilePlan, store: OutputStore, weight: float, first: bool
-    ) -> Iterator[int]:
-        """Run one member's tiles into ``store``; yields the tiles done per batch."""
+    ) -> Iterator[tuple[int, tuple[int, int] | None]]:
+        """Run one member's tiles into ``store``; yields the tiles done per batch and the output
+        rows ``(y0, y1)`` finished since the last yield (``None`` when none)."""
         options, device = self.options, self.options.device
         scale = plan.pixel_size_um / self.working_px  # working px per member px
         tile_w = round(plan.tile * scale)
@@ -283,14 +307,18 @@ class _Run:
             contextlib.closing(_predictions(tiles, predictor, self.streams)) as predictions,
         ):
             for row, xs, probabilities in predictions:
+                top = band.y0
                 for done_row in range(finished, row):
                     band.advance(row_tops[done_row + 1])
                 finished = row
                 for x, probability in zip(xs, probabilities, strict=True):
                     band.add(round(x * scale), probability)
-                yield len(xs)
+                yield len(xs), ((top, band.y0) if band.y0 > top else None)
+        top = band.y0
         for done_row in range(finished, len(plan.rows)):
             band.advance(row_tops[done_row + 1])
+        if band.y0 > top:
+            yield 0, (top, band.y0)
 
 
 def _predictions(
