@@ -147,6 +147,41 @@ def test_planar_and_svs_style_pyramids(tmp_path, gradient):
         assert slide.shape == (600, 900, 3)
 
 
+def test_scanner_formats_open_their_main_image(tmp_path, gradient):
+    # Leica SCN lists the macro photo before the slide; the slide is the largest series.
+    scn_xml = (
+        '<?xml version="1.0"?><scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+        '<collection name="c"><image name="macro"><pixels sizeX="225" sizeY="150">'
+        '<dimension sizeX="225" sizeY="150" r="0" ifd="0"/></pixels></image>'
+        '<image name="main"><pixels sizeX="900" sizeY="600">'
+        '<dimension sizeX="900" sizeY="600" r="0" ifd="1"/>'
+        '<dimension sizeX="450" sizeY="300" r="1" ifd="2"/></pixels></image></collection></scn>'
+    )
+    scn = tmp_path / "slide.scn"
+    with tifffile.TiffWriter(scn) as tif:
+        tif.write(gradient[::4, ::4].copy(), photometric="rgb", description=scn_xml, metadata=None)
+        tif.write(
+            gradient,
+            tile=(128, 128),
+            photometric="rgb",
+            metadata=None,
+            resolution=(1e4 / 0.5, 1e4 / 0.5),
+            resolutionunit="CENTIMETER",
+        )
+        tif.write(gradient[::2, ::2].copy(), tile=(128, 128), photometric="rgb", metadata=None)
+    qptiff = tmp_path / "slide.qptiff"
+    with tifffile.TiffWriter(qptiff) as tif:
+        tif.write(gradient, tile=(128, 128), photometric="rgb", software="PerkinElmer-QPI")
+        tif.write(gradient[::4, ::4].copy(), photometric="rgb", metadata=None)
+    with open_slide(scn) as slide:
+        assert slide.metadata["format"] == "scn" and len(slide.levels) == 2
+        assert slide.shape == (600, 900, 3) and slide.pixel_size_um == pytest.approx(0.5)
+        np.testing.assert_array_equal(slide.read_region(3, 4, 20, 30), gradient[3:23, 4:34])
+    with open_slide(qptiff) as slide:
+        assert slide.metadata["format"] == "qpi" and slide.shape == (600, 900, 3)
+        np.testing.assert_array_equal(slide.read_region(3, 4, 20, 30), gradient[3:23, 4:34])
+
+
 def test_jpeg_and_png_rgba(tmp_path, gradient):
     jpg = tmp_path / "patch.jpg"
     Image.fromarray(gradient).save(jpg, quality=95)

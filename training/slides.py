@@ -31,7 +31,9 @@ __all__ = [
     "write_pyramid",
 ]
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8")
+# TIFF-based scanner formats tifffile reads as pyramids: Hamamatsu NDPI, Leica SCN, PerkinElmer
+# QPTIFF. Roche BIF is left out: tifffile does not stitch its overlapping tiles (seams).
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".ndpi", ".scn", ".qptiff")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 MIN_SIDE = 8
@@ -541,7 +543,7 @@ def _open_tiff(path: Path, size: int) -> Slide:
     try:
         if not tif.series:
             raise SlideError(f"{path.name} is not a readable TIFF: it contains no image")
-        series = tif.series[0]
+        series = _main_series(tif.series)
         axes = series.axes
         if "Y" not in axes or "X" not in axes:
             raise SlideError(f"{path.name}: first image has axes {axes!r}, expected Y and X")
@@ -562,7 +564,7 @@ def _open_tiff(path: Path, size: int) -> Slide:
             zarr.open_array(_cached_store(series.aszarr(level=i), cache, i), mode="r")
             for i in range(len(levels))
         ]
-        pixel_size = _tiff_pixel_size(tif)
+        pixel_size = _tiff_pixel_size(tif, series.keyframe)
         metadata = {"format": _tiff_kind(tif), "axes": axes, "series": series.name}
         slide = Slide(path, sources, axes, pixel_size, metadata, handle=tif)
         slide._tile_cache = cache
@@ -662,15 +664,25 @@ def _open_raster(path: Path) -> Slide:
 
 
 def _tiff_kind(tif: Any) -> str:
-    for kind in ("ome", "svs", "ndpi", "imagej"):
+    for kind in ("ome", "svs", "ndpi", "scn", "qpi", "imagej"):
         if getattr(tif, f"is_{kind}", False):
             return kind
     return "tiff"
 
 
-def _tiff_pixel_size(tif: Any) -> float | None:
-    """Pixel size in um from OME, SVS, ImageJ or resolution tags, in that order of trust."""
-    page = tif.pages.first
+def _main_series(series: Sequence[Any]) -> Any:
+    """The slide itself among a file's image series: the largest with Y and X axes. Scanner
+    files also hold a macro photo, a label or a thumbnail, and Leica SCN lists the macro first."""
+    images = [s for s in series if "Y" in s.axes and "X" in s.axes]
+    if not images:
+        return series[0]  # reported by the caller: no Y and X axes
+    return max(images, key=lambda s: math.prod(_yxc_shape(s.shape, s.axes)[:2]))
+
+
+def _tiff_pixel_size(tif: Any, page: Any = None) -> float | None:
+    """Pixel size in um from OME, SVS, ImageJ or resolution tags, in that order of trust;
+    resolution tags are read from ``page`` (the slide's level-0 page; default: the first)."""
+    page = tif.pages.first if page is None else page
     if tif.is_ome and tif.ome_metadata:
         value = _ome_pixel_size(tif.ome_metadata)
         if value:
