@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from napari_ftu._reader import napari_get_reader
-from napari_ftu._sample_data import phantom_layers
-from training.slides import write_pyramid
+from napari_ftu._sample_data import SHARED_DATA_ENV, phantom_layers, real_kidney_layers
+from training.slides import SLIDE_SUFFIXES, write_pyramid
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_ftu" / "napari.yaml"
 
@@ -23,6 +23,39 @@ def test_every_manifest_command_imports():
     for name in names:
         module, attribute = name.split(":")
         assert callable(getattr(importlib.import_module(module), attribute)), name
+
+
+def test_every_manifest_module_imports_without_torch():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    modules = sorted(
+        {c["python_name"].split(":")[0] for c in manifest["contributions"]["commands"]}
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'timm'})\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_manifest_is_valid_for_npe2():
+    npe2 = Path(sys.executable).with_name("npe2")
+    result = subprocess.run(
+        [str(npe2), "validate", str(MANIFEST)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_reader_patterns_are_the_slide_suffixes():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    (reader,) = manifest["contributions"]["readers"]
+    patterns = reader["filename_patterns"]
+    assert {"*" + suffix for suffix in SLIDE_SUFFIXES} <= set(patterns)
+    assert all(p.removeprefix("*").removeprefix(".ome").lower() in SLIDE_SUFFIXES for p in patterns)
+    for name in ("a.ome.tif", "a.ome.tiff", "a.ndpi", "a.scn", "a.qptiff"):
+        assert napari_get_reader(name) is not None, name
 
 
 def test_plugin_discovery_and_core_stay_light():
@@ -60,6 +93,25 @@ def test_sample_data_is_a_phantom_with_ground_truth():
     assert image_kw["scale"] == mask_kw["scale"] == (0.4, 0.4)
 
 
+def test_real_kidney_sample_is_a_held_out_image_with_its_truth(shared_data, monkeypatch):
+    monkeypatch.setenv(SHARED_DATA_ENV, str(shared_data))
+    (image, image_kw, image_kind), (labels, labels_kw, labels_kind) = real_kidney_layers()
+    assert (image_kind, labels_kind) == ("image", "labels")
+    assert image.shape == (1200, 1600, 3) and labels.shape == (1200, 1600)
+    assert image_kw["scale"] == labels_kw["scale"] == (0.65, 0.65)
+    meta = image_kw["metadata"]
+    assert meta["organ"] == "kidney" and meta["real"] and meta["pixel_size_um"] == 0.65
+    assert int(Path(meta["path"]).stem) >= 245  # held out from the default model's training
+    assert labels.max() >= 2  # one label per glomerulus
+
+
+def test_real_kidney_sample_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=SHARED_DATA_ENV) as error:
+        real_kidney_layers()
+    assert str(tmp_path) in str(error.value)
+
+
 @pytest.mark.gui
 def test_viewer_opens_a_pyramidal_slide(make_napari_viewer, tmp_path):
     path = tmp_path / "pyr.tiff"
@@ -80,3 +132,4 @@ def test_viewer_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-ftu", "phantom_kidney")
     assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
+
