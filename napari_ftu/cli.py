@@ -17,6 +17,7 @@ from napari_ftu._torchrun import Team, rank_device
 log = logging.getLogger("napari_ftu")
 
 BAD_INPUT, SLIDES_FAILED = 2, 1  # exit statuses
+PLUGIN = "napari-ftu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,26 +29,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def launch(argv: Sequence[str]) -> int:
-    """Open napari with the plugin and the slides given."""
+    """Open napari with the plugin's widgets docked and the slides given; returns the exit
+    status once the window is closed (2 if a slide could not be opened)."""
     parser = argparse.ArgumentParser(
         prog="napari-ftu",
         description="Open slides in napari with napari-ftu (batch work: napari-ftu segment -h).",
     )
-    parser.add_argument("slides", nargs="*", help="slide files (TIFF, OME-TIFF, SVS, PNG, JPEG)")
+    parser.add_argument(
+        "slides", nargs="*", help="slide files (TIFF, OME-TIFF, SVS, NDPI, SCN, QPTIFF, PNG, JPEG)"
+    )
     args = parser.parse_args(argv)
-    missing = [path for path in args.slides if not Path(path).exists()]
-    if missing:  # before napari starts: a typo costs no waiting for a window
-        print(f"napari-ftu: error: no such file: {', '.join(missing)}", file=sys.stderr)
-        return BAD_INPUT
     # torch (and the triton it pulls in) must be imported before any OpenGL context exists:
     # importing it after a viewer is up crashes under Mesa's software OpenGL.
     import napari
     import torch  # noqa: F401
 
     viewer = napari.Viewer(title="napari-ftu")
-    open_slides(viewer, args.slides)
+    failed = build_viewer(viewer, args.slides)
     napari.run()
-    return 0
+    return BAD_INPUT if failed else 0
+
+
+def build_viewer(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Dock every widget of the plugin's manifest in ``viewer`` and open the slides; returns the
+    paths that could not be opened. Problems (a missing file, an unreadable slide, a widget that
+    fails to load) are napari error notifications: the viewer stays up and usable."""
+    from napari.utils.notifications import show_error
+
+    for name in widget_names():
+        try:
+            viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        except Exception as exc:  # one broken widget must not cost the others or the slides
+            show_error(f"napari-ftu cannot load the widget {name!r}: {exc}")
+    paths = [str(path) for path in paths]
+    missing = [path for path in paths if not Path(path).exists()]
+    if missing:
+        show_error(f"napari-ftu: no such file: {', '.join(missing)}")
+    return missing + open_slides(viewer, [path for path in paths if path not in missing])
+
+
+def widget_names() -> list[str]:
+    """Display names of the widgets in the plugin's manifest, in its order."""
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    if PLUGIN not in manager:
+        manager.discover()
+    return [
+        widget.display_name for widget in manager.get_manifest(PLUGIN).contributions.widgets or []
+    ]
 
 
 def open_slides(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -61,7 +91,7 @@ def open_slides(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
     failed = []
     for path in map(str, paths):
         try:
-            viewer.open(path, plugin="napari-ftu")
+            viewer.open(path, plugin=PLUGIN)
         except Exception as exc:  # whatever a reader raises, one slide must not end the session
             show_error(f"napari-ftu cannot open {path}: {exc}")
             failed.append(path)

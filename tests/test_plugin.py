@@ -11,6 +11,7 @@ import yaml
 
 from napari_ftu._reader import napari_get_reader
 from napari_ftu._sample_data import SHARED_DATA_ENV, phantom_layers, real_kidney_layers
+from napari_ftu.cli import build_viewer, widget_names
 from training.slides import SLIDE_SUFFIXES, write_pyramid
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_ftu" / "napari.yaml"
@@ -133,3 +134,27 @@ def test_viewer_sample_data(make_napari_viewer):
     viewer.open_sample("napari-ftu", "phantom_kidney")
     assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
 
+
+@pytest.mark.gui
+def test_launcher_docks_every_widget_and_opens_the_slides(make_napari_viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_ftu._stain_widget import StainPreviewWidget
+
+    path = tmp_path / "slide.tiff"
+    write_pyramid(path, np.full((300, 400, 3), 200, np.uint8), 0.5, tile=128)
+    missing = tmp_path / "absent.ndpi"
+    viewer = make_napari_viewer()
+    records = len(notification_manager.records)
+    failed = build_viewer(viewer, [path, missing])
+    assert failed == [str(missing)]
+    names = widget_names()
+    assert "Stain normalisation preview" in names
+    docked = dict(viewer.window.dock_widgets)
+    assert len(docked) == len(names)
+    assert any(isinstance(widget, StainPreviewWidget) for widget in docked.values())
+    assert [layer.name for layer in viewer.layers] == ["slide"]
+    messages = [record.message for record in notification_manager.records[records:]]
+    assert any("no such file" in m and "absent.ndpi" in m for m in messages), messages
+    viewer.open(str(path), plugin="napari-ftu")  # still usable
+    assert len(viewer.layers) == 2
