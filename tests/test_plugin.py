@@ -136,6 +136,15 @@ def test_viewer_sample_data(make_napari_viewer):
 
 
 @pytest.mark.gui
+def test_viewer_real_kidney_sample(make_napari_viewer, shared_data, monkeypatch):
+    monkeypatch.setenv(SHARED_DATA_ENV, str(shared_data))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ftu", "kidney_real")
+    image, labels = viewer.layers
+    assert image.metadata["real"] and tuple(labels.scale) == (0.65, 0.65)
+
+
+@pytest.mark.gui
 def test_launcher_docks_every_widget_and_opens_the_slides(make_napari_viewer, tmp_path):
     from napari.utils.notifications import notification_manager
 
