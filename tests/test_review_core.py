@@ -6,6 +6,16 @@ import numpy as np
 import pytest
 
 from training.inference.postprocess import probability_to_labels
+from training.review.corrections import (
+    Change,
+    apply_change,
+    delete_object,
+    fill_holes,
+    label_at,
+    merge_objects,
+    relabel,
+    remove_small,
+)
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
 
 # blob centres (row, col) and peak probabilities; each blob shrinks as the threshold rises
@@ -101,3 +111,86 @@ def test_rederive_keeps_a_trimmed_object() -> None:
     labels, model = rederive(probability, 0.3, 10, labels, model)
     assert np.array_equal(object_at(labels, (24, 30)), trimmed)
     assert not labels[24, 10]
+
+
+# ---- corrections -------------------------------------------------------------------------------
+
+
+def two_squares() -> np.ndarray:
+    labels = np.zeros((64, 64), np.int32)
+    labels[4:20, 4:20] = 3
+    labels[4:20, 30:40] = 7
+    labels[40:43, 40:43] = 9  # small: 9 px
+    return labels
+
+
+def applied(labels: np.ndarray, change: Change | None) -> np.ndarray:
+    assert change is not None
+    out = labels.copy()
+    apply_change(out, change)
+    return out
+
+
+def test_label_at() -> None:
+    labels = two_squares()
+    assert label_at(labels, 10, 10) == 3
+    assert label_at(labels, 9.6, 30.2) == 7
+    assert label_at(labels, 0, 0) == 0
+    assert label_at(labels, -3, 10) == 0 and label_at(labels, 10, 64) == 0
+
+
+def test_delete_and_merge() -> None:
+    labels = two_squares()
+    expected = labels.copy()
+    expected[expected == 7] = 0
+    assert np.array_equal(applied(labels, delete_object(labels, 7)), expected)
+    assert delete_object(labels, 5) is None and delete_object(labels, 0) is None
+
+    expected = labels.copy()
+    expected[expected == 7] = 3
+    change = merge_objects(labels, 3, 7)
+    assert np.array_equal(applied(labels, change), expected)
+    assert change.values.dtype == labels.dtype and len(change) == 16 * 10
+    assert merge_objects(labels, 3, 3) is None and merge_objects(labels, 3, 5) is None
+    with pytest.raises(ValueError, match="background"):
+        merge_objects(labels, 3, 0)
+
+
+def test_fill_holes_one_object_or_all() -> None:
+    labels = two_squares()
+    labels[8:12, 8:12] = 0  # a hole in 3
+    labels[9, 9] = 9  # another object inside it stays
+    labels[10:14, 33:36] = 0  # a hole in 7
+    labels[4:20, 47] = 0  # not a hole: open to the image's background
+
+    expected = labels.copy()
+    expected[8:12, 8:12] = 3
+    expected[9, 9] = 9
+    assert np.array_equal(applied(labels, fill_holes(labels, 3)), expected)
+    expected[10:14, 33:36] = 7
+    assert np.array_equal(applied(labels, fill_holes(labels)), expected)
+    assert fill_holes(expected) is None and fill_holes(labels, 9) is None
+
+
+def test_fill_holes_nested_goes_to_the_inner_object() -> None:
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:38, 2:38] = 1
+    labels[6:34, 6:34] = 0
+    labels[10:30, 10:30] = 2
+    labels[18:22, 18:22] = 0
+    filled = applied(labels, fill_holes(labels))
+    assert (filled[6:34, 6:34][labels[6:34, 6:34] == 0] != 0).all()
+    assert (filled[18:22, 18:22] == 2).all() and filled[7, 7] == 1
+
+
+def test_remove_small_and_relabel() -> None:
+    labels = two_squares()
+    expected = labels.copy()
+    expected[expected == 9] = 0
+    assert np.array_equal(applied(labels, remove_small(labels, 10)), expected)
+    assert remove_small(labels, 9) is None
+
+    renumbered = applied(labels, relabel(labels))
+    assert np.array_equal(np.unique(renumbered), [0, 1, 2, 3])
+    assert np.array_equal(renumbered == 1, labels == 3)
+    assert relabel(renumbered) is None

@@ -1,6 +1,29 @@
 """The Qt-free core of the review and correction tools (edits, corrections, review queue, the
 slide's mask store). Imports neither napari, Qt nor torch."""
 
+from training.review.corrections import (
+    Change,
+    apply_change,
+    delete_object,
+    fill_holes,
+    label_at,
+    merge_objects,
+    relabel,
+    remove_small,
+)
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
 
-__all__ = ["EditSummary", "changed_pixels", "edit_summary", "rederive"]
+__all__ = [
+    "Change",
+    "EditSummary",
+    "apply_change",
+    "changed_pixels",
+    "delete_object",
+    "edit_summary",
+    "fill_holes",
+    "label_at",
+    "merge_objects",
+    "rederive",
+    "relabel",
+    "remove_small",
+]
