@@ -17,6 +17,7 @@ from training.review.corrections import (
     remove_small,
 )
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
+from training.review.queue import ReviewQueue, doubt_score, review_candidates
 
 # blob centres (row, col) and peak probabilities; each blob shrinks as the threshold rises
 BLOBS = [((24, 24), 0.95), ((24, 96), 0.9), ((96, 30), 0.85), ((96, 100), 0.8)]
@@ -194,3 +195,79 @@ def test_remove_small_and_relabel() -> None:
     assert np.array_equal(np.unique(renumbered), [0, 1, 2, 3])
     assert np.array_equal(renumbered == 1, labels == 3)
     assert relabel(renumbered) is None
+
+
+# ---- review queue ------------------------------------------------------------------------------
+
+
+class SliceOnly:
+    """A zarr-like probability map that refuses to be read whole."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.reads = array, array.shape, []
+
+    def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = index
+        assert (rows.stop - rows.start) * (cols.stop - cols.start) < self.array.size
+        self.reads.append(index)
+        return self.array[index]
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("read whole")
+
+
+def queue_scene() -> tuple[np.ndarray, np.ndarray]:
+    labels = np.zeros((64, 64), np.int32)
+    probability = np.zeros((64, 64), np.float32)
+    labels[2:22, 2:22], probability[2:22, 2:22] = 1, 0.97  # confident and large
+    labels[2:22, 30:50], probability[2:22, 30:50] = 2, 0.52  # at the threshold
+    labels[40:45, 40:45], probability[40:45, 40:45] = 3, 0.97  # confident but small
+    labels[30:50, 2:22], probability[30:50, 2:22] = 4, 0.75  # halfway
+    return labels, probability
+
+
+def test_review_candidates_doubtful_first() -> None:
+    labels, probability = queue_scene()
+    source = SliceOnly(probability)
+    candidates = review_candidates(labels, source, 0.5)
+    assert [c.label for c in candidates] == [2, 4, 1, 3]
+    assert len(source.reads) == 4
+    at_threshold, halfway = candidates[0], candidates[1]
+    assert at_threshold.doubt == pytest.approx(1 - 0.02 / 0.5)
+    assert halfway.doubt == pytest.approx(0.5)
+    assert at_threshold.bbox == (2, 30, 22, 50) and at_threshold.area_px == 400
+    assert at_threshold.centroid == pytest.approx((11.5, 39.5))
+    assert at_threshold.mean_probability == pytest.approx(0.52)
+
+    # a minimum area of 20 px raises the doubt of the 25 px object (1.25 x the minimum)
+    candidates = review_candidates(labels, probability, 0.5, min_area_px=20)
+    assert [c.label for c in candidates] == [2, 3, 4, 1]
+    assert candidates[1].doubt == pytest.approx(0.75)
+
+
+def test_doubt_score_below_the_threshold_and_at_the_ends() -> None:
+    assert doubt_score(0.3, 100, 0.6) == pytest.approx(0.5)
+    assert doubt_score(0.0, 100, 0.6) == 0.0 and doubt_score(1.0, 100, 0.6) == 0.0
+    assert doubt_score(0.9, 5, 0.5, min_area_px=10) == 1.0
+
+
+def test_review_queue_navigation_and_decisions() -> None:
+    labels, probability = queue_scene()
+    queue = ReviewQueue(review_candidates(labels, probability, 0.5))
+    assert len(queue) == 4 and queue.position == 0 and queue.current.label == 2
+    assert queue.previous().label == 2  # clamped
+    assert queue.next().label == 4 and queue.next().label == 1
+    assert queue.next().label == 3 and queue.next().label == 3  # clamped
+
+    queue.position = 1
+    assert queue.reject().label == 4 and queue.current.label == 1
+    assert queue.accept().label == 1 and queue.current.label == 3
+    assert queue.accept().label == 3 and queue.current.label == 2  # wraps round to the skipped
+    assert queue.decisions == {4: "rejected", 1: "accepted", 3: "accepted"}
+    assert queue.undecided == 1
+    assert queue.accept().label == 2 and queue.undecided == 0
+    assert queue.current.label == 2  # nothing left undecided: stays
+    assert labels[30, 10] == 4  # rejecting leaves the labels alone
+
+    empty = ReviewQueue([])
+    assert empty.current is None and empty.next() is None and empty.accept() is None

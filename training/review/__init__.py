@@ -12,13 +12,17 @@ from training.review.corrections import (
     remove_small,
 )
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
+from training.review.queue import Candidate, ReviewQueue, doubt_score, review_candidates
 
 __all__ = [
+    "Candidate",
     "Change",
     "EditSummary",
+    "ReviewQueue",
     "apply_change",
     "changed_pixels",
     "delete_object",
+    "doubt_score",
     "edit_summary",
     "fill_holes",
     "label_at",
@@ -26,4 +30,5 @@ __all__ = [
     "rederive",
     "relabel",
     "remove_small",
+    "review_candidates",
 ]
