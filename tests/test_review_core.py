@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from training.inference.postprocess import probability_to_labels
+from training.review import store as review_store
 from training.review.corrections import (
     Change,
     apply_change,
@@ -18,6 +26,7 @@ from training.review.corrections import (
 )
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
 from training.review.queue import ReviewQueue, doubt_score, review_candidates
+from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
 
 # blob centres (row, col) and peak probabilities; each blob shrinks as the threshold rises
 BLOBS = [((24, 24), 0.95), ((24, 96), 0.9), ((96, 30), 0.85), ((96, 100), 0.8)]
@@ -271,3 +280,135 @@ def test_review_queue_navigation_and_decisions() -> None:
 
     empty = ReviewQueue([])
     assert empty.current is None and empty.next() is None and empty.accept() is None
+
+
+# ---- mask store --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slide(tmp_path: Path) -> Path:
+    path = tmp_path / "slides" / "kidney.tif"
+    path.parent.mkdir()
+    path.write_bytes(b"not really a slide")
+    return path
+
+
+def store_labels(shape: tuple[int, int] = (300, 520)) -> np.ndarray:
+    labels = np.zeros(shape, np.int32)
+    labels[10:40, 10:40] = 1
+    labels[100:180, 300:420] = 2
+    return labels
+
+
+def small_store(location: Path, slide: Path, shape: tuple[int, int] = (300, 520)) -> MaskStore:
+    return MaskStore.create(location, shape, 0.5, 4.0, slide_identity(slide))
+
+
+def test_store_round_trip(tmp_path: Path, slide: Path) -> None:
+    location = store_location(slide)
+    assert location == slide.parent / "kidney.tif.ftu.zarr"
+    store = small_store(location, slide)
+    assert not store.has_model and store.shape == (300, 520)
+    with pytest.raises(MaskStoreError, match="no labels yet"):
+        store.read(0, 0, 10, 10)
+    model = store_labels()
+    store.set_model(model)
+    store.settings["threshold"] = 0.4
+    store.settings["min_area"] = 50.0
+    assert not store.has_edits() and store.next_id == 3
+
+    again = MaskStore.open(location, slide_identity(slide))
+    assert again.pixel_size_um == 0.5 and again.downsample == 4.0
+    assert dict(again.settings) == {"threshold": 0.4, "min_area": 50.0}
+    assert np.array_equal(again.labels_array(), model)
+    assert np.array_equal(again.read(100, 300, 20, 30, which="model"), model[100:120, 300:330])
+    with pytest.raises(FileExistsError):
+        small_store(location, slide)
+    assert not [p for p in location.parent.iterdir() if p.name.endswith(".partial")]
+
+
+def test_write_region_remaps_new_ids_and_updates_the_overview(tmp_path: Path) -> None:
+    slide = tmp_path / "big.png"
+    slide.write_bytes(b"x")
+    shape = (1100, 2300)  # long side over 1024: two overview levels (1150, then 575)
+    store = MaskStore.create(tmp_path / "big.ftu.zarr", shape, 1.0, 1.0, slide_identity(slide))
+    model = store_labels(shape)
+    store.set_model(model)
+    levels = store.overview_levels()
+    assert [tuple(level.shape) for level in levels] == [(1100, 2300), (550, 1150), (275, 575)]
+
+    y, x = 97, 290
+    old = store.read(y, x, 101, 103)
+    new = old.copy()
+    new[50:90, 5:40] = 1  # a new object painted with an id used elsewhere in the slide
+    new[20, 20] = 0  # object 2 trimmed
+    written = store.write_region(y, x, new, old)
+    assert store.next_id == 4
+    assert (written[50:90, 5:40] == 3).all() and written[20, 20] == 0
+    expected = model.copy()
+    expected[y : y + 101, x : x + 103] = written
+    labels = MaskStore.open(store.location).labels_array()  # reopened: the edits are there
+    assert np.array_equal(labels, expected)
+    for step, level in zip((2, 4), levels[1:], strict=True):
+        assert np.array_equal(np.asarray(level), expected[::step, ::step])
+    assert store.has_edits()
+    assert store.edit_summary() == EditSummary(objects=3, edited=2, deleted=0)
+    with pytest.raises(MaskStoreError, match="changed"):
+        store.write_region(y, x, new, old)
+
+
+def test_store_refuses_another_slide_version_and_missing_arrays(slide: Path) -> None:
+    location = store_location(slide)
+    store = small_store(location, slide)
+    store.set_model(store_labels())
+    slide.write_bytes(b"another version of the slide")
+    with pytest.raises(MaskStoreError, match="size"):
+        MaskStore.open(location, slide_identity(slide))
+    with pytest.raises(MaskStoreError, match="another working scale"):
+        MaskStore.open_or_create(location, (300, 520), 1.0, 4.0, store.identity)
+
+    shutil.rmtree(location / "labels")
+    with pytest.raises(MaskStoreError, match="labels"):
+        store.read(0, 0, 10, 10)  # opened before the deletion: never zeros
+    with pytest.raises(MaskStoreError, match="labels"):
+        MaskStore.open(location)
+
+
+def test_store_location_falls_back_to_the_cache(
+    tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NAPARI_FTU_CACHE", str(tmp_path / "cache"))
+    digest = hashlib.sha1(str(slide.resolve()).encode()).hexdigest()
+    cached = tmp_path / "cache" / "napari-ftu" / "masks" / f"{digest}.ftu.zarr"
+    if os.geteuid() == 0:
+        pytest.skip("running as root: a read-only folder is still writable")
+    slide.parent.chmod(0o555)
+    try:
+        assert store_location(slide) == cached
+        store = MaskStore.open_or_create(cached, (64, 64), None, 1.0, slide_identity(slide))
+        assert store.pixel_size_um is None
+        slide.parent.chmod(0o755)
+        assert store_location(slide) == cached  # the edits saved there are still found
+    finally:
+        slide.parent.chmod(0o755)
+
+
+def test_store_location_cache_when_not_writable(
+    tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the same fallback, for runs as root, where chmod cannot make a folder read-only
+    monkeypatch.setenv("NAPARI_FTU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(review_store, "_writable", lambda folder: False)
+    location = store_location(slide)
+    assert location.parent == tmp_path / "cache" / "napari-ftu" / "masks"
+    assert location.name == hashlib.sha1(str(slide.resolve()).encode()).hexdigest() + ".ftu.zarr"
+
+
+def test_the_review_core_imports_without_qt_napari_or_torch() -> None:
+    code = (
+        "import sys, training.review; "
+        "loaded = {'torch', 'napari', 'qtpy'} & set(sys.modules); assert not loaded, loaded"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

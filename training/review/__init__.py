@@ -13,11 +13,14 @@ from training.review.corrections import (
 )
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
 from training.review.queue import Candidate, ReviewQueue, doubt_score, review_candidates
+from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
 
 __all__ = [
     "Candidate",
     "Change",
     "EditSummary",
+    "MaskStore",
+    "MaskStoreError",
     "ReviewQueue",
     "apply_change",
     "changed_pixels",
@@ -31,4 +34,6 @@ __all__ = [
     "relabel",
     "remove_small",
     "review_candidates",
+    "slide_identity",
+    "store_location",
 ]

@@ -1,0 +1,433 @@
+"""The slide's mask store: a zarr v3 group on disk, so edits persist and come back when the
+slide is reopened.
+
+Layout: ``labels`` (the current labels, with the pathologist's edits) and ``model`` (the
+model's labels), both int32 at the working scale, chunks of 1024 x 1024, fill 0; ``overview/1``,
+``overview/2``, ... the labels downsampled 2x, 4x, ... (nearest neighbour) until the long side
+is at most 1024 px, for a read-only multiscale Labels layer. Attributes: ``format``,
+``shape``, ``pixel_size_um`` (of the working scale), ``downsample`` (level-0 px per working px),
+``slide_identity``, ``settings`` (threshold, min area, ...), ``next_id`` and ``has_model``.
+
+A store is never silently applied to the wrong slide (its identity is checked) and never reads
+missing arrays as background (that raises :class:`MaskStoreError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.review import edits
+
+FORMAT = "napari-ftu mask store"
+VERSION = 1
+CHUNK = 1024
+OVERVIEW_SIDE = 1024  # the smallest overview level's long side is at most this
+ROWS = 1024  # rows per band when whole arrays are compared
+ARRAYS = ("labels", "model")
+
+
+class MaskStoreError(ValueError):
+    """A mask store that cannot be used: made for another slide, or with arrays missing."""
+
+
+def slide_identity(slide_path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a slide file's version: resolved path, size in bytes, mtime in ns."""
+    path = Path(slide_path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def store_location(slide_path: str | os.PathLike) -> Path:
+    """Where a slide's mask store lives: ``<slide folder>/<slide name>.ftu.zarr`` when that
+    folder is writable, else ``<cache>/napari-ftu/masks/<sha1 of the resolved slide
+    path>.ftu.zarr`` (cache: ``$NAPARI_FTU_CACHE`` or ``~/.cache``).
+
+    A store that already exists at either place is found there first, so edits saved in the
+    cache while the folder was read-only are not orphaned when it becomes writable.
+    """
+    path = Path(slide_path).resolve()
+    beside = path.parent / f"{path.name}.ftu.zarr"
+    digest = hashlib.sha1(str(path).encode()).hexdigest()
+    cached = _cache_dir() / f"{digest}.ftu.zarr"
+    if beside.exists():
+        return beside
+    if cached.exists() or not _writable(path.parent):
+        return cached
+    return beside
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NAPARI_FTU_CACHE") or Path.home() / ".cache"
+    return Path(root) / "napari-ftu" / "masks"
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def overview_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """The shapes of the overview levels 1, 2, ... for labels of ``shape`` (none when its long
+    side is at most :data:`OVERVIEW_SIDE`)."""
+    shapes = []
+    step = 1
+    while max(-(-shape[0] // step), -(-shape[1] // step)) > OVERVIEW_SIDE:
+        step *= 2
+        shapes.append((-(-shape[0] // step), -(-shape[1] // step)))
+    return shapes
+
+
+class MaskStore:
+    """A slide's labels on disk; make one with :meth:`create`, :meth:`open` or
+    :meth:`open_or_create`."""
+
+    def __init__(self, location: Path, group: Any) -> None:
+        self.location = location
+        self._group = group
+        self._attrs: dict[str, Any] = dict(group.attrs)
+        self.settings = _Settings(self)
+
+    # ---- making and opening --------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        location: str | os.PathLike,
+        shape: tuple[int, int],
+        pixel_size_um: float | None,
+        downsample: float,
+        slide_identity: dict[str, Any],
+    ) -> MaskStore:
+        """Create an empty store (no model yet) at ``location``; it is built in a temporary
+        folder beside it and renamed into place, so a store is never seen half made."""
+        import zarr
+
+        location = Path(location)
+        if location.exists():
+            raise FileExistsError(f"{location} exists; open it instead")
+        shape = (int(shape[0]), int(shape[1]))
+        location.parent.mkdir(parents=True, exist_ok=True)
+        partial = location.parent / f".{location.name}.{secrets.token_hex(4)}.partial"
+        try:
+            group = zarr.open_group(str(partial), mode="w-")
+            for name in ARRAYS:
+                _create_int_array(group, name, shape)
+            overview = group.require_group("overview")
+            for level, level_shape in enumerate(overview_shapes(shape), start=1):
+                _create_int_array(overview, str(level), level_shape)
+            group.attrs.update(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "shape": list(shape),
+                    "pixel_size_um": pixel_size_um,
+                    "downsample": float(downsample),
+                    "slide_identity": dict(slide_identity),
+                    "settings": {},
+                    "next_id": 1,
+                    "has_model": False,
+                }
+            )
+            os.rename(partial, location)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return cls.open(location)
+
+    @classmethod
+    def open(
+        cls, location: str | os.PathLike, slide_identity: dict[str, Any] | None = None
+    ) -> MaskStore:
+        """Open the store at ``location``; with ``slide_identity`` (see :func:`slide_identity`)
+        check that it was made for that version of the slide."""
+        import zarr
+
+        location = Path(location)
+        if not location.is_dir():
+            raise FileNotFoundError(f"no mask store at {location}")
+        try:
+            group = zarr.open_group(str(location), mode="r+")
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            raise MaskStoreError(f"{location} is not a readable mask store: {exc}") from exc
+        if group.attrs.get("format") != FORMAT:
+            raise MaskStoreError(f"{location} is not a napari-ftu mask store")
+        store = cls(location, group)
+        store._check_arrays()
+        if slide_identity is not None:
+            store._check_identity(slide_identity)
+        return store
+
+    @classmethod
+    def open_or_create(
+        cls,
+        location: str | os.PathLike,
+        shape: tuple[int, int],
+        pixel_size_um: float | None,
+        downsample: float,
+        slide_identity: dict[str, Any],
+    ) -> MaskStore:
+        """Open the store at ``location`` (checking the slide's identity and that it has this
+        shape, pixel size and downsample), or create it when there is none."""
+        if not Path(location).exists():
+            return cls.create(location, shape, pixel_size_um, downsample, slide_identity)
+        store = cls.open(location, slide_identity)
+        wanted = {"shape": tuple(int(n) for n in shape), "pixel_size_um": pixel_size_um}
+        wanted["downsample"] = float(downsample)
+        found = {"shape": store.shape, "pixel_size_um": store.pixel_size_um}
+        found["downsample"] = store.downsample
+        differ = [key for key in wanted if not _same(wanted[key], found[key])]
+        if differ:
+            raise MaskStoreError(
+                f"the mask store {location} was made for another working scale: "
+                + ", ".join(f"{key} {found[key]} (wanted {wanted[key]})" for key in differ)
+            )
+        return store
+
+    # ---- what the store holds ------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The labels' shape (working scale)."""
+        return tuple(self._attrs["shape"])
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        """The working scale's pixel size in micrometres (``None`` when unknown)."""
+        return self._attrs["pixel_size_um"]
+
+    @property
+    def downsample(self) -> float:
+        """Level-0 pixels per working pixel."""
+        return float(self._attrs["downsample"])
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The identity of the slide the store was made for."""
+        return dict(self._attrs["slide_identity"])
+
+    @property
+    def next_id(self) -> int:
+        """The id the next new object gets."""
+        return int(self._attrs["next_id"])
+
+    @property
+    def has_model(self) -> bool:
+        """Whether :meth:`set_model` has completed (before that there are no labels)."""
+        return bool(self._attrs["has_model"])
+
+    # ---- reading and writing -------------------------------------------------------------------
+
+    def set_model(self, model_labels: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Store the model's labels and the current labels (by default the model's), whole,
+        with the overview levels; the attributes are updated after the arrays, so an
+        interrupted write leaves a store that says it has no model."""
+        model_labels = self._as_labels(model_labels)
+        labels = model_labels if labels is None else self._as_labels(labels)
+        self._check_arrays()
+        self._update_attrs(has_model=False)
+        self._group["model"][...] = model_labels
+        self._group["labels"][...] = labels
+        for level, array in enumerate(self._overview_arrays(), start=1):
+            step = 2**level
+            array[...] = labels[::step, ::step]
+        top = max(int(model_labels.max(initial=0)), int(labels.max(initial=0)))
+        self._update_attrs(has_model=True, next_id=top + 1)
+
+    def read(self, y: int, x: int, h: int, w: int, which: str = "labels") -> np.ndarray:
+        """The ``h`` x ``w`` crop at ``(y, x)`` of ``labels`` or ``model``."""
+        box = self._box(y, x, h, w)
+        return np.asarray(self._array(which)[box])
+
+    def labels_array(self) -> np.ndarray:
+        """The current labels, whole."""
+        return np.asarray(self._array("labels")[...])
+
+    def model_array(self) -> np.ndarray:
+        """The model's labels, whole."""
+        return np.asarray(self._array("model")[...])
+
+    def write_region(self, y: int, x: int, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+        """Write the edited crop ``new`` at ``(y, x)`` and return it as written.
+
+        ``old`` is the crop as it was read; it must still be what the store holds (else another
+        writer changed it and this write would undo their edits). Ids in ``new`` but not in
+        ``old`` are objects painted in the crop: they are given fresh ids from ``next_id`` so
+        they never collide with objects elsewhere in the slide. The overview levels are updated
+        for this region only.
+        """
+        new, old = np.asarray(new), np.asarray(old)
+        if new.shape != old.shape:
+            raise ValueError(f"new {new.shape} and old {old.shape} crops differ in shape")
+        box = self._box(y, x, *new.shape)
+        labels = self._array("labels")
+        if not np.array_equal(np.asarray(labels[box]), old):
+            raise MaskStoreError(
+                f"the region at ({y}, {x}) changed in {self.location} since it was read; "
+                "read it again before writing"
+            )
+        written = self._as_labels(new, shape=new.shape).copy()
+        painted = np.setdiff1d(np.unique(written), np.unique(old))
+        painted = painted[painted != 0]
+        if len(painted):
+            first = self.next_id
+            if first + len(painted) > np.iinfo(np.int32).max:
+                raise MaskStoreError("no free label ids left in the mask store")
+            # reserve the ids before writing: a crash leaves a gap, never a reused id
+            self._update_attrs(next_id=first + len(painted))
+            mask = np.isin(written, painted)
+            written[mask] = first + np.searchsorted(painted, written[mask])
+        labels[box] = written
+        for level, array in enumerate(self._overview_arrays(), start=1):
+            _write_downsampled(array, y, x, written, 2**level)
+        return written
+
+    def overview_levels(self) -> list[Any]:
+        """The labels as a pyramid for a read-only multiscale Labels layer: level 0 is the
+        labels array itself, then each level halves it (nearest neighbour)."""
+        return [self._array("labels"), *self._overview_arrays()]
+
+    def has_edits(self) -> bool:
+        """Whether the labels differ anywhere from the model's (compared band by band)."""
+        labels, model = self._array("labels"), self._array("model")
+        for y in range(0, self.shape[0], ROWS):
+            if np.any(np.asarray(labels[y : y + ROWS]) != np.asarray(model[y : y + ROWS])):
+                return True
+        return False
+
+    def edit_summary(self) -> edits.EditSummary:
+        """:func:`training.review.edits.edit_summary` of the stored labels against the model.
+        Both arrays are loaded whole (two int32 images at the working scale)."""
+        return edits.edit_summary(self.labels_array(), self.model_array())
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _array(self, which: str) -> Any:
+        if which not in ARRAYS:
+            raise ValueError(f"which must be one of {ARRAYS}; got {which!r}")
+        self._check_present(which)
+        if not self.has_model:
+            raise MaskStoreError(f"the mask store {self.location} has no labels yet (no model)")
+        return self._group[which]
+
+    def _overview_arrays(self) -> list[Any]:
+        names = [f"overview/{level}" for level in range(1, len(overview_shapes(self.shape)) + 1)]
+        for name in names:
+            self._check_present(name)
+        return [self._group[name] for name in names]
+
+    def _check_present(self, name: str) -> None:
+        # An opened zarr array reads a deleted chunk as its fill value (0, background): look
+        # for the array's metadata on disk at every use, so a deleted store raises instead.
+        if not (self.location / name / "zarr.json").is_file():
+            raise MaskStoreError(
+                f"the mask store {self.location} has lost its {name!r} array (deleted?); "
+                "its labels cannot be read"
+            )
+
+    def _check_arrays(self) -> None:
+        expected = {name: self.shape for name in ARRAYS}
+        for level, shape in enumerate(overview_shapes(self.shape), start=1):
+            expected[f"overview/{level}"] = shape
+        for name, shape in expected.items():
+            self._check_present(name)
+            try:
+                array = self._group[name]
+            except KeyError as exc:
+                raise MaskStoreError(f"the mask store {self.location} lacks {name!r}") from exc
+            if tuple(array.shape) != shape or array.dtype != np.int32:
+                raise MaskStoreError(
+                    f"the mask store {self.location} has a malformed {name!r}: "
+                    f"{array.dtype} {tuple(array.shape)}, expected int32 {shape}"
+                )
+
+    def _check_identity(self, identity: dict[str, Any]) -> None:
+        stored = self.identity
+        differ = [key for key in ("path", "size", "mtime_ns") if stored.get(key) != identity[key]]
+        if differ:
+            found = ", ".join(
+                f"{key} {stored.get(key)!r} (slide: {identity[key]!r})" for key in differ
+            )
+            raise MaskStoreError(
+                f"the mask store {self.location} was made for another version of the slide: {found}"
+            )
+
+    def _update_attrs(self, **values: Any) -> None:
+        self._group.attrs.update(values)
+        self._attrs.update(values)
+
+    def _box(self, y: int, x: int, h: int, w: int) -> tuple[slice, slice]:
+        height, width = self.shape
+        if h <= 0 or w <= 0 or y < 0 or x < 0 or y + h > height or x + w > width:
+            raise ValueError(f"region ({y}, {x}, {h}, {w}) is not inside {self.shape}")
+        return slice(y, y + h), slice(x, x + w)
+
+    def _as_labels(self, values: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        values = np.asarray(values)
+        if values.shape != (shape or self.shape):
+            raise ValueError(f"labels of shape {values.shape}; expected {shape or self.shape}")
+        if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
+            raise ValueError("label ids must be in 0 .. 2**31 - 1")
+        return values.astype(np.int32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"MaskStore({str(self.location)!r}, shape={self.shape})"
+
+
+class _Settings(MutableMapping):
+    """``store.settings``: a dict persisted in the store's attributes on every change."""
+
+    def __init__(self, store: MaskStore) -> None:
+        self._store = store
+
+    def _values(self) -> dict[str, Any]:
+        return dict(self._store._attrs.get("settings", {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store._update_attrs(settings={**self._values(), key: value})
+
+    def __delitem__(self, key: str) -> None:
+        values = self._values()
+        del values[key]
+        self._store._update_attrs(settings=values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __repr__(self) -> str:
+        return repr(self._values())
+
+
+def _create_int_array(group: Any, name: str, shape: tuple[int, int]) -> Any:
+    chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
+    return group.create_array(name, shape=shape, chunks=chunks, dtype="int32", fill_value=0)
+
+
+def _write_downsampled(level: Any, y: int, x: int, crop: np.ndarray, step: int) -> None:
+    """Write into an overview level (every ``step``-th pixel of level 0) the pixels it takes
+    from ``crop``, placed at ``(y, x)`` in level 0."""
+    rows = (-(-y // step), -(-(y + crop.shape[0]) // step))
+    cols = (-(-x // step), -(-(x + crop.shape[1]) // step))
+    if rows[1] <= rows[0] or cols[1] <= cols[0]:
+        return
+    level[rows[0] : rows[1], cols[0] : cols[1]] = crop[
+        rows[0] * step - y :: step, cols[0] * step - x :: step
+    ]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return bool(np.isclose(a, b))
+    return a == b
