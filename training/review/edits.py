@@ -77,8 +77,11 @@ def rederive(
 
     The result keeps the edits visible to :func:`changed_pixels` against ``model_labels``: kept
     objects carry ids the model does not, and an erased area differs wherever the new model
-    finds an object there. An erased area where the new model finds nothing is no longer marked
-    (labels and model agree there), so a later, lower threshold can bring that object back.
+    finds an object there. Two limits follow from knowing the edits only by that comparison:
+    an erased area where the new model finds nothing is no longer marked (labels and model
+    agree there), so a later, lower threshold can bring that object back; and an unedited
+    neighbour that grows into an edit at the new threshold is dropped with it, and from then on
+    reads as erased. Keeping an explicit erasure mask beside the labels would lift both.
     """
     from training.inference.postprocess import probability_to_labels  # its package loads torch
 
