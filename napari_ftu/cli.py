@@ -39,9 +39,11 @@ def launch(argv: Sequence[str]) -> int:
         "slides", nargs="*", help="slide files (TIFF, OME-TIFF, SVS, NDPI, SCN, QPTIFF, PNG, JPEG)"
     )
     args = parser.parse_args(argv)
-    # torch (and the triton it pulls in) must be imported before any OpenGL context exists:
-    # importing it after a viewer is up crashes under Mesa's software OpenGL.
+    # torch and timm (whose torchvision pulls in triton through torch._dynamo) must be imported
+    # before any OpenGL context exists: importing triton after a viewer is up crashes under
+    # Mesa's software OpenGL.
     import napari
+    import timm  # noqa: F401
     import torch  # noqa: F401
 
     viewer = napari.Viewer(title="napari-ftu")

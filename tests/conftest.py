@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-# torch pulls in triton; importing triton after a napari window exists segfaults under Xvfb with
-# Mesa's software OpenGL, so it is imported before any test can create a viewer.
+# torch pulls in triton (through torch._dynamo, which timm's torchvision imports); importing
+# triton after a napari window exists segfaults under Xvfb with Mesa's software OpenGL, so all
+# of them are imported before any test can create a viewer.
+import timm  # noqa: F401
 import torch  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -2,7 +2,10 @@
 slide is reopened.
 
 Layout: ``labels`` (the current labels, with the pathologist's edits) and ``model`` (the
-model's labels), both int32 at the working scale, chunks of 1024 x 1024, fill 0; ``overview/1``,
+model's labels, where -1 marks pixels a pathologist erased, remembered even where the model no
+longer finds an object), both int32 at the working scale, chunks of 1024 x 1024, fill 0;
+``probability`` (float32, the model's probability, so thresholds can be tuned after reopening);
+``overview/1``,
 ``overview/2``, ... the labels downsampled 2x, 4x, ... (nearest neighbour) until the long side
 is at most 1024 px, for a read-only multiscale Labels layer. Attributes: ``format``,
 ``shape``, ``pixel_size_um`` (of the working scale), ``downsample`` (level-0 px per working px),
@@ -32,6 +35,8 @@ CHUNK = 1024
 OVERVIEW_SIDE = 1024  # the smallest overview level's long side is at most this
 ROWS = 1024  # rows per band when whole arrays are compared
 ARRAYS = ("labels", "model")
+PROBABILITY = "probability"
+ERASED = -1  # in ``model``: a pixel the pathologist erased
 
 
 class MaskStoreError(ValueError):
@@ -119,6 +124,10 @@ class MaskStore:
             group = zarr.open_group(str(partial), mode="w-")
             for name in ARRAYS:
                 _create_int_array(group, name, shape)
+            chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
+            group.create_array(
+                PROBABILITY, shape=shape, chunks=chunks, dtype="float32", fill_value=0.0
+            )
             overview = group.require_group("overview")
             for level, level_shape in enumerate(overview_shapes(shape), start=1):
                 _create_int_array(overview, str(level), level_shape)
@@ -228,8 +237,8 @@ class MaskStore:
         """Store the model's labels and the current labels (by default the model's), whole,
         with the overview levels; the attributes are updated after the arrays, so an
         interrupted write leaves a store that says it has no model."""
-        model_labels = self._as_labels(model_labels)
-        labels = model_labels if labels is None else self._as_labels(labels)
+        model_labels = self._as_labels(model_labels, erased=True)
+        labels = model_labels.clip(0) if labels is None else self._as_labels(labels)
         self._check_arrays()
         self._update_attrs(has_model=False)
         self._group["model"][...] = model_labels
@@ -288,6 +297,16 @@ class MaskStore:
             _write_downsampled(array, y, x, written, 2**level)
         return written
 
+    def probability(self) -> Any:
+        """The stored probability map (a zarr array: index it to read)."""
+        self._check_present(PROBABILITY)
+        return self._group[PROBABILITY]
+
+    def write_probability(self, y: int, x: int, values: np.ndarray) -> None:
+        """Write a run's probability at ``(y, x)``."""
+        values = np.asarray(values, np.float32)
+        self.probability()[self._box(y, x, *values.shape)] = values
+
     def overview_levels(self) -> list[Any]:
         """The labels as a pyramid for a read-only multiscale Labels layer: level 0 is the
         labels array itself, then each level halves it (nearest neighbour)."""
@@ -335,6 +354,9 @@ class MaskStore:
         expected = {name: self.shape for name in ARRAYS}
         for level, shape in enumerate(overview_shapes(self.shape), start=1):
             expected[f"overview/{level}"] = shape
+        self._check_present(PROBABILITY)
+        if tuple(self._group[PROBABILITY].shape) != self.shape:
+            raise MaskStoreError(f"the mask store {self.location} has a malformed probability")
         for name, shape in expected.items():
             self._check_present(name)
             try:
@@ -368,12 +390,15 @@ class MaskStore:
             raise ValueError(f"region ({y}, {x}, {h}, {w}) is not inside {self.shape}")
         return slice(y, y + h), slice(x, x + w)
 
-    def _as_labels(self, values: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    def _as_labels(
+        self, values: np.ndarray, shape: tuple[int, ...] | None = None, erased: bool = False
+    ) -> np.ndarray:
         values = np.asarray(values)
         if values.shape != (shape or self.shape):
             raise ValueError(f"labels of shape {values.shape}; expected {shape or self.shape}")
-        if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
-            raise ValueError("label ids must be in 0 .. 2**31 - 1")
+        lowest = ERASED if erased else 0
+        if values.size and (values.min() < lowest or values.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"label ids must be in {lowest} .. 2**31 - 1")
         return values.astype(np.int32, copy=False)
 
     def __repr__(self) -> str:

@@ -1,0 +1,539 @@
+"""The "Segment FTUs" dock widget: pick an image, organ, model and region; run; tune the mask.
+
+The run happens in a generator ``thread_worker`` (``_segment_job.segment_job``); this module
+only turns its events into layers, on the main thread: a probability layer that fills in band
+by band while tiles finish, then the probability and the FTU mask (one label per FTU) laid
+exactly over the slide. Cancel, errors and a second click are handled so that the viewer stays
+usable and no partial layer is left behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+)
+
+from napari_ftu import _placement
+from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slide_hints
+
+ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
+REGIONS = ("whole slide", "field of view", "drawn rectangle")
+DISPLAY_MAX_SIDE = 8192  # the probability layer is subsampled above this
+SESSION_KEY = "napari_ftu_session"
+AUTOSAVE_MS = 2000
+
+
+def default_model_path() -> Path:
+    """The bundled ensemble's manifest, found without importing torch (plugin discovery)."""
+    package = Path(importlib.util.find_spec("training").origin).parent
+    return package / "models" / "default" / "ensemble.yaml"
+
+
+def probability_name(image: str) -> str:
+    """The probability layer's name for an image layer."""
+    return f"{image} FTU probability"
+
+
+def mask_name(image: str) -> str:
+    """The FTU mask layer's name for an image layer."""
+    return f"{image} FTU mask"
+
+
+class SegmentWidget(Container):
+    """Segment FTUs in the chosen image with the chosen model; then threshold and min area."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        self.viewer = napari_viewer
+        self._models: dict[str, Path] = {"default model (bundled)": default_model_path()}
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.organ = ComboBox(label="organ", choices=ORGANS)
+        self.pixel_size = LineEdit(label="pixel size (um)", tooltip="um per level-0 pixel")
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model_file = FileEdit(
+            label="add model",
+            mode="r",
+            filter="*.pt *.yaml *.yml *.json",
+            tooltip=("a checkpoint (.pt) or an ensemble manifest (.yaml/.json)"),
+        )
+        self.device = ComboBox(label="device", choices=("auto", "cpu", "cuda"))
+        self.region = ComboBox(label="region", choices=REGIONS)
+        self.rectangles = ComboBox(label="rectangle layer", choices=self._shapes_choices)
+        self.overlap = FloatSpinBox(label="tile overlap", min=0.0, max=0.75, step=0.05, value=0.25)
+        self.tta = ComboBox(
+            label="TTA", choices=[("none", 1), ("flips (x4)", 4), ("flips + transposes (x8)", 8)]
+        )
+        self.run_button = PushButton(text="Segment FTUs")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.threshold = FloatSlider(label="threshold", min=0.01, max=0.99, step=0.01, value=0.5)
+        self.min_area = FloatSpinBox(label="min area (um²)", min=0.0, max=1e7, step=100.0)
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[
+                self.image, self.organ, self.pixel_size, self.model, self.model_file,
+                self.device, self.region, self.rectangles, self.overlap, self.tta,
+                self.run_button, self.cancel_button, self.threshold, self.min_area, self.status,
+            ]
+        )  # fmt: skip
+        self.worker: Any = None
+        self._cancel = threading.Event()
+        self._progress: Any = None
+        self._preview: Any = None  # the probability layer filling in during a run
+        self._request: SegmentRequest | None = None
+        self._image_name = ""
+
+        self.image.changed.connect(self._prefill)
+        self.model_file.changed.connect(self._add_model_file)
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.threshold.changed.connect(self._settings_changed)
+        self.min_area.changed.connect(self._settings_changed)
+        self.region.changed.connect(self._show_rectangles)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._layers_changed)
+        napari_viewer.layers.events.inserted.connect(self._restore_inserted)
+        self._show_rectangles()
+        for layer in list(napari_viewer.layers):
+            if layer._type_string == "image":
+                self.restore(layer)
+        self._prefill()
+        from qtpy.QtCore import QTimer
+
+        # edits in the mask layer (painting, undo, redo: none reliably signals) reach the disk
+        # within a couple of seconds; the save is skipped when nothing changed
+        self._autosave = QTimer(self.native)
+        self._autosave.setInterval(AUTOSAVE_MS)
+        self._autosave.timeout.connect(self.save_edits)
+        self._autosave.start()
+
+    # ------------------------------------------------------------------ choices and prefill
+    def _image_choices(self, _: Any = None) -> list[str]:
+        return [
+            layer.name
+            for layer in self.viewer.layers
+            if layer._type_string == "image" and not layer.name.endswith(" FTU probability")
+        ]
+
+    def _shapes_choices(self, _: Any = None) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if layer._type_string == "shapes"]
+
+    def _model_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        return [(name, str(path)) for name, path in self._models.items()]
+
+    def _layers_changed(self, _: Any = None) -> None:
+        self.image.reset_choices()
+        self.rectangles.reset_choices()
+
+    def _restore_inserted(self, event: Any) -> None:
+        layer = event.value
+        if layer._type_string == "image" and not layer.name.endswith(" FTU probability"):
+            self.restore(layer)
+
+    def _show_rectangles(self, _: Any = None) -> None:
+        self.rectangles.visible = self.region.value == "drawn rectangle"
+
+    def add_model(self, path: str | Path, label: str | None = None) -> None:
+        """Offer a checkpoint or ensemble manifest in the model list and select it."""
+        path = Path(path)
+        label = label or path.name
+        self._models[label] = path
+        self.model.reset_choices()
+        self.model.value = str(path)
+
+    def _add_model_file(self, value: Any) -> None:
+        if value and Path(value).is_file():
+            self.add_model(value)
+
+    def _prefill(self, _: Any = None) -> None:
+        layer = self._image_layer()
+        if layer is None:
+            return
+        meta = layer.metadata or {}
+        hints = slide_hints(meta.get("path"))
+        organ = meta.get("organ") or hints.get("organ")
+        if organ in ORGANS:
+            self.organ.value = organ
+        size = meta.get("pixel_size_um") or hints.get("pixel_size_um")
+        self.pixel_size.value = f"{size:g}" if size else ""
+        session = self.session()
+        if session is not None:
+            self.threshold.value = round(session.threshold, 2)
+
+    def _image_layer(self) -> Any:
+        name = self.image.value
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+
+    # ------------------------------------------------------------------ the run
+    @property
+    def running(self) -> bool:
+        """Whether a segmentation is under way."""
+        return self.worker is not None
+
+    def start(self, _: Any = None) -> None:
+        """Start a segmentation; a click while one runs does nothing."""
+        if self.running:
+            return
+        try:
+            request = self.request()
+        except ValueError as exc:
+            _show_error(str(exc))
+            return
+        from napari.qt.threading import thread_worker
+
+        self._request, self._image_name = request, self.image.value
+        self._cancel = threading.Event()
+        # errors become notifications here (_on_error), not tracebacks re-raised in the GUI
+        worker = thread_worker(segment_job, start_thread=False, ignore_errors=True)(
+            request, self._cancel
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "starting..."
+        worker.start()
+
+    def cancel(self, _: Any = None) -> None:
+        """Stop the run between batches; its partial layers are removed."""
+        if self.running:
+            self._cancel.set()
+            self.status.value = "cancelling..."
+
+    def request(self) -> SegmentRequest:
+        """The run the widget's fields describe; ``ValueError`` naming what is missing."""
+        layer = self._image_layer()
+        if layer is None:
+            raise ValueError("Segment FTUs: open an image first (there is no image layer)")
+        text = str(self.pixel_size.value).strip()
+        try:
+            pixel_size = float(text)
+        except ValueError:
+            raise ValueError(
+                f"Segment FTUs: the pixel size of {layer.name!r} is unknown; enter it in um "
+                "per pixel (e.g. 0.5)"
+            ) from None
+        if not (math.isfinite(pixel_size) and pixel_size > 0):
+            raise ValueError(f"Segment FTUs: the pixel size must be positive; got {text}")
+        model = Path(self.model.value)
+        if not model.is_file():
+            raise ValueError(f"Segment FTUs: the model file {model} does not exist")
+        path = (layer.metadata or {}).get("path")
+        image = path if path else _level0(layer)  # a slide file is read lazily, level by level
+        return SegmentRequest(
+            image=image,
+            pixel_size_um=pixel_size,
+            organ=self.organ.value,
+            model=model,
+            device=self.device.value,
+            region=self._region_box(layer),
+            overlap=float(self.overlap.value),
+            tta=int(self.tta.value),
+            stain=_active_normaliser(self.viewer),
+        )
+
+    def _region_box(self, layer: Any) -> tuple[int, int, int, int] | None:
+        if self.region.value == "whole slide":
+            return None
+        if self.region.value == "field of view":
+            corners = _screen_corners(self.viewer)
+            where = "the field of view"
+        else:
+            name = self.rectangles.value
+            shapes = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+            if shapes is None or not len(shapes.data):
+                raise ValueError(
+                    "Segment FTUs: draw a rectangle in a Shapes layer first (region: drawn "
+                    "rectangle)"
+                )
+            index = max(shapes.selected_data) if shapes.selected_data else len(shapes.data) - 1
+            world = np.array([shapes.data_to_world(p) for p in shapes.data[index]])
+            corners = _placement.rectangle_bounds(world)
+            where = "the drawn rectangle"
+        shape = _level0_shape(layer)
+        box = _placement.world_to_pixels(*corners, layer.scale, layer.translate, shape)
+        if box is None:
+            raise ValueError(f"Segment FTUs: {where} does not cover any of {layer.name!r}")
+        return box
+
+    def _on_progress(self, event: Any) -> None:
+        from napari.utils import progress
+
+        if self.worker is None:  # an event queued behind the end of the run
+            return
+        if event.band is not None:
+            self._show_band(event.band)
+        self.status.value = event.message
+        # last: napari's progress bar may process Qt events, among them the run's end
+        if self._progress is None:
+            self._progress = progress(total=event.total, desc="Segment FTUs")
+        bar = self._progress
+        bar.update(event.done - bar.n)
+        bar.set_description(event.message)
+
+    def _show_band(self, band: Any) -> None:
+        """Write finished rows into the (subsampled) preview layer."""
+        step = _display_step(band.map_shape)
+        if self._preview is None:
+            layer = self.viewer.layers[self._image_name]
+            shape = tuple(math.ceil(s / step) for s in band.map_shape)
+            downsample = band.pixel_size_um / self._request.pixel_size_um
+            origin = self._region_origin(downsample)
+            scale, translate = _placement.overlay(layer.scale, layer.translate, downsample, origin)
+            self._preview = self.viewer.add_image(
+                np.zeros(shape, np.float32),
+                name=f"{probability_name(self._image_name)} (running)",
+                colormap="magma",
+                opacity=0.5,
+                contrast_limits=(0, 1),
+                scale=tuple(s * step for s in scale),
+                translate=translate,
+                units=layer.units,
+                blending="additive",
+            )
+        first = -(-band.y0 // step) * step  # the first row of the band on the display grid
+        rows = band.values[first - band.y0 :: step, ::step]
+        self._preview.data[first // step : first // step + len(rows)] = rows
+        self._preview.refresh()
+
+    def _region_origin(self, downsample: float) -> tuple[int, int]:
+        region = self._request.region if self._request else None
+        if region is None:
+            return (0, 0)
+        from napari_ftu._segment_job import working_box
+
+        layer = self.viewer.layers[self._image_name]
+        shape = _level0_shape(layer)
+        full = (math.ceil(shape[0] / downsample), math.ceil(shape[1] / downsample))
+        y, x, _, _ = working_box(region, 1 / downsample, full)
+        return (y, x)
+
+    def _on_returned(self, job: JobResult | None) -> None:
+        self._remove_preview()
+        if job is None:
+            self.status.value = "cancelled"
+            return
+        try:
+            self._show_result(job)
+        finally:
+            job.result.close()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._remove_preview()
+        self.status.value = "failed"
+        _show_error(f"Segment FTUs failed: {_describe(exc)}")
+
+    def _on_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _remove_preview(self) -> None:
+        if self._preview is not None and self._preview in self.viewer.layers:
+            self.viewer.layers.remove(self._preview)
+        self._preview = None
+
+    # ------------------------------------------------------------------ results and tuning
+    def session(self, image: str | None = None) -> Any:
+        """The FTU session of an image layer (its mask layer's), or ``None``."""
+        name = mask_name(image or self.image.value)
+        if name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name].metadata.get(SESSION_KEY)
+
+    def _show_result(self, job: JobResult) -> None:
+        from napari_ftu._session import Grid
+
+        result, name = job.result, self._image_name
+        layer = self.viewer.layers[name]
+        session = self.session(name)
+        grid = Grid(job.full_shape, result.pixel_size_um, result.downsample)
+        if session is None or session.grid != grid:
+            if session is not None:  # another model scale: the old layers cannot take it
+                for old in (probability_name(name), mask_name(name)):
+                    if old in self.viewer.layers:
+                        self.viewer.layers.remove(old)
+            try:
+                session = _new_session(layer, result, grid, float(self.min_area.value))
+            except ValueError as exc:  # e.g. a saved mask store made for another slide
+                _show_error(f"Segment FTUs: {exc}")
+                return
+        session.threshold = result.threshold
+        session.model = str(job.model)
+        session.add_result(np.asarray(result.probability), job.origin)
+        self.show_session(layer, session)
+        self.threshold.value = round(result.threshold, 2)
+
+    def show_session(self, layer: Any, session: Any) -> None:
+        """Add (or refresh) the probability and mask layers of ``session`` over ``layer``."""
+        scale, translate = _placement.overlay(layer.scale, layer.translate, session.grid.downsample)
+        name, units = session.name, layer.units
+        step = _display_step(session.grid.shape)
+        shown = session.probability[::step, ::step]
+        shown = np.asarray(shown) if step > 1 or not isinstance(shown, np.ndarray) else shown
+        if probability_name(name) in self.viewer.layers:
+            self.viewer.layers[probability_name(name)].data = shown
+        else:
+            self.viewer.add_image(
+                shown,
+                name=probability_name(name),
+                colormap="magma",
+                opacity=0.5,
+                contrast_limits=(0, 1),
+                blending="additive",
+                scale=tuple(s * step for s in scale),
+                translate=translate,  # a subsampled pixel is its block's first: same origin
+                units=units,
+            )
+        if mask_name(name) in self.viewer.layers:
+            mask = self.viewer.layers[mask_name(name)]
+            if not session.grid.direct_edit:
+                mask.data = session.mask_data()
+            mask.refresh()
+        else:
+            mask = self.viewer.add_labels(
+                session.mask_data(),
+                name=mask_name(name),
+                opacity=0.5,
+                scale=scale,
+                translate=translate,
+                units=units,
+                metadata={SESSION_KEY: session},
+            )
+            # a whole-slide mask is a read-only overview: edit it with "Review region"
+            mask.editable = session.grid.direct_edit
+        self._update_status(session)
+
+    def restore(self, layer: Any) -> bool:
+        """Show the FTUs saved for a slide file (edits included); whether there were any."""
+        from napari_ftu._session import FTUSession
+        from training.review.store import MaskStore, slide_identity, store_location
+
+        path = (layer.metadata or {}).get("path")
+        if not path or mask_name(layer.name) in self.viewer.layers:
+            return False
+        location = store_location(path)
+        if not location.exists():
+            return False
+        try:
+            store = MaskStore.open(location, slide_identity(path))
+            if not store.has_model:
+                return False
+            session = FTUSession.restore(layer.name, store)
+        except (ValueError, OSError) as exc:
+            _show_error(f"napari-ftu: the saved FTU mask of {layer.name!r} is not used: {exc}")
+            return False
+        self.show_session(layer, session)
+        return True
+
+    def save_edits(self) -> None:
+        """Write every in-memory mask that changed to its slide's mask store."""
+        for layer in list(self.viewer.layers):
+            session = (layer.metadata or {}).get(SESSION_KEY)
+            if session is None or layer.name != mask_name(session.name):
+                continue
+            if session.save() and session.name == self.image.value:
+                self._update_status(session)
+
+    def _settings_changed(self, _: Any = None) -> None:
+        session = self.session()
+        if session is None or self.running:
+            return
+        threshold, min_area = float(self.threshold.value), float(self.min_area.value)
+        if (threshold, min_area) == (session.threshold, session.min_area_um2):
+            return
+        session.rederive(threshold, min_area)
+        mask = self.viewer.layers[mask_name(session.name)]
+        if not session.grid.direct_edit:
+            mask.data = session.mask_data()
+        mask.refresh()
+        self._update_status(session)
+
+    def _update_status(self, session: Any) -> None:
+        counts = session.counts()
+        self.status.value = (
+            f"FTUs: {counts.objects} · edited: {counts.edited} · erased: {counts.erased}"
+        )
+
+
+def _new_session(layer: Any, result: Any, grid: Any, min_area_um2: float) -> Any:
+    """A session for an image layer, with a mask store beside its slide file (or in a temporary
+    folder for an image without a file whose mask is too large to keep in memory)."""
+    import tempfile
+
+    from napari_ftu._session import FTUSession
+    from training.review.store import MaskStore, slide_identity, store_location
+
+    path = (layer.metadata or {}).get("path")
+    store = None
+    if path:
+        location, identity = store_location(path), slide_identity(path)
+        store = MaskStore.open_or_create(
+            location, grid.shape, grid.pixel_size_um, grid.downsample, identity
+        )
+    elif not grid.direct_edit:
+        location = Path(tempfile.mkdtemp(prefix="napari-ftu-mask-")) / "mask.ftu.zarr"
+        store = MaskStore.create(location, grid.shape, grid.pixel_size_um, grid.downsample, {})
+    return FTUSession(layer.name, result.organ, grid, result.threshold, min_area_um2, store)
+
+
+def _display_step(shape: tuple[int, int]) -> int:
+    return max(1, math.ceil(max(shape) / DISPLAY_MAX_SIDE))
+
+
+def _level0(layer: Any) -> np.ndarray:
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.asarray(data)
+
+
+def _level0_shape(layer: Any) -> tuple[int, int]:
+    data = layer.data[0] if layer.multiscale else layer.data
+    return tuple(data.shape[:2])
+
+
+def _screen_corners(viewer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The world corners (top left, bottom right) of what the canvas shows."""
+    from napari_ftu._geometry import field_of_view
+
+    camera = viewer.camera
+    box = field_of_view(camera.center, camera.zoom, viewer.canvas.size)
+    return np.array([box.top, box.left]), np.array([box.bottom, box.right])
+
+
+def _active_normaliser(viewer: Any) -> Any:
+    """The stain preview's normaliser when "segment on the normalised image" is ticked."""
+    from napari_ftu._stain_widget import active_normaliser
+    from training.stain import StainError
+
+    try:
+        return active_normaliser(viewer)
+    except (StainError, OSError) as exc:
+        raise ValueError(f"Segment FTUs: the stain normalisation cannot be used: {exc}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory ({exc}); try the CPU, a smaller region, or no TTA"
+    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+
+
+def _show_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)

@@ -1,0 +1,172 @@
+"""The "Segment FTUs" widget in a real viewer: runs, fill-in, cancel, errors, sliders, regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ftu import _segment_widget
+from napari_ftu._segment_widget import SegmentWidget, mask_name, probability_name
+from training.slides import write_pyramid
+from training.synthetic import make_phantom
+
+pytestmark = pytest.mark.gui
+RUN_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def kidney_phantom():
+    image, mask, _ = make_phantom("kidney", size=1024, seed=3)
+    return image, mask
+
+
+@pytest.fixture
+def kidney_slide(kidney_phantom, tmp_path):
+    """A kidney phantom as a pyramidal TIFF at 0.4 um/px (the default model works at 1 um/px),
+    in a folder of its own (its mask store is written beside it)."""
+    path = tmp_path / "kidney.tiff"
+    write_pyramid(path, kidney_phantom[0], 0.4, tile=256)
+    return path, kidney_phantom[1]
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_segment_widget, "_show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def opened(make_napari_viewer, kidney_slide):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(kidney_slide[0]), plugin="napari-ftu")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment FTUs")
+    return viewer, widget, layer
+
+
+def wait_for_run(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+
+
+def test_prefills_from_the_slide_and_fills_in_before_the_run_ends(qtbot, opened, errors):
+    viewer, widget, layer = opened
+    assert widget.image.value == layer.name and widget.pixel_size.value == "0.4"
+    widget.organ.value = "kidney"
+    seen = []
+
+    def during_run(event):  # runs after the widget's own slot for the same event
+        preview = widget._preview
+        if event.done < event.total and preview is not None and preview.data.max() > 0:
+            seen.append(event.done)
+
+    widget.start()
+    widget.worker.yielded.connect(during_run)
+    wait_for_run(qtbot, widget)
+    assert not errors
+    assert seen, "the probability layer never changed before the run ended"
+    assert f"{probability_name(layer.name)} (running)" not in viewer.layers
+    probability = viewer.layers[probability_name(layer.name)]
+    mask = viewer.layers[mask_name(layer.name)]
+    # working scale 1 um/px over a 0.4 um/px slide: 2.5 level-0 px per map pixel
+    np.testing.assert_allclose(mask.scale, (1.0, 1.0))
+    np.testing.assert_allclose(mask.translate, (0.4 * 0.75, 0.4 * 0.75))
+    np.testing.assert_allclose(probability.scale, mask.scale)
+    assert mask.data.shape == (410, 410) and mask.data.max() >= 1
+    session = mask.metadata[_segment_widget.SESSION_KEY]
+    assert widget.status.value.startswith(f"FTUs: {session.counts().objects} ")
+
+
+def test_second_click_while_running_starts_nothing(qtbot, opened):
+    _, widget, _ = opened
+    widget.start()
+    worker = widget.worker
+    widget.start()
+    assert widget.worker is worker
+    wait_for_run(qtbot, widget)
+
+
+def test_cancel_leaves_no_partial_layers_and_a_usable_viewer(qtbot, opened, errors):
+    viewer, widget, layer = opened
+    names_before = [existing.name for existing in viewer.layers]
+
+    def cancel_on_first_band(event):
+        if event.band is not None:
+            widget.cancel()
+
+    widget.start()
+    widget.worker.yielded.connect(cancel_on_first_band)
+    wait_for_run(qtbot, widget)
+    assert [existing.name for existing in viewer.layers] == names_before
+    assert widget.status.value == "cancelled" and not errors
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    widget.start()  # the viewer and widget still work
+    wait_for_run(qtbot, widget)
+    assert mask_name(layer.name) in viewer.layers
+
+
+def test_threshold_keeps_edited_objects_and_undo_counts(qtbot, opened):
+    viewer, widget, layer = opened
+    widget.start()
+    wait_for_run(qtbot, widget)
+    mask = viewer.layers[mask_name(layer.name)]
+    session = mask.metadata[_segment_widget.SESSION_KEY]
+    free = np.argwhere(session.probability < 0.05)
+    y, x = free[len(free) // 2]
+    ys, xs = np.mgrid[y - 3 : y + 4, x - 3 : x + 4]
+    new_id = int(mask.data.max()) + 1
+    mask.data_setitem((ys.ravel(), xs.ravel()), new_id)  # a pathologist paints an FTU
+    for threshold in (0.9, 0.2, 0.5):
+        widget.threshold.value = threshold
+        assert (mask.data[ys, xs] > 0).all(), threshold
+        assert (mask.data[ys, xs] == mask.data[y, x]).all()
+    assert "edited: 1" in widget.status.value
+    mask.undo()  # no paint event: the comparison with the model still sees it
+    qtbot.waitUntil(lambda: "edited: 0" in widget.status.value, timeout=10_000)
+    assert (mask.data[ys, xs] == 0).all()
+
+
+def test_field_of_view_segments_only_what_is_on_screen(qtbot, opened, errors):
+    viewer, widget, layer = opened
+    viewer.camera.center = (100.0, 100.0)
+    viewer.camera.zoom = float(min(viewer.canvas.size)) / 80.0  # about 80 um across
+    widget.region.value = "field of view"
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert not errors
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    rows, cols = np.nonzero(session.probability)
+    assert rows.min() >= 40 and rows.max() <= 160 and cols.min() >= 40 and cols.max() <= 160
+
+
+def test_drawn_rectangle_region(qtbot, opened, errors):
+    viewer, widget, layer = opened
+    viewer.add_shapes([[[200, 40], [200, 120], [300, 120], [300, 40]]], shape_type="rectangle")
+    widget.region.value = "drawn rectangle"
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert not errors
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    rows, cols = np.nonzero(session.probability)
+    assert rows.min() >= 199 and rows.max() <= 301 and cols.min() >= 39 and cols.max() <= 121
+
+
+def test_bad_inputs_show_notifications_and_leave_no_layers(
+    qtbot, make_napari_viewer, tmp_path, errors
+):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.start()
+    assert "open an image first" in errors[-1]
+    viewer.add_image(np.full((200, 200, 3), 200, np.uint8), name="no size", rgb=True)
+    widget.start()
+    assert "pixel size" in errors[-1] and "unknown" in errors[-1]
+    widget.pixel_size.value = "0.5"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    widget.add_model(broken)
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert "broken.pt" in errors[-1]
+    assert [layer.name for layer in viewer.layers] == ["no size"]
+    assert widget.run_button.enabled
