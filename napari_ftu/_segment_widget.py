@@ -35,6 +35,7 @@ REGIONS = ("whole slide", "field of view", "drawn rectangle")
 DISPLAY_MAX_SIDE = 8192  # the probability layer is subsampled above this
 SESSION_KEY = "napari_ftu_session"
 AUTOSAVE_MS = 2000
+THRESHOLD_STEP = 0.01
 
 
 def default_model_path() -> Path:
@@ -78,7 +79,9 @@ class SegmentWidget(Container):
         )
         self.run_button = PushButton(text="Segment FTUs")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.threshold = FloatSlider(label="threshold", min=0.01, max=0.99, step=0.01, value=0.5)
+        self.threshold = FloatSlider(
+            label="threshold", min=0.01, max=0.99, step=THRESHOLD_STEP, value=0.5
+        )
         self.min_area = FloatSpinBox(label="min area (um²)", min=0.0, max=1e7, step=100.0)
         self.status = Label(value="")
         super().__init__(
@@ -170,6 +173,7 @@ class SegmentWidget(Container):
         self.pixel_size.value = f"{size:g}" if size else ""
         session = self.session()
         if session is not None:
+            self.min_area.value = session.min_area_um2
             self.threshold.value = round(session.threshold, 2)
 
     def _image_layer(self) -> Any:
@@ -456,7 +460,9 @@ class SegmentWidget(Container):
         if session is None or self.running:
             return
         threshold, min_area = float(self.threshold.value), float(self.min_area.value)
-        if (threshold, min_area) == (session.threshold, session.min_area_um2):
+        # the slider shows the stored threshold rounded to its step: that is no change
+        same_threshold = abs(threshold - session.threshold) < THRESHOLD_STEP / 2 + 1e-9
+        if same_threshold and min_area == session.min_area_um2:
             return
         session.rederive(threshold, min_area)
         mask = self.viewer.layers[mask_name(session.name)]

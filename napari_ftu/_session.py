@@ -137,6 +137,9 @@ class FTUSession:
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self.grid.direct_edit:
             return self.labels, self.reference
+        if not self.store.has_model:  # the first run: nothing to keep yet
+            empty = np.zeros(self.grid.shape, np.int32)
+            return empty, empty
         return self.store.labels_array(), self.store.model_array()
 
     # ------------------------------------------------------------------ regions

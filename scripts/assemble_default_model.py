@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 TARGET = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
-MEMBERS = (
-    ("swin", "swin_upernet.pt", {"weight": 1.0}),
-    ("coat", "coat_daformer.pt", {"weight": 1.0}),
+MEMBERS = (  # the stage-2 fine-tunes of scripts/train_default_model.sh, and the lung specialist
+    ("swin-ft", "swin_upernet.pt", {"weight": 1.0}),
+    ("coat-ft", "coat_daformer.pt", {"weight": 1.0}),
     ("lung", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
 )
 
