@@ -53,12 +53,13 @@ class ReviewWidget(Container):
         self.region = ComboBox(label="region", choices=("field of view", "drawn rectangle"))
         self.review_region_button = PushButton(text="Review region")
         self.apply_button = PushButton(text="Apply region edits", enabled=False)
+        self.close_button = PushButton(text="Close region", enabled=False)
         self.message = Label(value="")
         super().__init__(
             widgets=[
                 self.mask, self.build_button, self.position, navigation, decisions,
                 self.min_area, *helpers, self.region, self.review_region_button,
-                self.apply_button, self.message,
+                self.apply_button, self.close_button, self.message,
             ]
         )  # fmt: skip
         self.queue: Any = None
@@ -70,6 +71,7 @@ class ReviewWidget(Container):
         self.reject_button.changed.connect(self.reject)
         self.review_region_button.changed.connect(self.review_region)
         self.apply_button.changed.connect(self.apply_region)
+        self.close_button.changed.connect(self.close_region)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._layers_changed)
         self._layers_changed()
@@ -240,9 +242,6 @@ class ReviewWidget(Container):
         if session is None:
             self._say("segment an image first")
             return
-        if self.editor is not None:
-            self._say("apply or close the open region first")
-            return
         corners = self._region_corners()
         if corners is None:
             return
@@ -250,19 +249,30 @@ class ReviewWidget(Container):
         if box is None:
             self._say("the region does not cover the mask")
             return
+        editor = self.editor
+        if editor is not None and editor.layer in self.viewer.layers and editor.mask is layer:
+            try:
+                editor.move_to(box)
+            except ValueError as exc:
+                self._say(str(exc))
+            return
         self.editor = RegionEditor.open(self.viewer, layer, session, box)
-        self.apply_button.enabled = True
+        self.apply_button.enabled = self.close_button.enabled = True
         self._bind_shortcuts(self.editor.layer)
-        self.editor.layer.metadata[SESSION_KEY] = session
 
     def apply_region(self, _: Any = None) -> None:
         """Write the region's edits into the slide's mask store and refresh the overview."""
         if self.editor is None:
             return
         written = self.editor.apply()
-        self.editor = None
-        self.apply_button.enabled = False
         self._say(f"region saved ({written} pixels changed)")
+
+    def close_region(self, _: Any = None) -> None:
+        """Close the region layer; edits not applied are dropped."""
+        if self.editor is not None:
+            self.editor.close()
+        self.editor = None
+        self.apply_button.enabled = self.close_button.enabled = False
 
     def _region_corners(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.region.value == "field of view":

@@ -248,6 +248,7 @@ class SegmentWidget(Container):
             overlap=float(self.overlap.value),
             tta=int(self.tta.value),
             stain=_active_normaliser(self.viewer),
+            min_area_um2=float(self.min_area.value),
         )
 
     def _region_box(self, layer: Any) -> tuple[int, int, int, int] | None:
@@ -327,7 +328,8 @@ class SegmentWidget(Container):
         return (y, x)
 
     def _on_returned(self, job: JobResult | None) -> None:
-        self._remove_preview()
+        if job is None or probability_name(self._image_name) in self.viewer.layers:
+            self._remove_preview()
         if job is None:
             self.status.value = "cancelled"
             return
@@ -335,6 +337,7 @@ class SegmentWidget(Container):
             self._show_result(job)
         finally:
             job.result.close()
+            self._remove_preview()  # a preview not taken over by the result
 
     def _on_error(self, exc: BaseException) -> None:
         self._remove_preview()
@@ -380,7 +383,8 @@ class SegmentWidget(Container):
                 return
         session.threshold = result.threshold
         session.model = str(job.model)
-        session.add_result(np.asarray(result.probability), job.origin)
+        session.add_result(np.asarray(result.probability), job.origin, job.labels)
+        session.save()  # on disk as soon as it is shown (the saving runs in the background)
         self.show_session(layer, session)
         self.threshold.value = round(result.threshold, 2)
 
@@ -393,6 +397,14 @@ class SegmentWidget(Container):
         shown = np.asarray(shown) if step > 1 or not isinstance(shown, np.ndarray) else shown
         if probability_name(name) in self.viewer.layers:
             self.viewer.layers[probability_name(name)].data = shown
+        elif self._preview is not None and self._preview in self.viewer.layers:
+            # the layer that filled in during the run becomes the result (no remove and add:
+            # both stall the event loop on a large image)
+            preview, self._preview = self._preview, None
+            preview.data = shown
+            preview.scale = tuple(s * step for s in scale)
+            preview.translate = translate
+            preview.name = probability_name(name)
         else:
             self.viewer.add_image(
                 shown,

@@ -19,16 +19,20 @@ the store only; the viewer shows a read-only overview and edits a region at a ti
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from training.inference.postprocess import probability_to_labels
 from training.review.edits import rederive
 from training.review.store import ERASED, MaskStore
 
 EDIT_LIMIT_PIXELS = 8192 * 8192  # above this, the mask is edited region by region
+LABEL_DTYPE = np.uint16  # of a mask edited in place: up to 65535 objects
+BAND_ROWS = 1024  # rows read at a time from a stored mask
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,14 @@ class FTUSession:
         if grid.direct_edit:
             self.probability: Any = np.zeros(grid.shape, np.float32)
             self.reference = np.zeros(grid.shape, np.int32)
-            self.labels: Any = np.zeros(grid.shape, np.int32)  # edited in place by the layer
+            # edited in place by the layer; 16-bit: napari draws it without a per-refresh copy
+            self.labels: Any = np.zeros(grid.shape, LABEL_DTYPE)
         else:
             self.probability = store.probability()
             self.reference = self.labels = None
         self._saved = None  # checksum of what the store holds
+        self._pool: ThreadPoolExecutor | None = None  # writes saves off the GUI thread
+        self._writes: list[Future] = []
 
     # ------------------------------------------------------------------ reopening
     @classmethod
@@ -99,37 +106,63 @@ class FTUSession:
         if grid.direct_edit:
             session.probability[...] = np.asarray(store.probability()[...])
             session.reference[...] = store.model_array()
-            session.labels[...] = store.labels_array()
+            session.labels[...] = _fits(store.labels_array())
             session._saved = session._checksum()
         return session
 
     # ------------------------------------------------------------------ model output
-    def add_result(self, probability: np.ndarray, origin: tuple[int, int]) -> None:
-        """Paste a run's probability at ``origin`` and re-derive the objects (edits kept)."""
+    def add_result(
+        self, probability: np.ndarray, origin: tuple[int, int], labels: np.ndarray | None = None
+    ) -> None:
+        """Paste a run's probability at ``origin`` and re-derive the objects (edits kept).
+        ``labels``: the run's objects at the session's threshold and minimum area, already
+        found (off the GUI thread); used as they are when the run covers a new session."""
         y, x = origin
         block = np.asarray(probability, np.float32)
         if self.store is not None:
+            self.flush()  # the store's probability is written after the saves before it
             self.store.write_probability(y, x, block)
+        fresh = self.grid.direct_edit and not self.labels.any() and not self.reference.any()
         if self.grid.direct_edit:
             self.probability[y : y + block.shape[0], x : x + block.shape[1]] = block
+        if fresh and labels is not None and labels.shape == self.grid.shape:
+            self.labels[...] = _fits(labels)
+            self.reference = labels.copy()
+            return
         self.rederive(self.threshold, self.min_area_um2)
 
     def rederive(self, threshold: float, min_area_um2: float) -> None:
         """Objects from the probability at ``threshold`` and ``min_area_um2``; what a
         pathologist edited or erased stays as it is."""
-        labels, reference = self._arrays()
-        erased = (labels == 0) & (reference != 0)  # earlier erasures and new ones
         min_area_px = min_area_um2 / self.grid.pixel_size_um**2
-        new_labels, model = rederive(self.probability, threshold, min_area_px, labels, reference)
-        # model objects left out for touching an edit are not erasures of the pathologist's
-        taken = np.isin(model, np.unique(new_labels))
-        reference = np.where(taken, model, 0).astype(np.int32)
-        reference[erased & (new_labels == 0)] = ERASED
+        if not self.grid.direct_edit and not self.store.has_model:  # a first run: no edits
+            new_labels = probability_to_labels(self.probability, threshold, min_area_px)
+            self.threshold, self.min_area_um2 = threshold, min_area_um2
+            self.store.set_model(new_labels, new_labels)
+            self._save_settings()
+            return
+        unedited = (
+            np.array_equal(self.labels, self.reference)
+            if self.grid.direct_edit
+            else not self.store.has_edits()  # compared band by band, never loaded whole
+        )
+        if unedited:  # the model's labels as they are
+            new_labels = probability_to_labels(self.probability, threshold, min_area_px)
+            reference = new_labels if not self.grid.direct_edit else new_labels.copy()
+        else:
+            labels, reference = self._arrays()
+            erased = (labels == 0) & (reference != 0)  # earlier erasures and new ones
+            new_labels, model = rederive(
+                self.probability, threshold, min_area_px, labels, reference
+            )
+            # model objects left out for touching an edit are not erasures of the pathologist's:
+            # the reference keeps only the model objects taken, which are equal in both
+            reference = np.where(new_labels == model, model, 0).astype(np.int32)
+            reference[erased & (new_labels == 0)] = ERASED
         self.threshold, self.min_area_um2 = threshold, min_area_um2
         if self.grid.direct_edit:
-            self.labels[...] = new_labels  # in place: the mask layer keeps its data object
-            self.reference = reference
-            self.save()
+            self.labels[...] = _fits(new_labels)  # in place: the layer keeps its data object
+            self.reference = reference  # saved by the next save(), off the slider's path
         else:
             self.store.set_model(reference, new_labels)
             self._save_settings()
@@ -137,9 +170,6 @@ class FTUSession:
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self.grid.direct_edit:
             return self.labels, self.reference
-        if not self.store.has_model:  # the first run: nothing to keep yet
-            empty = np.zeros(self.grid.shape, np.int32)
-            return empty, empty
         return self.store.labels_array(), self.store.model_array()
 
     # ------------------------------------------------------------------ regions
@@ -150,8 +180,9 @@ class FTUSession:
             return np.array(self.labels[y : y + h, x : x + w])
         return self.store.read(y, x, h, w)
 
-    def write_labels(self, y: int, x: int, new: np.ndarray, old: np.ndarray) -> None:
-        """Write an edited crop back; objects painted in it get ids unused in the whole mask."""
+    def write_labels(self, y: int, x: int, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+        """Write an edited crop back and return it as written: objects painted in it get ids
+        unused in the whole mask."""
         if self.grid.direct_edit:
             written = np.array(new, np.int32)
             painted = np.setdiff1d(np.unique(written), np.unique(old))
@@ -160,10 +191,10 @@ class FTUSession:
                 first = int(max(self.labels.max(), self.reference.max())) + 1
                 mask = np.isin(written, painted)
                 written[mask] = first + np.searchsorted(painted, written[mask])
-            self.labels[y : y + new.shape[0], x : x + new.shape[1]] = written
+            self.labels[y : y + new.shape[0], x : x + new.shape[1]] = _fits(written)
             self.save()
-        else:
-            self.store.write_region(y, x, new, old)
+            return written
+        return self.store.write_region(y, x, new, old)
 
     def mask_data(self) -> Any:
         """What the mask layer shows: the labels, or the store's read-only overview pyramid."""
@@ -172,23 +203,45 @@ class FTUSession:
     # ------------------------------------------------------------------ saving and counting
     def save(self) -> bool:
         """Write the labels (small masks) to the store, if there is one, when they changed
-        since the last call; whether they had changed."""
+        since the last call; whether they had changed. A snapshot is written on a background
+        thread, so the viewer does not wait for the disk; :meth:`flush` waits for it."""
         if not self.grid.direct_edit:
             return False
         checksum = self._checksum()
         if checksum == self._saved:
             return False
-        if self.store is not None:
-            self.store.set_model(self.reference, self.labels)
-            self.store.write_probability(0, 0, self.probability)
-            self._save_settings()
         self._saved = checksum
+        if self.store is not None:
+            snapshot = (self.reference.copy(), self.labels.copy(), self._settings())
+            self._writes.append(self._writer().submit(self._write, *snapshot))
         return True
+
+    def flush(self) -> None:
+        """Wait until every save has reached the disk; a failed write raises here."""
+        while self._writes:
+            self._writes.pop(0).result()
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="napari-ftu-save")
+        self._writes = [w for w in self._writes if not w.done() or w.exception()]
+        return self._pool
+
+    def _write(self, reference: np.ndarray, labels: np.ndarray, settings: dict) -> None:
+        self.store.set_model(reference, labels)
+        self.store.settings.update(settings)
 
     def _save_settings(self) -> None:
         if self.store is not None:
-            settings = {"organ": self.organ, "threshold": self.threshold, "model": self.model}
-            self.store.settings.update({**settings, "min_area_um2": self.min_area_um2})
+            self.store.settings.update(self._settings())
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "organ": self.organ,
+            "threshold": self.threshold,
+            "min_area_um2": self.min_area_um2,
+            "model": self.model,
+        }
 
     def _checksum(self) -> tuple[int, int, float, float]:
         return (
@@ -199,10 +252,78 @@ class FTUSession:
         )
 
     def counts(self) -> Counts:
-        """Objects, edited objects (any pixel differing from the reference) and erased areas."""
-        labels, reference = self._arrays()
-        changed = labels != reference
-        objects = np.unique(labels)
-        edited = np.unique(labels[changed & (labels > 0)])
-        erased_areas = ndimage.label(changed & (labels == 0))[1]
-        return Counts(int((objects > 0).sum()), len(edited), int(erased_areas))
+        """Objects, edited objects (any pixel differing from the reference) and erased areas;
+        a stored mask is counted band by band, never loaded whole."""
+        if self.grid.direct_edit:
+            return _counts(self.labels, self.reference)
+        labels, reference = self.store.labels_array_lazy(), self.store.model_array_lazy()
+        ids: set[int] = set()
+        edited: set[int] = set()
+        erased = _Components()
+        for y in range(0, self.grid.shape[0], BAND_ROWS):
+            band = np.asarray(labels[y : y + BAND_ROWS])
+            changed = band != np.asarray(reference[y : y + BAND_ROWS])
+            ids.update(np.unique(band).tolist())
+            edited.update(np.unique(band[changed & (band > 0)]).tolist())
+            erased.add_band(changed & (band == 0))
+        ids.discard(0)
+        return Counts(len(ids), len(edited), erased.count())
+
+
+def _counts(labels: np.ndarray, reference: np.ndarray) -> Counts:
+    changed = labels != reference
+    edited = np.unique(labels[changed & (labels > 0)])
+    erased_areas = ndimage.label(changed & (labels == 0))[1] if changed.any() else 0
+    return Counts(_count_ids(labels), len(edited), int(erased_areas))
+
+
+class _Components:
+    """Connected components (4-connected) of a mask given band by band: each band is labelled
+    alone, and components that meet across a band border are joined (union-find)."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.last_row: np.ndarray | None = None  # global ids of the previous band's last row
+
+    def _find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def add_band(self, mask: np.ndarray) -> None:
+        """Add the next band of rows."""
+        local, count = ndimage.label(mask)
+        offset = len(self.parent)
+        self.parent.extend(range(offset, offset + count))
+        ids = np.where(local > 0, local + offset - 1, -1)
+        if self.last_row is not None and count:
+            both = (self.last_row >= 0) & (ids[0] >= 0)
+            pairs = zip(self.last_row[both].tolist(), ids[0][both].tolist(), strict=True)
+            for a, b in set(pairs):
+                self.parent[self._find(a)] = self._find(b)
+        self.last_row = ids[-1] if len(ids) else self.last_row
+
+    def count(self) -> int:
+        """How many components there are."""
+        return len({self._find(i) for i in range(len(self.parent))})
+
+
+def _count_ids(labels: np.ndarray) -> int:
+    """How many distinct non-zero ids ``labels`` holds (a histogram while the ids are small)."""
+    top = int(labels.max(initial=0))
+    if top < 4 * labels.size:
+        return int(np.count_nonzero(np.bincount(labels.ravel(), minlength=top + 1)[1:]))
+    return int(np.count_nonzero(np.unique(labels)))
+
+
+def _fits(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as the in-place mask's type; an error (never wrapped ids) when an id is too
+    large for it."""
+    top = int(labels.max(initial=0))
+    if top > np.iinfo(LABEL_DTYPE).max:
+        raise ValueError(
+            f"object id {top} is above {np.iinfo(LABEL_DTYPE).max}, the most a mask edited in "
+            "place holds; raise the threshold or the minimum area (too many specks?)"
+        )
+    return labels.astype(LABEL_DTYPE, copy=False)

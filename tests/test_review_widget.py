@@ -132,11 +132,21 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     assert (y, x) == (100, 100) and h >= 80 and w >= 80
     region.data_setitem((np.arange(10, 20).repeat(10), np.tile(np.arange(10, 20), 10)), 9999)
     review.apply_region()
-    assert region not in viewer.layers
+    assert region in viewer.layers and not review.editor.dirty  # open for more edits
     store = MaskStore.open(store_location(slide))
     stored = store.read(110, 110, 10, 10)
     assert (stored == stored[0, 0]).all() and stored[0, 0] > 0  # a fresh slide-wide id
     assert np.asarray(level0(mask)[110:120, 110:120]).tolist() == stored.tolist()
+
+    region.data_setitem((np.array([50]), np.array([50])), 1)  # unapplied: no moving on
+    viewer.layers["Shapes"].data = [np.array([[0, 0], [0, 50], [50, 50], [50, 0]])]
+    review.review_region()
+    assert review.editor.box[:2] == (y, x) and "apply" in review.message.value
+    review.apply_region()
+    review.review_region()  # the same layer moves to the next region
+    assert review.editor.layer is region and review.editor.box[:2] == (0, 0)
+    review.close_region()
+    assert region not in viewer.layers
 
     reopened = make_napari_viewer()
     (again,) = reopened.open(str(slide), plugin="napari-ftu")
@@ -152,8 +162,12 @@ def test_direct_edits_are_saved_as_made_and_come_back(make_napari_viewer, qtbot,
     gone = mask.data == erased
     mask.data_setitem(tuple(np.nonzero(gone)), 0)  # a pathologist erases one
     mask.data_setitem((np.arange(5, 9).repeat(4), np.tile(np.arange(5, 9), 4)), erased + 1)
-    store = MaskStore.open(store_location(slide))
-    qtbot.waitUntil(lambda: (store.read(5, 5, 4, 4) == erased + 1).all(), timeout=10_000)
+
+    def saved() -> bool:  # the autosave (every 2 s) has written the painted square
+        store = MaskStore.open(store_location(slide))
+        return store.has_model and bool((store.read(5, 5, 4, 4) == erased + 1).all())
+
+    qtbot.waitUntil(saved, timeout=10_000)
 
     reopened = make_napari_viewer()
     (again,) = reopened.open(str(slide), plugin="napari-ftu")

@@ -15,30 +15,27 @@ ROWS = 1024  # rows per band when a whole-slide array is processed piecewise
 def probability_to_labels(
     probability: Any, threshold: float, min_area_px: float = 0.0, fill_holes: bool = True
 ) -> np.ndarray:
-    """Threshold, label connected objects, fill the holes inside each, drop those under
+    """Threshold, fill the holes inside objects, label connected objects, drop those under
     ``min_area_px``; labels are numbered 1..N.
 
-    ``probability``: a 2-D numpy or zarr array. Labels are int32. Memory beyond the result is
-    one boolean mask: holes are filled object by object within each object's bounding box, and
-    areas are counted a band at a time.
+    ``probability``: a 2-D numpy or zarr array. Labels are int32. A hole is background not
+    connected to the image's edge (8-connected, the dual of the objects' 4-connectivity), so
+    each hole is enclosed by one object: filling the mask's holes at once fills each object's
+    own, and an object inside another's hole joins it. Memory beyond the result is one
+    boolean mask: the background is labelled into the result's own array to find the holes,
+    and areas are counted a band at a time.
     """
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
     mask = threshold_mask(probability, threshold)
     labels = np.empty(mask.shape, np.int32)
+    if fill_holes and mask.any():
+        _fill_holes(mask, labels)
     # into int32 directly: scipy labels into a smaller type through an int64-sized temporary
     count = ndimage.label(mask, output=labels)
     del mask
     if not count:
         return labels
-    if fill_holes:
-        for index, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None:  # swallowed by the hole of an earlier object
-                continue
-            crop = labels[box]
-            inside = crop == index
-            holes = ndimage.binary_fill_holes(inside) & ~inside
-            crop[holes] = index  # objects inside a hole join the object around them
     areas = np.zeros(count + 1, np.int64)
     for y in range(0, labels.shape[0], ROWS):  # bincount copies to int64: a band at a time
         areas += np.bincount(labels[y : y + ROWS].ravel(), minlength=count + 1)
@@ -51,6 +48,23 @@ def probability_to_labels(
     for y in range(0, labels.shape[0], ROWS):  # in place, a band at a time
         labels[y : y + ROWS] = relabel[labels[y : y + ROWS]]
     return labels
+
+
+def _fill_holes(mask: np.ndarray, work: np.ndarray) -> None:
+    """Set every hole of ``mask`` in place; ``work`` (int32, the mask's shape) is scratch space.
+
+    Objects are 4-connected, so the background is taken 8-connected (its topological dual):
+    then every background component not reaching the edge is enclosed by a single object.
+    """
+    count = ndimage.label(~mask, structure=np.ones((3, 3), bool), output=work)
+    if not count:
+        return
+    hole = np.ones(count + 1, bool)
+    hole[0] = False
+    for edge in (work[0], work[-1], work[:, 0], work[:, -1]):
+        hole[edge] = False
+    for y in range(0, mask.shape[0], ROWS):
+        mask[y : y + ROWS] |= hole[work[y : y + ROWS]]
 
 
 def threshold_mask(probability: Any, threshold: float, rows: int = ROWS) -> np.ndarray:

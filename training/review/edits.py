@@ -81,7 +81,9 @@ def rederive(
     an erased area where the new model finds nothing is no longer marked (labels and model
     agree there), so a later, lower threshold can bring that object back; and an unedited
     neighbour that grows into an edit at the new threshold is dropped with it, and from then on
-    reads as erased. Keeping an explicit erasure mask beside the labels would lift both.
+    reads as erased. The plugin's session lifts both with its reference: ``model`` may mark
+    erased pixels with -1 (they stay erased wherever the model goes), and the model objects
+    left out are removed from the reference it passes next time.
     """
     from training.inference.postprocess import probability_to_labels  # its package loads torch
 
@@ -161,8 +163,9 @@ def _boxes(labels: np.ndarray, ids: np.ndarray) -> list | None:
 
 
 def _nonzero_ids(values: np.ndarray) -> np.ndarray:
+    """The object ids among ``values``: positive (a reference marks erased pixels with -1)."""
     ids = np.unique(values)
-    return ids[ids != 0]
+    return ids[ids > 0]
 
 
 def _check_shapes(a: np.ndarray, b: np.ndarray) -> None:

@@ -254,6 +254,14 @@ class MaskStore:
         box = self._box(y, x, h, w)
         return np.asarray(self._array(which)[box])
 
+    def labels_array_lazy(self) -> Any:
+        """The current labels as a zarr array (index it to read a part)."""
+        return self._array("labels")
+
+    def model_array_lazy(self) -> Any:
+        """The model's labels as a zarr array (index it to read a part)."""
+        return self._array("model")
+
     def labels_array(self) -> np.ndarray:
         """The current labels, whole."""
         return np.asarray(self._array("labels")[...])

@@ -1,0 +1,68 @@
+"""The plugin's FTU session without a viewer: edits kept across thresholds, erasures
+remembered, counts of a stored mask band by band."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ftu import _session
+from napari_ftu._session import FTUSession, Grid
+from training.review.store import MaskStore
+
+
+def disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+@pytest.fixture
+def probability():
+    """Two discs (0.6 and 0.9) and a faint one (0.3) beside the first."""
+    p = np.zeros((120, 120), np.float32)
+    p[disc(p.shape, (30, 30), 10)] = 0.6
+    p[disc(p.shape, (90, 90), 10)] = 0.9
+    p[disc(p.shape, (30, 60), 10)] = 0.3
+    return p
+
+
+def session_of(probability, store=None):
+    session = FTUSession("img", "kidney", Grid(probability.shape, 1.0, 1.0), 0.5, store=store)
+    session.add_result(probability, (0, 0))
+    return session
+
+
+def test_an_erasure_holds_when_the_threshold_passes_it_and_comes_back(probability):
+    session = session_of(probability)
+    erased = session.labels == session.labels[30, 30]
+    session.labels[erased] = 0  # the pathologist erases the 0.6 disc
+    for threshold in (0.7, 0.5, 0.2):  # above it (the model loses it), then below again
+        session.rederive(threshold, 0.0)
+        assert (session.labels[erased] == 0).all(), threshold
+    assert session.labels[90, 90] > 0 and session.counts().erased == 1
+
+
+def test_a_neighbour_growing_into_an_edit_is_not_counted_as_erased(probability):
+    session = session_of(probability)
+    session.labels[disc((120, 120), (30, 45), 6)] = session.labels[30, 30]  # grown towards it
+    session.rederive(0.2, 0.0)  # the faint disc now touches the edited object and stays out
+    counts = session.counts()
+    assert counts.edited == 1 and counts.erased == 0
+    session.rederive(0.5, 0.0)
+    assert session.counts().erased == 0
+
+
+def test_stored_counts_band_by_band_equal_the_whole_array_counts(
+    probability, tmp_path, monkeypatch
+):
+    store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+    monkeypatch.setattr(_session, "EDIT_LIMIT_PIXELS", 50 * 50)
+    monkeypatch.setattr(_session, "BAND_ROWS", 7)  # components cross many band borders
+    session = session_of(probability, store)
+    labels = store.labels_array()
+    labels[labels == labels[90, 90]] = 0  # erase one disc ...
+    labels[25:35, 100:118] = 77  # ... and paint a new object
+    store.write_region(0, 0, labels, store.labels_array())
+    counts = session.counts()
+    assert counts == _session._counts(store.labels_array(), store.model_array())
+    assert (counts.objects, counts.edited, counts.erased) == (2, 1, 1)
