@@ -118,8 +118,10 @@ def real_kidney_layers(image_id: str = KIDNEY_SAMPLE_ID) -> list[LayerData]:
     pixel_size = float(row["pixel_size"])
     labels, _ = ndimage.label(decode(row["rle"], shape))
     scale = (pixel_size, pixel_size)
+    # "source", not "path": a sample is an image in memory, so the plugin keeps its FTU mask
+    # in memory too instead of writing a mask store into the shared data folder
     metadata = {
-        "path": str(path.resolve()),
+        "source": str(path.resolve()),
         "pixel_size_um": pixel_size,
         "organ": "kidney",
         "real": True,

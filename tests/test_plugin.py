@@ -102,7 +102,7 @@ def test_real_kidney_sample_is_a_held_out_image_with_its_truth(shared_data, monk
     assert image_kw["scale"] == labels_kw["scale"] == (0.65, 0.65)
     meta = image_kw["metadata"]
     assert meta["organ"] == "kidney" and meta["real"] and meta["pixel_size_um"] == 0.65
-    assert int(Path(meta["path"]).stem) >= 245  # held out from the default model's training
+    assert int(Path(meta["source"]).stem) >= 245  # held out from the default model's training
     assert labels.max() >= 2  # one label per glomerulus
 
 

@@ -1,0 +1,97 @@
+"""Screenshots of the plugin on a real kidney image (HuBMAP PAS, held out from the default
+model's training), for docs/: the docked widgets, and the FTU mask over the slide.
+
+The PNGs go to a temporary folder, or to docs/images/ with NAPARI_FTU_DOCS_SCREENSHOTS=1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_ftu._review_widget import ReviewWidget
+from napari_ftu._sample_data import SHARED_DATA_ENV, real_kidney_layers
+from napari_ftu._segment_widget import SegmentWidget, mask_name, probability_name
+
+pytestmark = pytest.mark.gui
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+@pytest.fixture
+def kidney_layers(shared_data, monkeypatch):
+    monkeypatch.setenv(SHARED_DATA_ENV, str(shared_data))
+    return real_kidney_layers()
+
+
+@pytest.fixture
+def out_dir(tmp_path) -> Path:
+    return DOCS_IMAGES if os.environ.get("NAPARI_FTU_DOCS_SCREENSHOTS") else tmp_path
+
+
+def test_screenshots_show_the_mask_where_the_glomeruli_are(
+    make_napari_viewer, qtbot, kidney_layers, out_dir
+):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    (image_data, image_kw, _), (truth, truth_kw, _) = kidney_layers
+    image = viewer.add_image(image_data, **image_kw)
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment FTUs", area="right")
+    viewer.window.add_dock_widget(ReviewWidget(viewer), name="Review FTUs", area="right")
+    assert segment.organ.value == "kidney" and float(segment.pixel_size.value) > 0
+    segment.start()
+    qtbot.waitUntil(lambda: not segment.running, timeout=300_000)
+    mask = viewer.layers[mask_name(image.name)]
+    viewer.layers[probability_name(image.name)].visible = False
+    mask.contour, mask.opacity = 4, 0.9  # outlines: the tissue stays visible under them
+    viewer.reset_view()
+    qtbot.wait(200)
+
+    with_mask = viewer.screenshot(canvas_only=True, flash=False)
+    mask.visible = False
+    without = viewer.screenshot(canvas_only=True, flash=False)
+    mask.visible = True
+    window = viewer.screenshot(canvas_only=False, flash=False)
+    Image.fromarray(window).save(out_dir / "plugin_kidney_window.png")
+    Image.fromarray(with_mask).save(out_dir / "plugin_kidney_overlay.png")
+    assert segment.native.grab().save(str(out_dir / "plugin_segment_widget.png"))
+
+    # where the experts outlined glomeruli, the screenshot shows the mask's outlines
+    shown = np.abs(with_mask[..., :3].astype(int) - without[..., :3]).sum(axis=-1) > 30
+    truth_on_screen = _on_canvas(viewer, image, truth > 0, shown.shape)
+    outlined = sum(
+        bool(shown[_dilate(objects)].any()) for objects in _objects(truth_on_screen)
+    )
+    assert outlined >= 0.6 * len(_objects(truth_on_screen)), "the mask misses the glomeruli"
+    assert shown.mean() < 0.2  # and not everything else
+
+
+def _on_canvas(viewer, layer, values: np.ndarray, canvas_shape) -> np.ndarray:
+    """``values`` (the layer's pixels) resampled to canvas pixels (nearest)."""
+    rows, cols = np.mgrid[: canvas_shape[0], : canvas_shape[1]]
+    zoom, centre = viewer.camera.zoom, np.asarray(viewer.camera.center[-2:])
+    world_y = centre[0] + (rows - canvas_shape[0] / 2) / zoom
+    world_x = centre[1] + (cols - canvas_shape[1] / 2) / zoom
+    y = np.round((world_y - layer.translate[0]) / layer.scale[0]).astype(int)
+    x = np.round((world_x - layer.translate[1]) / layer.scale[1]).astype(int)
+    inside = (y >= 0) & (y < values.shape[0]) & (x >= 0) & (x < values.shape[1])
+    out = np.zeros(canvas_shape, bool)
+    out[inside] = values[y[inside], x[inside]]
+    return out
+
+
+def _objects(mask: np.ndarray) -> list[np.ndarray]:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    return [labels == index for index in range(1, count + 1) if (labels == index).sum() > 20]
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=3)
