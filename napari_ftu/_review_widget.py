@@ -117,13 +117,13 @@ class ReviewWidget(Container):
         from training.review.queue import ReviewQueue, review_candidates
 
         session, layer = self.session(), self.mask_layer()
-        if session is None or not layer.editable:
-            self._say("segment an image first (the queue needs an editable FTU mask)")
+        if session is None:
+            self._say("segment an image first")
             return
+        # a large mask is read from its store once (the probability only object by object)
+        labels = layer.data if layer.editable else session.store.labels_array()
         min_area_px = session.min_area_um2 / session.grid.pixel_size_um**2
-        candidates = review_candidates(
-            layer.data, session.probability, session.threshold, min_area_px
-        )
+        candidates = review_candidates(labels, session.probability, session.threshold, min_area_px)
         self.queue = ReviewQueue(candidates)
         self._go(self.queue.current)
 
@@ -145,13 +145,24 @@ class ReviewWidget(Container):
 
     def reject(self, _: Any = None) -> None:
         """Remove the current object (one undo step) and go to the next undecided one."""
-        from training.review.corrections import delete_object
-
         if self.queue is None or self.queue.current is None:
             return
         rejected = self.queue.reject()
-        self._apply(self.mask_layer(), delete_object(self.mask_layer().data, rejected.label))
+        self._remove(rejected)
         self._go(self.queue.current)
+
+    def _remove(self, candidate: Any) -> None:
+        from training.review.corrections import delete_object
+
+        layer, session = self.mask_layer(), self.session()
+        if layer.editable:
+            self._apply(layer, delete_object(layer.data, candidate.label))
+            return
+        y0, x0, y1, x1 = candidate.bbox  # a large mask: through its store, in the object's box
+        crop = session.read_labels((y0, x0, y1 - y0, x1 - x0))
+        session.write_labels(y0, x0, np.where(crop == candidate.label, 0, crop), crop)
+        layer.refresh()
+        self._say(f"removed object {candidate.label} (saved)")
 
     def _go(self, candidate: Any) -> None:
         queue = self.queue

@@ -28,12 +28,21 @@ from magicgui.widgets import (
 )
 
 from napari_ftu import _placement
+from napari_ftu._ftu_layers import (
+    SESSION_KEY,
+    Preview,
+    level0_shape,
+    mask_name,
+    probability_name,
+    session_of,
+    show_session,
+)
 from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slide_hints
+
+__all__ = ["SESSION_KEY", "SegmentWidget", "mask_name", "probability_name"]
 
 ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 REGIONS = ("whole slide", "field of view", "drawn rectangle")
-DISPLAY_MAX_SIDE = 8192  # the probability layer is subsampled above this
-SESSION_KEY = "napari_ftu_session"
 AUTOSAVE_MS = 2000
 THRESHOLD_STEP = 0.01
 
@@ -42,16 +51,6 @@ def default_model_path() -> Path:
     """The bundled ensemble's manifest, found without importing torch (plugin discovery)."""
     package = Path(importlib.util.find_spec("training").origin).parent
     return package / "models" / "default" / "ensemble.yaml"
-
-
-def probability_name(image: str) -> str:
-    """The probability layer's name for an image layer."""
-    return f"{image} FTU probability"
-
-
-def mask_name(image: str) -> str:
-    """The FTU mask layer's name for an image layer."""
-    return f"{image} FTU mask"
 
 
 class SegmentWidget(Container):
@@ -94,7 +93,7 @@ class SegmentWidget(Container):
         self.worker: Any = None
         self._cancel = threading.Event()
         self._progress: Any = None
-        self._preview: Any = None  # the probability layer filling in during a run
+        self._preview: Any = None  # the probability layer filling in during a run (Preview)
         self._request: SegmentRequest | None = None
         self._image_name = ""
 
@@ -198,6 +197,7 @@ class SegmentWidget(Container):
         from napari.qt.threading import thread_worker
 
         self._request, self._image_name = request, self.image.value
+        self._preview = Preview(self.viewer, self._image_layer(), request.region)
         self._cancel = threading.Event()
         # errors become notifications here (_on_error), not tracebacks re-raised in the GUI
         worker = thread_worker(segment_job, start_thread=False, ignore_errors=True)(
@@ -269,7 +269,7 @@ class SegmentWidget(Container):
             world = np.array([shapes.data_to_world(p) for p in shapes.data[index]])
             corners = _placement.rectangle_bounds(world)
             where = "the drawn rectangle"
-        shape = _level0_shape(layer)
+        shape = level0_shape(layer)
         box = _placement.world_to_pixels(*corners, layer.scale, layer.translate, shape)
         if box is None:
             raise ValueError(f"Segment FTUs: {where} does not cover any of {layer.name!r}")
@@ -281,7 +281,7 @@ class SegmentWidget(Container):
         if self.worker is None:  # an event queued behind the end of the run
             return
         if event.band is not None:
-            self._show_band(event.band)
+            self._preview.show(event.band, self._request.pixel_size_um)
         self.status.value = event.message
         # last: napari's progress bar may process Qt events, among them the run's end
         if self._progress is None:
@@ -290,57 +290,19 @@ class SegmentWidget(Container):
         bar.update(event.done - bar.n)
         bar.set_description(event.message)
 
-    def _show_band(self, band: Any) -> None:
-        """Write finished rows into the (subsampled) preview layer."""
-        step = _display_step(band.map_shape)
-        if self._preview is None:
-            layer = self.viewer.layers[self._image_name]
-            shape = tuple(math.ceil(s / step) for s in band.map_shape)
-            downsample = band.pixel_size_um / self._request.pixel_size_um
-            origin = self._region_origin(downsample)
-            scale, translate = _placement.overlay(layer.scale, layer.translate, downsample, origin)
-            self._preview = self.viewer.add_image(
-                np.zeros(shape, np.float32),
-                name=f"{probability_name(self._image_name)} (running)",
-                colormap="magma",
-                opacity=0.5,
-                contrast_limits=(0, 1),
-                scale=tuple(s * step for s in scale),
-                translate=translate,
-                units=layer.units,
-                blending="additive",
-            )
-        first = -(-band.y0 // step) * step  # the first row of the band on the display grid
-        rows = band.values[first - band.y0 :: step, ::step]
-        self._preview.data[first // step : first // step + len(rows)] = rows
-        self._preview.refresh()
-
-    def _region_origin(self, downsample: float) -> tuple[int, int]:
-        region = self._request.region if self._request else None
-        if region is None:
-            return (0, 0)
-        from napari_ftu._segment_job import working_box
-
-        layer = self.viewer.layers[self._image_name]
-        shape = _level0_shape(layer)
-        full = (math.ceil(shape[0] / downsample), math.ceil(shape[1] / downsample))
-        y, x, _, _ = working_box(region, 1 / downsample, full)
-        return (y, x)
-
     def _on_returned(self, job: JobResult | None) -> None:
-        if job is None or probability_name(self._image_name) in self.viewer.layers:
-            self._remove_preview()
         if job is None:
+            self._preview.remove()
             self.status.value = "cancelled"
             return
         try:
             self._show_result(job)
         finally:
             job.result.close()
-            self._remove_preview()  # a preview not taken over by the result
+            self._preview.remove()  # a preview not taken over by the result
 
     def _on_error(self, exc: BaseException) -> None:
-        self._remove_preview()
+        self._preview.remove()
         self.status.value = "failed"
         _show_error(f"Segment FTUs failed: {_describe(exc)}")
 
@@ -351,20 +313,13 @@ class SegmentWidget(Container):
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
-    def _remove_preview(self) -> None:
-        if self._preview is not None and self._preview in self.viewer.layers:
-            self.viewer.layers.remove(self._preview)
-        self._preview = None
-
     # ------------------------------------------------------------------ results and tuning
     def session(self, image: str | None = None) -> Any:
         """The FTU session of an image layer (its mask layer's), or ``None``."""
-        name = mask_name(image or self.image.value)
-        if name not in self.viewer.layers:
-            return None
-        return self.viewer.layers[name].metadata.get(SESSION_KEY)
+        return session_of(self.viewer, image or self.image.value)
 
     def _show_result(self, job: JobResult) -> None:
+        from napari_ftu._ftu_layers import new_session
         from napari_ftu._session import Grid
 
         result, name = job.result, self._image_name
@@ -377,7 +332,7 @@ class SegmentWidget(Container):
                     if old in self.viewer.layers:
                         self.viewer.layers.remove(old)
             try:
-                session = _new_session(layer, result, grid, float(self.min_area.value))
+                session = new_session(layer, result, grid, float(self.min_area.value))
             except ValueError as exc:  # e.g. a saved mask store made for another slide
                 _show_error(f"Segment FTUs: {exc}")
                 return
@@ -385,77 +340,26 @@ class SegmentWidget(Container):
         session.model = str(job.model)
         session.add_result(np.asarray(result.probability), job.origin, job.labels)
         session.save()  # on disk as soon as it is shown (the saving runs in the background)
-        self.show_session(layer, session)
-        self.threshold.value = round(result.threshold, 2)
-
-    def show_session(self, layer: Any, session: Any) -> None:
-        """Add (or refresh) the probability and mask layers of ``session`` over ``layer``."""
-        scale, translate = _placement.overlay(layer.scale, layer.translate, session.grid.downsample)
-        name, units = session.name, layer.units
-        step = _display_step(session.grid.shape)
-        shown = session.probability[::step, ::step]
-        shown = np.asarray(shown) if step > 1 or not isinstance(shown, np.ndarray) else shown
-        if probability_name(name) in self.viewer.layers:
-            self.viewer.layers[probability_name(name)].data = shown
-        elif self._preview is not None and self._preview in self.viewer.layers:
-            # the layer that filled in during the run becomes the result (no remove and add:
-            # both stall the event loop on a large image)
-            preview, self._preview = self._preview, None
-            preview.data = shown
-            preview.scale = tuple(s * step for s in scale)
-            preview.translate = translate
-            preview.name = probability_name(name)
-        else:
-            self.viewer.add_image(
-                shown,
-                name=probability_name(name),
-                colormap="magma",
-                opacity=0.5,
-                contrast_limits=(0, 1),
-                blending="additive",
-                scale=tuple(s * step for s in scale),
-                translate=translate,  # a subsampled pixel is its block's first: same origin
-                units=units,
-            )
-        if mask_name(name) in self.viewer.layers:
-            mask = self.viewer.layers[mask_name(name)]
-            if not session.grid.direct_edit:
-                mask.data = session.mask_data()
-            mask.refresh()
-        else:
-            mask = self.viewer.add_labels(
-                session.mask_data(),
-                name=mask_name(name),
-                opacity=0.5,
-                scale=scale,
-                translate=translate,
-                units=units,
-                metadata={SESSION_KEY: session},
-            )
-            # a whole-slide mask is a read-only overview: edit it with "Review region"
-            mask.editable = session.grid.direct_edit
+        show_session(self.viewer, layer, session, self._preview)
         self._update_status(session)
+        self.threshold.value = round(result.threshold, 2)
 
     def restore(self, layer: Any) -> bool:
         """Show the FTUs saved for a slide file (edits included); whether there were any."""
-        from napari_ftu._session import FTUSession
-        from training.review.store import MaskStore, slide_identity, store_location
+        from napari_ftu._ftu_layers import saved_session
 
-        path = (layer.metadata or {}).get("path")
-        if not path or mask_name(layer.name) in self.viewer.layers:
-            return False
-        location = store_location(path)
-        if not location.exists():
+        if mask_name(layer.name) in self.viewer.layers:
             return False
         try:
-            store = MaskStore.open(location, slide_identity(path))
-            if not store.has_model:
-                return False
-            session = FTUSession.restore(layer.name, store)
+            session = saved_session(layer)
         except (ValueError, OSError) as exc:
             _show_error(f"napari-ftu: the saved FTU mask of {layer.name!r} is not used: {exc}")
             return False
-        self.show_session(layer, session)
+        if session is None:
+            return False
+        show_session(self.viewer, layer, session)
+        if layer.name == self.image.value:
+            self._update_status(session)
         return True
 
     def save_edits(self) -> None:
@@ -490,39 +394,9 @@ class SegmentWidget(Container):
         )
 
 
-def _new_session(layer: Any, result: Any, grid: Any, min_area_um2: float) -> Any:
-    """A session for an image layer, with a mask store beside its slide file (or in a temporary
-    folder for an image without a file whose mask is too large to keep in memory)."""
-    import tempfile
-
-    from napari_ftu._session import FTUSession
-    from training.review.store import MaskStore, slide_identity, store_location
-
-    path = (layer.metadata or {}).get("path")
-    store = None
-    if path:
-        location, identity = store_location(path), slide_identity(path)
-        store = MaskStore.open_or_create(
-            location, grid.shape, grid.pixel_size_um, grid.downsample, identity
-        )
-    elif not grid.direct_edit:
-        location = Path(tempfile.mkdtemp(prefix="napari-ftu-mask-")) / "mask.ftu.zarr"
-        store = MaskStore.create(location, grid.shape, grid.pixel_size_um, grid.downsample, {})
-    return FTUSession(layer.name, result.organ, grid, result.threshold, min_area_um2, store)
-
-
-def _display_step(shape: tuple[int, int]) -> int:
-    return max(1, math.ceil(max(shape) / DISPLAY_MAX_SIDE))
-
-
 def _level0(layer: Any) -> np.ndarray:
     data = layer.data[0] if layer.multiscale else layer.data
     return np.asarray(data)
-
-
-def _level0_shape(layer: Any) -> tuple[int, int]:
-    data = layer.data[0] if layer.multiscale else layer.data
-    return tuple(data.shape[:2])
 
 
 def _screen_corners(viewer: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_ftu import _session
+from napari_ftu._ftu_layers import show_session
 from napari_ftu._review_widget import SHORTCUTS, ReviewWidget
 from napari_ftu._segment_widget import SESSION_KEY, SegmentWidget, mask_name
 from napari_ftu._session import FTUSession, Grid
@@ -36,8 +37,7 @@ def reviewed(make_napari_viewer):
     probability[ring] = 0.9
     session = FTUSession("img", "kidney", Grid((200, 200), 1.0, 1.0), threshold=0.5)
     session.add_result(probability, (0, 0))
-    segment = SegmentWidget(viewer)
-    segment.show_session(image, session)
+    show_session(viewer, image, session)
     review = ReviewWidget(viewer)
     return viewer, review, viewer.layers[mask_name("img")]
 
@@ -136,6 +136,7 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     store = MaskStore.open(store_location(slide))
     stored = store.read(110, 110, 10, 10)
     assert (stored == stored[0, 0]).all() and stored[0, 0] > 0  # a fresh slide-wide id
+    painted = int(stored[0, 0])
     assert np.asarray(level0(mask)[110:120, 110:120]).tolist() == stored.tolist()
 
     region.data_setitem((np.array([50]), np.array([50])), 1)  # unapplied: no moving on
@@ -147,12 +148,17 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     assert review.editor.layer is region and review.editor.box[:2] == (0, 0)
     review.close_region()
     assert region not in viewer.layers
+    review.build_queue()  # the queue works on a large mask too, through its store
+    rejected = review.queue.current.label
+    review.reject()
+    assert rejected not in MaskStore.open(store_location(slide)).labels_array()
 
     reopened = make_napari_viewer()
     (again,) = reopened.open(str(slide), plugin="napari-ftu")
     SegmentWidget(reopened)
     restored = reopened.layers[mask_name(again.name)]
     np.testing.assert_array_equal(np.asarray(level0(restored)[110:120, 110:120]), stored)
+    assert painted != rejected
 
 
 def test_direct_edits_are_saved_as_made_and_come_back(make_napari_viewer, qtbot, slide):

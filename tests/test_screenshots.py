@@ -37,7 +37,7 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
 ):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
-    (image_data, image_kw, _), (truth, truth_kw, _) = kidney_layers
+    (image_data, image_kw, _), (truth, _, _) = kidney_layers
     image = viewer.add_image(image_data, **image_kw)
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment, name="Segment FTUs", area="right")
@@ -63,9 +63,7 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
     # where the experts outlined glomeruli, the screenshot shows the mask's outlines
     shown = np.abs(with_mask[..., :3].astype(int) - without[..., :3]).sum(axis=-1) > 30
     truth_on_screen = _on_canvas(viewer, image, truth > 0, shown.shape)
-    outlined = sum(
-        bool(shown[_dilate(objects)].any()) for objects in _objects(truth_on_screen)
-    )
+    outlined = sum(bool(shown[_dilate(objects)].any()) for objects in _objects(truth_on_screen))
     assert outlined >= 0.6 * len(_objects(truth_on_screen)), "the mask misses the glomeruli"
     assert shown.mean() < 0.2  # and not everything else
 

@@ -56,7 +56,7 @@ def test_prefills_from_the_slide_and_fills_in_before_the_run_ends(qtbot, opened,
     seen = []
 
     def during_run(event):  # runs after the widget's own slot for the same event
-        preview = widget._preview
+        preview = widget._preview.layer
         if event.done < event.total and preview is not None and preview.data.max() > 0:
             seen.append(event.done)
 

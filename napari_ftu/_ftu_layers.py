@@ -1,0 +1,183 @@
+"""The FTU layers of an image: the probability layer filling in during a run, the probability
+and mask layers of a session, laid exactly over the slide, and sessions restored from disk.
+
+No Qt here: these functions take a napari viewer and its layers, and run on the main thread.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_ftu import _placement
+
+SESSION_KEY = "napari_ftu_session"  # the mask layer's metadata key for its FTUSession
+DISPLAY_MAX_SIDE = 8192  # the probability layer is subsampled above this
+PROBABILITY_STYLE = {"colormap": "magma", "opacity": 0.5, "contrast_limits": (0, 1)}
+
+
+def probability_name(image: str) -> str:
+    """The probability layer's name for an image layer."""
+    return f"{image} FTU probability"
+
+
+def mask_name(image: str) -> str:
+    """The FTU mask layer's name for an image layer."""
+    return f"{image} FTU mask"
+
+
+def session_of(viewer: Any, image: str) -> Any:
+    """The FTU session of an image layer (kept by its mask layer), or ``None``."""
+    name = mask_name(image)
+    return viewer.layers[name].metadata.get(SESSION_KEY) if name in viewer.layers else None
+
+
+def display_step(shape: tuple[int, int]) -> int:
+    """The subsampling that keeps a probability layer's long side within DISPLAY_MAX_SIDE."""
+    return max(1, math.ceil(max(shape) / DISPLAY_MAX_SIDE))
+
+
+def level0_shape(layer: Any) -> tuple[int, int]:
+    """The (H, W) of an image layer's full-resolution level."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return tuple(data.shape[:2])
+
+
+class Preview:
+    """The probability layer that fills in band by band while a run goes on."""
+
+    def __init__(self, viewer: Any, image: Any, region: tuple[int, int, int, int] | None) -> None:
+        self.viewer, self.image, self.region = viewer, image, region  # region: level-0 pixels
+        self.layer: Any = None
+
+    def show(self, band: Any, image_pixel_size_um: float) -> None:
+        """Write a band of finished rows (subsampled like the final layer)."""
+        step = display_step(band.map_shape)
+        if self.layer is None:
+            shape = tuple(math.ceil(s / step) for s in band.map_shape)
+            downsample = band.pixel_size_um / image_pixel_size_um
+            scale, translate = _placement.overlay(
+                self.image.scale, self.image.translate, downsample, self._origin(downsample)
+            )
+            self.layer = self.viewer.add_image(
+                np.zeros(shape, np.float32),
+                name=f"{probability_name(self.image.name)} (running)",
+                scale=tuple(s * step for s in scale),
+                translate=translate,
+                units=self.image.units,
+                blending="additive",
+                **PROBABILITY_STYLE,
+            )
+        first = -(-band.y0 // step) * step  # the first row of the band on the display grid
+        rows = band.values[first - band.y0 :: step, ::step]
+        self.layer.data[first // step : first // step + len(rows)] = rows
+        self.layer.refresh()
+
+    def _origin(self, downsample: float) -> tuple[int, int]:
+        """Where the run's map starts in the image's working grid (as the job reads it)."""
+        if self.region is None:
+            return (0, 0)
+        from napari_ftu._segment_job import working_box
+
+        height, width = level0_shape(self.image)
+        full = (math.ceil(height / downsample), math.ceil(width / downsample))
+        y, x, _, _ = working_box(self.region, 1 / downsample, full)
+        return (y, x)
+
+    def take(self) -> Any:
+        """Hand the layer over (to become the result's); ``None`` when there is none."""
+        layer, self.layer = self.layer, None
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def remove(self) -> None:
+        """Remove the layer (a cancelled or failed run leaves none)."""
+        layer = self.take()
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+
+
+def show_session(viewer: Any, image: Any, session: Any, preview: Preview | None = None) -> Any:
+    """Add or refresh the probability and mask layers of ``session`` over the image layer; the
+    preview's layer, if any, becomes the probability layer. Returns the mask layer."""
+    scale, translate = _placement.overlay(image.scale, image.translate, session.grid.downsample)
+    name = session.name
+    step = display_step(session.grid.shape)
+    shown = session.probability[::step, ::step]
+    shown = np.asarray(shown) if step > 1 or not isinstance(shown, np.ndarray) else shown
+    # a subsampled pixel is its block's first: the same origin, a larger scale
+    placement = {"scale": tuple(s * step for s in scale), "translate": translate}
+    taken = preview.take() if preview is not None else None
+    if probability_name(name) in viewer.layers:
+        viewer.layers[probability_name(name)].data = shown
+        if taken is not None:
+            viewer.layers.remove(taken)
+    elif taken is not None:  # no remove and add: both stall the event loop on large images
+        taken.data = shown
+        taken.scale, taken.translate = placement["scale"], placement["translate"]
+        taken.name = probability_name(name)
+    else:
+        viewer.add_image(
+            shown,
+            name=probability_name(name),
+            units=image.units,
+            blending="additive",
+            **placement,
+            **PROBABILITY_STYLE,
+        )
+    if mask_name(name) in viewer.layers:
+        mask = viewer.layers[mask_name(name)]
+        if not session.grid.direct_edit:
+            mask.data = session.mask_data()
+        mask.refresh()
+        return mask
+    mask = viewer.add_labels(
+        session.mask_data(),
+        name=mask_name(name),
+        opacity=0.5,
+        scale=scale,
+        translate=translate,
+        units=image.units,
+        metadata={SESSION_KEY: session},
+    )
+    mask.editable = session.grid.direct_edit  # a large mask is an overview: "Review region"
+    return mask
+
+
+def new_session(image: Any, result: Any, grid: Any, min_area_um2: float) -> Any:
+    """A session for an image layer, with a mask store beside its slide file (or in a temporary
+    folder for an image without a file whose mask is too large to keep in memory)."""
+    from napari_ftu._session import FTUSession
+    from training.review.store import MaskStore, slide_identity, store_location
+
+    path = (image.metadata or {}).get("path")
+    store = None
+    if path:
+        location, identity = store_location(path), slide_identity(path)
+        store = MaskStore.open_or_create(
+            location, grid.shape, grid.pixel_size_um, grid.downsample, identity
+        )
+    elif not grid.direct_edit:
+        location = Path(tempfile.mkdtemp(prefix="napari-ftu-mask-")) / "mask.ftu.zarr"
+        store = MaskStore.create(location, grid.shape, grid.pixel_size_um, grid.downsample, {})
+    return FTUSession(image.name, result.organ, grid, result.threshold, min_area_um2, store)
+
+
+def saved_session(image: Any) -> Any:
+    """The session saved beside an image layer's slide file, or ``None`` when there is none;
+    ``ValueError``/``OSError`` for a store that cannot be used (made for another version of the
+    file, damaged)."""
+    from napari_ftu._session import FTUSession
+    from training.review.store import MaskStore, slide_identity, store_location
+
+    path = (image.metadata or {}).get("path")
+    if not path:
+        return None
+    location = store_location(path)
+    if not location.exists():
+        return None
+    store = MaskStore.open(location, slide_identity(path))
+    return FTUSession.restore(image.name, store) if store.has_model else None
