@@ -76,6 +76,7 @@ class FTUSession:
         self.threshold, self.min_area_um2 = threshold, min_area_um2
         self.store = store
         self.model: str | None = None
+        self.reviewed_regions: list[tuple[int, int, int, int]] = []  # see mark_reviewed
         if grid.direct_edit:
             self.probability: Any = np.zeros(grid.shape, np.float32)
             self.reference = np.zeros(grid.shape, np.int32)
@@ -103,6 +104,7 @@ class FTUSession:
             store,
         )
         session.model = settings.get("model")
+        session.reviewed_regions = [tuple(box) for box in settings.get("reviewed_regions", [])]
         if grid.direct_edit:
             session.probability[...] = np.asarray(store.probability()[...])
             session.reference[...] = store.model_array()
@@ -192,9 +194,20 @@ class FTUSession:
                 mask = np.isin(written, painted)
                 written[mask] = first + np.searchsorted(painted, written[mask])
             self.labels[y : y + new.shape[0], x : x + new.shape[1]] = _fits(written)
+            self.mark_reviewed((y, x, *new.shape))
             self.save()
             return written
-        return self.store.write_region(y, x, new, old)
+        written = self.store.write_region(y, x, new, old)
+        self.mark_reviewed((y, x, *new.shape))
+        return written
+
+    def mark_reviewed(self, box: tuple[int, int, int, int]) -> None:
+        """Record a region (working pixels ``y, x, h, w``) a pathologist reviewed and applied:
+        a slide too large to export whole exports these regions."""
+        box = tuple(int(v) for v in box)
+        if box not in self.reviewed_regions:
+            self.reviewed_regions.append(box)
+            self._save_settings()
 
     def mask_data(self) -> Any:
         """What the mask layer shows: the labels, or the store's read-only overview pyramid."""
@@ -241,6 +254,7 @@ class FTUSession:
             "threshold": self.threshold,
             "min_area_um2": self.min_area_um2,
             "model": self.model,
+            "reviewed_regions": [list(box) for box in self.reviewed_regions],
         }
 
     def _checksum(self) -> tuple[int, int, float, float]:

@@ -128,7 +128,8 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     review.review_region()
     region = review.editor.layer
     assert region.editable and not region.multiscale
-    y, x, h, w = review.editor.box
+    box = review.editor.box
+    y, x, h, w = box
     assert (y, x) == (100, 100) and h >= 80 and w >= 80
     region.data_setitem((np.arange(10, 20).repeat(10), np.tile(np.arange(10, 20), 10)), 9999)
     review.apply_region()
@@ -137,6 +138,7 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     stored = store.read(110, 110, 10, 10)
     assert (stored == stored[0, 0]).all() and stored[0, 0] > 0  # a fresh slide-wide id
     painted = int(stored[0, 0])
+    assert tuple(box) in session.reviewed_regions
     assert np.asarray(level0(mask)[110:120, 110:120]).tolist() == stored.tolist()
 
     region.data_setitem((np.array([50]), np.array([50])), 1)  # unapplied: no moving on
@@ -159,6 +161,7 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     restored = reopened.layers[mask_name(again.name)]
     np.testing.assert_array_equal(np.asarray(level0(restored)[110:120, 110:120]), stored)
     assert painted != rejected
+    assert tuple(box) in restored.metadata[SESSION_KEY].reviewed_regions  # saved with the store
 
 
 def test_direct_edits_are_saved_as_made_and_come_back(make_napari_viewer, qtbot, slide):
