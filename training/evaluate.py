@@ -1,6 +1,7 @@
 """``python -m training.evaluate``: mean per-image Dice of a model on dataset folders.
 
     python -m training.evaluate --data DIR [DIR ...] --model CKPT_OR_MANIFEST [--out FILE.json]
+    python -m training.evaluate --data DIR --model OLD.pt --split-of RUN/best.pt  # same images
 
 Every image goes through the inference engine the plugin and the CLI use, at its own pixel size,
 with the model's own per-organ thresholds; the score is the competition's (the mean over images
@@ -31,9 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, type=Path, help="a checkpoint or an ensemble manifest"
     )
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
     parser.add_argument("--organ", nargs="+", help="only images of these organs")
+    parser.add_argument(
+        "--split-of",
+        type=Path,
+        metavar="CKPT",
+        help="only the images CKPT was validated on (its training summary's val_ids), to "
+        "compare another model with it on the same images",
+    )
     return parser
 
 
@@ -43,8 +51,10 @@ def evaluate(
     device: str = "cpu",
     tta: int = 1,
     organs: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Scores of ``model`` on the images of ``data`` (see :func:`training.validation.summarise`)."""
+    """Scores of ``model`` on the images of ``data`` (see :func:`training.validation.summarise`),
+    or on those of them whose id is in ``ids``."""
     from training.data.records import DataSpec, load_records
     from training.models.ensemble import load_ensemble
     from training.validation import predict, score, summarise
@@ -54,6 +64,10 @@ def evaluate(
         records = [r for r in records if r.organ in set(organs)]
         if not records:
             raise ValueError(f"no image of organ(s) {', '.join(organs)} in {data}")
+    if ids is not None:
+        records = [r for r in records if str(r.id) in {str(i) for i in ids}]
+        if not records:
+            raise ValueError(f"none of the {len(ids)} validation image(s) is in {data}")
     ensemble = load_ensemble(model, device)
     scores = score(predict(ensemble, records, device=device, tta=tta))
     summary = summarise(scores)
@@ -61,6 +75,17 @@ def evaluate(
     summary["data"] = [str(path) for path in data]
     summary["thresholds"] = {s.record.organ: s.threshold for s in scores}
     return summary
+
+
+def validation_ids(checkpoint: Path) -> list[str]:
+    """The ids of the images ``checkpoint``'s training validated on; ``ValueError`` if none."""
+    from training.models import read_checkpoint
+
+    training = read_checkpoint(checkpoint)["meta"].get("training") or {}
+    ids = training.get("val_ids")
+    if not ids:
+        raise ValueError(f"{checkpoint.name} records no validation images (val_ids)")
+    return [str(i) for i in ids]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -79,8 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.data.catalog import CatalogError
     from training.models import CheckpointError
 
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        summary = evaluate(args.data, args.model, args.device, args.tta, args.organ)
+        ids = validation_ids(args.split_of) if args.split_of is not None else None
+        summary = evaluate(args.data, args.model, args.device, args.tta, args.organ, ids)
     except (CatalogError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"python -m training.evaluate: error: {exc}", file=sys.stderr)
         return 2

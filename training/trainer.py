@@ -165,6 +165,14 @@ class Trainer:
             if self.val_records and (epoch % self.options.val_every == 0 or last):
                 row.update(self._validate())
             self.history.rows.append(row)
+            if self.world.is_main:  # one line per epoch: a log to read, a progress to follow
+                log.info(
+                    "epoch %d/%d done: loss %.4f, %.1f samples/s",
+                    epoch,
+                    self.options.epochs,
+                    row.get("loss", float("nan")),
+                    row["samples_per_s"],
+                )
             summary = self._save(row, final=last, stopped_early=stopped_early)
             if stopped_early:
                 log.info("time limit reached after epoch %d", epoch)
