@@ -1,0 +1,216 @@
+"""Retraining from the plugin without Qt: the model registry, command lines, progress, results,
+the child process and a failing run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from training.models.default import default_model_path
+from training.models.versions import (
+    MODELS_ENV,
+    ModelVersion,
+    VersionsError,
+    available_models,
+    describe,
+    list_versions,
+    models_dir,
+    next_run_dir,
+    register,
+)
+from training.process import ChildProcess
+from training.retrain import (
+    RetrainJob,
+    RetrainRequest,
+    error_line,
+    evaluate_command,
+    folder_organ,
+    parse_progress,
+    read_scores,
+    start_checkpoint,
+    train_command,
+)
+
+
+def _version(
+    path: Path, dice: float | None = 0.83, when: str = "2026-11-22T14:03:09"
+) -> ModelVersion:
+    return ModelVersion(str(path), when, "init.pt", ["corrections", "old:0.5"], dice, 0.61)
+
+
+def test_registry_round_trip_and_missing_files(tmp_path):
+    models = tmp_path / "models"
+    assert list_versions(models) == []
+    kept = tmp_path / "a" / "best.pt"
+    kept.parent.mkdir()
+    kept.write_bytes(b"weights")
+    register(_version(kept), models)
+    register(_version(tmp_path / "gone" / "best.pt", None), models)
+    versions = list_versions(models)
+    assert versions == [_version(kept), _version(tmp_path / "gone" / "best.pt", None)]
+    assert [v.missing for v in versions] == [False, True]
+    assert versions[0].label == "trained 2026-11-22 14:03 (val Dice 0.83)"
+    assert versions[1].label == "trained 2026-11-22 14:03 (no validation)"
+    # a missing checkpoint is listed as missing, never offered as a model
+    assert available_models(versions) == {versions[0].label: kept}
+    assert describe(versions[1])["checkpoint"].startswith("missing: ")
+    assert (
+        describe(versions[0])["val Dice"] == "0.830" and describe(versions[0])["before"] == "0.610"
+    )
+    # no temporary file is left beside the registry
+    assert sorted(p.name for p in models.iterdir()) == [".versions.json.lock", "versions.json"]
+
+
+def test_same_labels_are_told_apart(tmp_path):
+    paths = []
+    for name in ("v1-a", "v2-b"):
+        path = tmp_path / name / "best.pt"
+        path.parent.mkdir()
+        path.write_bytes(b"")
+        paths.append(path)
+    models = available_models([_version(p) for p in paths])
+    assert list(models.values()) == paths and len(set(models)) == 2
+    assert list(models)[1].endswith("[v2-b]")
+
+
+def test_a_damaged_registry_says_so(tmp_path):
+    (tmp_path / "versions.json").write_text("{not json")
+    with pytest.raises(VersionsError, match="cannot be read"):
+        list_versions(tmp_path)
+    (tmp_path / "versions.json").write_text(json.dumps({"versions": [{"path": "x"}]}))
+    with pytest.raises(VersionsError, match="entry 0"):
+        list_versions(tmp_path)
+
+
+def test_models_dir_and_versioned_run_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path))
+    assert models_dir() == tmp_path
+    monkeypatch.delenv(MODELS_ENV)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    assert models_dir() == tmp_path / "share" / "napari-ftu" / "models"
+    now = datetime(2026, 11, 22, 14, 3, 9)
+    assert next_run_dir(tmp_path, now) == tmp_path / "v1-20261122-140309"
+    (tmp_path / "v7-20260101-000000").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert next_run_dir(tmp_path, now).name == "v8-20261122-140309"
+
+
+def test_command_lines(tmp_path):
+    request = RetrainRequest(
+        corrections=tmp_path / "corr",
+        init=tmp_path / "m.pt",
+        out=tmp_path / "run",
+        previous=tmp_path / "ensemble.yaml",
+        earlier=((tmp_path / "old", 0.5), (tmp_path / "older", 1.0)),
+        epochs=3,
+        time_limit_min=20,
+        device="cpu",
+        extra=("--lr", "1e-4"),
+    )
+    argv = train_command(request, python="py")
+    assert argv == [
+        "py", "-m", "training.train", "--init", str(tmp_path / "m.pt"),
+        "--data", str(tmp_path / "corr"), f"{tmp_path / 'old'}:0.5", str(tmp_path / "older"),
+        "--out", str(tmp_path / "run"), "--epochs", "3", "--time-limit", "20",
+        "--device", "cpu", "--lr", "1e-4",
+    ]  # fmt: skip
+    evaluate = evaluate_command(request, python="py")
+    assert evaluate[:3] == ["py", "-m", "training.evaluate"]
+    assert evaluate[evaluate.index("--model") + 1] == str(tmp_path / "ensemble.yaml")
+    assert evaluate[evaluate.index("--split-of") + 1] == str(tmp_path / "run" / "best.pt")
+    data = evaluate[evaluate.index("--data") + 1 : evaluate.index("--model")]
+    assert data == [str(tmp_path / p) for p in ("corr", "old", "older")]  # no weights
+    no_limit = RetrainRequest(tmp_path, tmp_path / "m.pt", tmp_path / "r")
+    assert "--time-limit" not in train_command(no_limit)
+
+
+def test_progress_lines():
+    assert parse_progress("epoch 2/4:  50%|█████     | 3/6 [00:01<00:01, 1.2it/s]") == 0.375
+    assert parse_progress("epoch 1/1:   0%|          | 0/2 [00:00<?, ?it/s]") == 0.0
+    assert parse_progress("14:03:12 epoch 3/4 done: loss 0.4123, 8.1 samples/s") == 0.75
+    assert parse_progress("14:03:12 validation Dice 0.8123 {'kidney': 0.81}") is None
+    assert parse_progress("mean per-image Dice 0.5 over 3 images") is None
+
+
+def test_error_lines():
+    bad = ["14:00:00 starting", "python -m training.train: error: corr: train.csv has no rows"]
+    assert error_line(bad, 2) == "corr: train.csv has no rows"
+    crash = ["Traceback (most recent call last):", '  File "x"', "RuntimeError: boom", ""]
+    assert error_line(crash, 1) == "RuntimeError: boom"
+    assert error_line([], -9) == "it ended with exit status -9"
+
+
+def test_scores_of_the_best_epoch(tmp_path):
+    assert read_scores(tmp_path) is None
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,loss,val_dice,val_dice_kidney,val_dice_HPA\n1,0.9,0.5,0.5,0.5\n2,0.8,,,\n"
+        "3,0.7,0.8,0.8,0.8\n4,0.6,0.8,0.7,0.8\n"
+    )
+    scores = read_scores(tmp_path)
+    assert scores.dice == 0.8 and scores.organs == {"kidney": 0.8}  # the first of equals
+    (tmp_path / "metrics.csv").write_text("epoch,loss\n1,0.9\n")
+    assert read_scores(tmp_path) is None  # no validation images
+
+
+def test_an_ensemble_is_started_from_its_member_for_the_organ(tmp_path):
+    manifest = default_model_path()
+    path, note = start_checkpoint(manifest, "lung")
+    assert path == manifest.parent / "lung_swin_upernet.pt" and "ensemble" in note
+    path, note = start_checkpoint(manifest, "kidney")
+    assert path == manifest.parent / "swin_upernet.pt" and "for kidney" in note
+    assert start_checkpoint(tmp_path / "m.pt", "kidney") == (tmp_path / "m.pt", "")
+    (tmp_path / "bad.yaml").write_text("members: 3\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
+        start_checkpoint(tmp_path / "bad.yaml", "kidney")
+
+
+def test_folder_organ(tmp_path):
+    assert folder_organ(tmp_path) is None
+    (tmp_path / "train.csv").write_text("id,organ\na,lung\nb,kidney\nc,kidney\n")
+    assert folder_organ(tmp_path) == "kidney"
+
+
+def test_child_output_and_stop_reach_grandchildren():
+    code = (
+        "import subprocess, sys, time\n"
+        "sys.stderr.write('\\rbar 1\\rbar 2'); sys.stderr.flush()\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('\\nready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = ChildProcess([sys.executable, "-c", code])
+    began = time.monotonic()
+    pieces = []
+    for piece in child.output():  # ends only when the grandchild, too, has closed the pipe
+        pieces.append(piece)
+        if piece.text == "ready":
+            threading.Thread(target=child.stop).start()
+    assert child.wait() != 0 and time.monotonic() - began < 30
+    assert [(p.text, p.redraw) for p in pieces] == [
+        ("bar 1", True),  # drawn over by the next
+        ("bar 2", False),  # kept, as a terminal keeps it
+        ("ready", False),
+    ]
+
+
+def test_a_bad_dataset_fails_with_the_trainers_line(tmp_path):
+    corrections = tmp_path / "corr"
+    corrections.mkdir()
+    (corrections / "train.csv").write_text(
+        "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle,age,sex\n"
+    )
+    request = RetrainRequest(corrections, tmp_path / "missing.pt", tmp_path / "run", device="cpu")
+    job = RetrainJob(request, tmp_path / "models")
+    events = job.run()
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(events)
+    result = stop.value.value
+    assert result.status == "failed" and "no such checkpoint" in result.message
+    assert list_versions(tmp_path / "models") == []
