@@ -59,6 +59,7 @@ class SegmentWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         self.viewer = napari_viewer
         self._models: dict[str, Path] = {"default model (bundled)": default_model_path()}
+        self._models.update(_registered_models())  # the models a user trained, oldest first
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.organ = ComboBox(label="organ", choices=ORGANS)
         self.pixel_size = LineEdit(label="pixel size (um)", tooltip="um per level-0 pixel")
@@ -154,6 +155,13 @@ class SegmentWidget(Container):
         self._models[label] = path
         self.model.reset_choices()
         self.model.value = str(path)
+
+    def refresh_models(self) -> None:
+        """Add the model versions registered since (by "Train on corrections"); the selected
+        model stays selected."""
+        for label, path in _registered_models().items():
+            self._models.setdefault(label, path)
+        self.model.reset_choices()
 
     def _add_model_file(self, value: Any) -> None:
         if value and Path(value).is_file():
@@ -392,6 +400,17 @@ class SegmentWidget(Container):
         self.status.value = (
             f"FTUs: {counts.objects} · edited: {counts.edited} · erased: {counts.erased}"
         )
+
+
+def _registered_models() -> dict[str, Path]:
+    """Label -> checkpoint of the trained model versions whose file exists."""
+    from training.models.versions import VersionsError, available_models, list_versions
+
+    try:
+        return available_models(list_versions())
+    except VersionsError as exc:
+        _show_error(f"napari-ftu: the list of trained models is not used: {exc}")
+        return {}
 
 
 def _level0(layer: Any) -> np.ndarray:

@@ -27,3 +27,13 @@ def real_annotations(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _models_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Trained models are registered in a folder of the test's own, never the user's."""
+    from training.models.versions import MODELS_ENV
+
+    folder = tmp_path_factory.mktemp("models")
+    monkeypatch.setenv(MODELS_ENV, str(folder))
+    return folder
