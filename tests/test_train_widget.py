@@ -155,6 +155,11 @@ def test_an_ensemble_starts_from_its_member_for_the_organ(widgets, corrections, 
     assert path.name == "swin_upernet.pt" and "ensemble" in note and "kidney" in note
     assert train.start_note.value == note
     assert train.request().previous == default_model_path()
+    train.add_earlier_folder(corrections.parent, 0.5)
+    train.add_earlier_folder()  # left empty: not used
+    assert train.request().earlier == ((corrections.parent, 0.5),)
+    train.earlier[0][2].clicked.emit()  # remove
+    assert train.request().earlier == ()
     train.start_from.value = "file"
     assert not train.checkpoint.native.isHidden()
     train.start()  # no checkpoint chosen: a notification, nothing started
