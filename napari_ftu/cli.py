@@ -58,9 +58,9 @@ def build_viewer(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
     fails to load) are napari error notifications: the viewer stays up and usable."""
     from napari.utils.notifications import show_error
 
-    for name in widget_names():
-        try:
-            viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    for index, name in enumerate(widget_names()):
+        try:  # one dock with a tab per widget: five stacked docks do not fit a laptop screen
+            viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=index > 0)
         except Exception as exc:  # one broken widget must not cost the others or the slides
             show_error(f"napari-ftu cannot load the widget {name!r}: {exc}")
     paths = [str(path) for path in paths]
