@@ -329,7 +329,7 @@ def _segment_slide(
         if args.geojson:
             write_json(
                 args.out / f"{path.stem}.geojson",
-                labels_to_geojson(labels, result.downsample, args.organ),
+                labels_to_geojson(labels, result.downsample, args.organ, shape=result.slide_shape),
                 overwrite=args.overwrite,
             )
         if args.overlay:

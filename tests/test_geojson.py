@@ -144,7 +144,7 @@ def test_scanline_fill_matches_skimage_by_pixel_centres():
 
 
 def test_this_packages_geojson_export_reads_back_to_the_same_mask():
-    from training.inference.outputs import labels_to_geojson
+    from training.data.geojson_export import labels_to_geojson
 
     labels = np.zeros((90, 120), np.int32)
     for index, (y, x, ry, rx, angle) in enumerate(

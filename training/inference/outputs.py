@@ -1,4 +1,5 @@
-"""Writing a segmentation: a train.csv row (RLE at level 0), label TIFF, QuPath GeoJSON."""
+"""Writing a segmentation: a train.csv row (RLE at level 0), label TIFF, QuPath GeoJSON (the
+writer is :mod:`training.data.geojson_export`, shared with the plugin's export)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,10 @@ from scipy import ndimage
 
 from training.atomic import atomic_path
 from training.data import rle
+from training.data.geojson_export import FTU_NAMES, labels_to_geojson
 from training.inference.engine import SegmentationResult
 
-FTU_NAMES = {
-    "kidney": "glomerulus",
-    "largeintestine": "crypt",
-    "spleen": "white pulp",
-    "lung": "alveolus",
-    "prostate": "gland",
-}
+__all__ = ["FTU_NAMES", "labels_to_geojson", "result_row", "write_json", "write_overlay"]
 
 
 def result_row(
@@ -50,42 +46,6 @@ def result_row(
         "sex": "",
         **(extra or {}),
     }
-
-
-def labels_to_geojson(labels: np.ndarray, downsample: float, organ: str) -> dict[str, Any]:
-    """QuPath-compatible FeatureCollection of FTU outlines in level-0 pixel coordinates (x, y)."""
-    from skimage import measure
-
-    features = []
-    name = FTU_NAMES.get(organ, "FTU")
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        inside = labels[box] == index
-        crop = np.pad(inside, 1)
-        contours = measure.find_contours(crop.astype(np.float32), 0.5)
-        if not contours:
-            continue
-        outline = max(contours, key=len)
-        ys = (outline[:, 0] - 1 + box[0].start + 0.5) * downsample
-        xs = (outline[:, 1] - 1 + box[1].start + 0.5) * downsample
-        ring = np.round(np.stack([xs, ys], axis=1), 2).tolist()
-        if ring[0] != ring[-1]:
-            ring.append(ring[0])
-        features.append(
-            {
-                "type": "Feature",
-                "id": f"{organ}-{index}",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "objectType": "annotation",
-                    "name": f"{name} {index}",
-                    "classification": {"name": name, "color": [0, 200, 0]},
-                    "area_px_level0": float(inside.sum() * downsample**2),
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
 
 
 def write_json(path: Path, payload: dict[str, Any], overwrite: bool = False) -> None:
