@@ -16,6 +16,7 @@ import numpy as np
 from napari_ftu import _placement
 
 SESSION_KEY = "napari_ftu_session"  # the mask layer's metadata key for its FTUSession
+LEVEL0_KEY = "napari_ftu_level0_shape"  # and for its image's level-0 (H, W), for exports
 DISPLAY_MAX_SIDE = 8192  # the probability layer is subsampled above this
 PROBABILITY_STYLE = {"colormap": "magma", "opacity": 0.5, "contrast_limits": (0, 1)}
 
@@ -141,10 +142,41 @@ def show_session(viewer: Any, image: Any, session: Any, preview: Preview | None 
         scale=scale,
         translate=translate,
         units=image.units,
-        metadata={SESSION_KEY: session},
+        metadata={SESSION_KEY: session, LEVEL0_KEY: level0_shape(image)},
     )
     mask.editable = session.grid.direct_edit  # a large mask is an overview: "Review region"
     return mask
+
+
+def show_imported(
+    viewer: Any, image: Any, labels: np.ndarray, grid: Any, organ: str, source: str
+) -> Any:
+    """Lay imported ``labels`` (on ``grid``: :func:`import_grid_of`) over the image layer as an
+    editable FTU session, placed like a model's; returns the mask layer. An image that already
+    has an FTU mask layer is refused (``ValueError``)."""
+    from napari_ftu._session import FTUSession
+
+    if mask_name(image.name) in viewer.layers:
+        raise ValueError(
+            f"{image.name!r} already has the layer {mask_name(image.name)!r}; remove it (its "
+            "saved edits stay on disk) or import onto another image layer"
+        )
+    session = FTUSession.from_labels(image.name, organ, grid, labels, source)
+    return show_session(viewer, image, session)
+
+
+def import_grid_of(image: Any) -> Any:
+    """The grid a mask imported onto an image layer is edited on (see ``import_grid``)."""
+    from napari_ftu._session import import_grid
+
+    return import_grid(level0_shape(image), image_pixel_size(image))
+
+
+def image_pixel_size(image: Any) -> float:
+    """Micrometres per level-0 pixel of an image layer: its metadata's, else its scale (the
+    reader scales slides in micrometres; 1 for a layer in plain pixels)."""
+    size = (image.metadata or {}).get("pixel_size_um")
+    return float(size) if size else float(image.scale[-1])
 
 
 def new_session(image: Any, result: Any, grid: Any, min_area_um2: float) -> Any:

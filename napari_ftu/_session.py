@@ -11,6 +11,11 @@ paint events, so undo and redo count).
 Moving the threshold re-derives every object nobody edited and keeps the edited ones as they
 are; a new model object that touches an edited object or an erasure is left out.
 
+An *imported* session (QuPath GeoJSON, a dataset row) has no model behind it: its probability
+is the imported mask (1 inside, 0 outside), its reference the imported objects, so edits are
+counted from the import; the threshold and minimum area change nothing until a model run pastes
+a probability into it (then the imported objects are treated as the model's).
+
 Small masks (up to :data:`EDIT_LIMIT_PIXELS`) live in memory, the mask layer edits them in
 place, and :meth:`FTUSession.save` writes them to the slide's mask store. Larger ones live in
 the store only; the viewer shows a read-only overview and edits a region at a time.
@@ -18,6 +23,7 @@ the store only; the viewer shows a read-only overview and edits a region at a ti
 
 from __future__ import annotations
 
+import math
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +55,17 @@ class Grid:
         return self.shape[0] * self.shape[1] <= EDIT_LIMIT_PIXELS
 
 
+def import_grid(shape: tuple[int, int], pixel_size_um: float) -> Grid:
+    """The grid of a mask imported onto an image with no model run: the image's level 0 when
+    it fits the direct-edit limit, else the finest whole-number downsample that does."""
+    from training.data.instances import grid_shape
+
+    downsample = 1
+    while math.prod(grid_shape(shape, downsample)) > EDIT_LIMIT_PIXELS:
+        downsample += 1
+    return Grid(grid_shape(shape, downsample), pixel_size_um * downsample, float(downsample))
+
+
 @dataclass(frozen=True)
 class Counts:
     """Objects in the mask, objects a pathologist edited, erased areas."""
@@ -76,6 +93,7 @@ class FTUSession:
         self.threshold, self.min_area_um2 = threshold, min_area_um2
         self.store = store
         self.model: str | None = None
+        self.imported = False  # a mask brought in from a file: no model behind it (see above)
         self.reviewed_regions: list[tuple[int, int, int, int]] = []  # see mark_reviewed
         if grid.direct_edit:
             self.probability: Any = np.zeros(grid.shape, np.float32)
@@ -112,6 +130,24 @@ class FTUSession:
             session._saved = session._checksum()
         return session
 
+    @classmethod
+    def from_labels(
+        cls, name: str, organ: str, grid: Grid, labels: np.ndarray, source: str = ""
+    ) -> FTUSession:
+        """An imported session (see the module's docstring): ``labels`` on ``grid``, in memory
+        (the grid must fit the direct-edit limit: :func:`import_grid`)."""
+        if not grid.direct_edit:
+            raise ValueError(f"an imported mask of {grid.shape} is above the direct-edit limit")
+        if tuple(labels.shape) != grid.shape:
+            raise ValueError(f"labels of shape {labels.shape} for a grid of {grid.shape}")
+        session = cls(name, organ, grid, threshold=0.5)
+        session.imported, session.model = True, source or "imported"
+        session.labels[...] = _fits(labels)
+        session.reference = np.asarray(labels, np.int32).copy()
+        session.probability[...] = labels > 0
+        session._saved = session._checksum()
+        return session
+
     # ------------------------------------------------------------------ model output
     def add_result(
         self, probability: np.ndarray, origin: tuple[int, int], labels: np.ndarray | None = None
@@ -120,6 +156,7 @@ class FTUSession:
         ``labels``: the run's objects at the session's threshold and minimum area, already
         found (off the GUI thread); used as they are when the run covers a new session."""
         y, x = origin
+        self.imported = False  # a model's probability from now on: the threshold applies
         block = np.asarray(probability, np.float32)
         if self.store is not None:
             self.flush()  # the store's probability is written after the saves before it
@@ -136,6 +173,9 @@ class FTUSession:
     def rederive(self, threshold: float, min_area_um2: float) -> None:
         """Objects from the probability at ``threshold`` and ``min_area_um2``; what a
         pathologist edited or erased stays as it is."""
+        if self.imported:  # no model probability to re-derive from: the objects stay
+            self.threshold, self.min_area_um2 = threshold, min_area_um2
+            return
         min_area_px = min_area_um2 / self.grid.pixel_size_um**2
         if not self.grid.direct_edit and not self.store.has_model:  # a first run: no edits
             new_labels = probability_to_labels(self.probability, threshold, min_area_px)
