@@ -174,3 +174,13 @@ def test_regions_are_cut_at_level0_and_checked_before_anything_is_written(tmp_pa
     frame = read_catalog(tmp_path / "out")
     assert list(frame["img_height"]) == [100, 175] and list(frame["img_width"]) == [100, 150]
     assert decode(frame.iloc[0]["rle"], (100, 100))[25:75, 25:75].all()
+
+
+def test_import_says_when_no_outline_lies_on_the_image():
+    from training.data.geojson import GeoJSONError
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:10, 5:10] = 1
+    collection = labels_to_geojson(labels, 1.0, "kidney", origin=(500, 500))
+    with pytest.raises(GeoJSONError, match="none of the 1 outlines covers a pixel centre"):
+        rasterize_labels(collection, (20, 20))

@@ -174,6 +174,12 @@ def rasterize_labels(
         fill(window, [affinity.translate(p, -x0, -y0) for p in scaled])
         target = labels[y0:y1, x0:x1]
         target[(window > 0) & (target == 0)] = label
+    if not labels.any():
+        raise GeoJSONError(
+            f"{source}: none of the {len(grouped)} outlines covers a pixel centre of the "
+            f"{height}x{width} (HxW) grid; coordinates must be level-0 pixel coordinates of "
+            "this image, x then y"
+        )
     return labels
 
 
