@@ -15,6 +15,7 @@ from napari_ftu import _export_widget, _placement, _session
 from napari_ftu._export_widget import ExportWidget
 from napari_ftu._ftu_layers import SESSION_KEY, mask_name, show_session
 from napari_ftu._import_widget import ImportWidget
+from napari_ftu._review_widget import ReviewWidget
 from napari_ftu._session import FTUSession, Grid
 from napari_ftu._writer import write_labels_geojson
 from training.data.catalog import read_catalog
@@ -225,6 +226,9 @@ def test_imported_geojson_is_an_editable_mask_that_exports_back(
     np.testing.assert_allclose(layer.translate, translate)
     session.rederive(0.9, 1e6)  # the threshold leaves an imported mask alone
     assert ((layer.data > 0) == (original > 0)).all()
+    review = ReviewWidget(viewer)
+    review.build_queue()  # the review tools work on it
+    assert len(review.queue.candidates) == 4
     assert widget.import_annotations() is None  # a second import onto it is refused
 
     layer.data_setitem((np.arange(300, 310).repeat(10), np.tile(np.arange(300, 310), 10)), 9)
