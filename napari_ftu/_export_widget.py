@@ -59,6 +59,7 @@ class ExportWidget(Container):
         )  # fmt: skip
         self.worker: Any = None
         self.written: Any = None  # the last export's ExportResult
+        self._folder: Path | None = None  # the folder being written
         self.mask.changed.connect(self._prefill)
         self.export_button.changed.connect(self.export)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -117,7 +118,7 @@ class ExportWidget(Container):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
-        self.worker = worker
+        self.worker, self._folder = worker, plan["folder"]
         self.export_button.enabled = False
         worker.start()
 
@@ -182,9 +183,9 @@ class ExportWidget(Container):
         parts = []
         if result.rows:
             parts.append(f"{len(result.rows)} row(s) ({', '.join(r['id'] for r in result.rows)})")
-        parts += [str(f) for f in result.files if f.suffix == ".geojson"]
+        parts += [str(f.relative_to(self._folder)) for f in result.files if f.suffix == ".geojson"]
         self.status.value = "wrote " + " and ".join(parts)
-        show_info(f"Export corrections: wrote {' and '.join(parts)} in {result.files[0].parent}")
+        show_info(f"Export corrections: wrote {' and '.join(parts)} in {self._folder}")
 
     def _on_error(self, exc: BaseException) -> None:
         self.status.value = "failed"

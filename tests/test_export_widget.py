@@ -133,6 +133,12 @@ def test_export_writes_the_edited_mask_at_level0_and_replaces_only_when_asked(
     assert len(list((out / "train_images" / ".backup").glob("kidney.*.tiff"))) == 1
     assert len(list((out / "geojson" / ".backup").glob("kidney.*.geojson"))) == 1
 
+    widget.dataset.value = False  # GeoJSON only: train.csv is left alone
+    csv_before = (out / "train.csv").read_bytes()
+    run_export(widget, qtbot)
+    assert widget.status.value == "wrote geojson/kidney.geojson"
+    assert (out / "train.csv").read_bytes() == csv_before
+
 
 def test_export_errors_are_notifications_and_write_nothing(
     make_napari_viewer, qtbot, slide, tmp_path
