@@ -335,6 +335,13 @@ class SegmentWidget(Container):
         session = self.session(name)
         grid = Grid(job.full_shape, result.pixel_size_um, result.downsample)
         if session is None or session.grid != grid:
+            if session is not None and _has_work(session):  # never replaced silently
+                _show_error(
+                    f"Segment FTUs: the FTU mask of {name!r} holds edits or imported annotations "
+                    "on another grid than this model's; export them (Export corrections) or "
+                    "remove the mask layer, then segment again"
+                )
+                return
             if session is not None:  # another model scale: the old layers cannot take it
                 for old in (probability_name(name), mask_name(name)):
                     if old in self.viewer.layers:
@@ -411,6 +418,14 @@ def _registered_models() -> dict[str, Path]:
     except VersionsError as exc:
         _show_error(f"napari-ftu: the list of trained models is not used: {exc}")
         return {}
+
+
+def _has_work(session: Any) -> bool:
+    """Whether a session holds anything a pathologist would lose with its layers."""
+    if getattr(session, "imported", False):
+        return True
+    counts = session.counts()
+    return bool(counts.edited or counts.erased)
 
 
 def _level0(layer: Any) -> np.ndarray:

@@ -170,3 +170,17 @@ def test_bad_inputs_show_notifications_and_leave_no_layers(
     assert "broken.pt" in errors[-1]
     assert [layer.name for layer in viewer.layers] == ["no size"]
     assert widget.run_button.enabled
+
+
+def test_a_mask_with_work_on_another_grid_is_never_replaced(qtbot, opened, errors):
+    from napari_ftu._ftu_layers import import_grid_of, show_imported
+
+    viewer, widget, layer = opened
+    labels = np.zeros((1024, 1024), np.int32)
+    labels[100:200, 100:200] = 1  # imported annotations on the slide's level 0
+    mask = show_imported(viewer, layer, labels, import_grid_of(layer), "kidney", "test.geojson")
+    widget.start()  # the model's grid (1 um/px) is not the import's (0.4 um/px)
+    wait_for_run(qtbot, widget)
+    assert "holds edits or imported annotations" in errors[-1]
+    assert viewer.layers[mask_name(layer.name)] is mask
+    np.testing.assert_array_equal(mask.data, labels)
