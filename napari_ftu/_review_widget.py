@@ -57,7 +57,8 @@ class ReviewWidget(Container):
         self.message = Label(value="")
         super().__init__(
             widgets=[
-                self.mask, self.build_button, self.position, navigation, decisions,
+                self.mask, self.build_button,
+                Container(widgets=[self.position], labels=False), navigation, decisions,
                 self.min_area, *helpers, self.region, self.review_region_button,
                 self.apply_button, self.close_button, self.message,
             ]
@@ -178,9 +179,9 @@ class ReviewWidget(Container):
         layer.selected_label = candidate.label
         decision = queue.decisions.get(candidate.label, "undecided")
         self.position.value = (
-            f"{queue.position + 1}/{len(queue)} · label {candidate.label} · "
-            f"mean p {candidate.mean_probability:.2f} · doubt {candidate.doubt:.2f} · "
-            f"{decision} · {queue.undecided} left"
+            f"{queue.position + 1}/{len(queue)} · label {candidate.label} · {decision} · "
+            f"{queue.undecided} left\nmean p {candidate.mean_probability:.2f} · "
+            f"doubt {candidate.doubt:.2f}"
         )
 
     # ------------------------------------------------------------------ correction helpers

@@ -315,6 +315,9 @@ class TrainWidget(Container):
             _show_error(f"napari-ftu: {exc}")
             return
         columns = ["created", "val Dice", "before", "data", "started from", "checkpoint"]
+        if not rows:  # magicgui reads {"data": [], "columns": ...} as two columns named so
+            self.versions.value = {column: [] for column in columns}
+            return
         self.versions.value = {"data": [[r[c] for c in columns] for r in rows], "columns": columns}
 
 

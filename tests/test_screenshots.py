@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_ftu._export_widget import ExportWidget
 from napari_ftu._review_widget import ReviewWidget
 from napari_ftu._sample_data import SHARED_DATA_ENV, real_kidney_layers
 from napari_ftu._segment_widget import SegmentWidget, mask_name, probability_name
+from napari_ftu._train_widget import TrainWidget
 
 pytestmark = pytest.mark.gui
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -41,7 +43,8 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
     image = viewer.add_image(image_data, **image_kw)
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment, name="Segment FTUs", area="right")
-    viewer.window.add_dock_widget(ReviewWidget(viewer), name="Review FTUs", area="right")
+    review = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(review, name="Review FTUs", area="right")
     assert segment.organ.value == "kidney" and float(segment.pixel_size.value) > 0
     segment.start()
     qtbot.waitUntil(lambda: not segment.running, timeout=300_000)
@@ -66,6 +69,15 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
     outlined = sum(bool(shown[_dilate(objects)].any()) for objects in _objects(truth_on_screen))
     assert outlined >= 0.6 * len(_objects(truth_on_screen)), "the mask misses the glomeruli"
     assert shown.mean() < 0.2  # and not everything else
+
+    review.build_queue()  # (moves the camera to the most doubtful object)
+    qtbot.wait(100)  # the layout follows the new text
+    assert review.native.grab().save(str(out_dir / "plugin_review_widget.png"))
+    exporter, trainer = ExportWidget(viewer), TrainWidget(viewer)
+    for widget, name in ((exporter, "export"), (trainer, "train")):
+        viewer.window.add_dock_widget(widget, name=name, area="right", tabify=True)
+        qtbot.wait(50)
+        assert widget.native.grab().save(str(out_dir / f"plugin_{name}_widget.png"))
 
 
 def _on_canvas(viewer, layer, values: np.ndarray, canvas_shape) -> np.ndarray:
