@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -86,20 +88,44 @@ def test_second_click_while_running_starts_nothing(qtbot, opened):
     wait_for_run(qtbot, widget)
 
 
-def test_cancel_leaves_no_partial_layers_and_a_usable_viewer(qtbot, opened, errors):
+def test_cancel_leaves_no_partial_layers_and_a_usable_viewer(qtbot, opened, errors, monkeypatch):
+    import training.inference
+
     viewer, widget, layer = opened
     names_before = [existing.name for existing in viewer.layers]
+    real_segment, gate, seen = training.inference.segment, threading.Event(), []
+
+    def held_after_first_band(*args, **kwargs):
+        """The engine, held after its first band until the test has cancelled: mid-run for
+        sure, however fast or loaded the machine."""
+        inner = real_segment(*args, **kwargs)
+        try:
+            event = next(inner)
+            while True:
+                yield event
+                if event.band is not None:
+                    gate.wait(60)
+                event = next(inner)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            inner.close()
 
     def cancel_on_first_band(event):
-        if event.band is not None:
+        if event.band is not None and not gate.is_set():
+            seen.append(f"{probability_name(layer.name)} (running)" in viewer.layers)
             widget.cancel()
+            gate.set()
 
+    monkeypatch.setattr(training.inference, "segment", held_after_first_band)
     widget.start()
     widget.worker.yielded.connect(cancel_on_first_band)
     wait_for_run(qtbot, widget)
+    assert seen == [True]  # a partial probability layer was up when Cancel was clicked
     assert [existing.name for existing in viewer.layers] == names_before
     assert widget.status.value == "cancelled" and not errors
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+    monkeypatch.setattr(training.inference, "segment", real_segment)
     widget.start()  # the viewer and widget still work
     wait_for_run(qtbot, widget)
     assert mask_name(layer.name) in viewer.layers
