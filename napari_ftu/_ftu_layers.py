@@ -17,7 +17,9 @@ from napari_ftu import _placement
 
 SESSION_KEY = "napari_ftu_session"  # the mask layer's metadata key for its FTUSession
 LEVEL0_KEY = "napari_ftu_level0_shape"  # and for its image's level-0 (H, W), for exports
-DISPLAY_MAX_SIDE = 8192  # the probability layer is subsampled above this
+# the probability layer is subsampled above this: it is a picture of the map (thresholds use
+# the map itself), and a smaller texture keeps the viewer responsive when it changes
+DISPLAY_MAX_SIDE = 2048
 PROBABILITY_STYLE = {"colormap": "magma", "opacity": 0.5, "contrast_limits": (0, 1)}
 
 
@@ -104,40 +106,49 @@ class Preview:
 def show_session(viewer: Any, image: Any, session: Any, preview: Preview | None = None) -> Any:
     """Add or refresh the probability and mask layers of ``session`` over the image layer; the
     preview's layer, if any, becomes the probability layer. Returns the mask layer."""
+    show_probability(viewer, image, session, preview)
+    return show_mask(viewer, image, session)
+
+
+def show_probability(viewer: Any, image: Any, session: Any, preview: Preview | None = None) -> Any:
+    """Add or refresh the session's probability layer (the preview's layer, if any, becomes
+    it: no remove and add, which both stall the event loop on large images)."""
     scale, translate = _placement.overlay(image.scale, image.translate, session.grid.downsample)
-    name = session.name
+    name = probability_name(session.name)
     step = display_step(session.grid.shape)
     shown = session.probability[::step, ::step]
     shown = np.asarray(shown) if step > 1 or not isinstance(shown, np.ndarray) else shown
     # a subsampled pixel is its block's first: the same origin, a larger scale
     placement = {"scale": tuple(s * step for s in scale), "translate": translate}
     taken = preview.take() if preview is not None else None
-    if probability_name(name) in viewer.layers:
-        viewer.layers[probability_name(name)].data = shown
+    if name in viewer.layers:
+        viewer.layers[name].data = shown
         if taken is not None:
             viewer.layers.remove(taken)
-    elif taken is not None:  # no remove and add: both stall the event loop on large images
+        return viewer.layers[name]
+    if taken is not None:
         taken.data = shown
         taken.scale, taken.translate = placement["scale"], placement["translate"]
-        taken.name = probability_name(name)
-    else:
-        viewer.add_image(
-            shown,
-            name=probability_name(name),
-            units=image.units,
-            blending="additive",
-            **placement,
-            **PROBABILITY_STYLE,
-        )
-    if mask_name(name) in viewer.layers:
-        mask = viewer.layers[mask_name(name)]
+        taken.name = name
+        return taken
+    return viewer.add_image(
+        shown, name=name, units=image.units, blending="additive", **placement, **PROBABILITY_STYLE
+    )
+
+
+def show_mask(viewer: Any, image: Any, session: Any) -> Any:
+    """Add or refresh the session's FTU mask layer; returns it."""
+    name = mask_name(session.name)
+    if name in viewer.layers:
+        mask = viewer.layers[name]
         if not session.grid.direct_edit:
             mask.data = session.mask_data()
         mask.refresh()
         return mask
+    scale, translate = _placement.overlay(image.scale, image.translate, session.grid.downsample)
     mask = viewer.add_labels(
         session.mask_data(),
-        name=mask_name(name),
+        name=name,
         opacity=0.5,
         scale=scale,
         translate=translate,

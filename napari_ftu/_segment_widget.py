@@ -26,6 +26,7 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
 )
+from qtpy.QtCore import QTimer
 
 from napari_ftu import _placement
 from napari_ftu._ftu_layers import (
@@ -35,6 +36,8 @@ from napari_ftu._ftu_layers import (
     mask_name,
     probability_name,
     session_of,
+    show_mask,
+    show_probability,
     show_session,
 )
 from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slide_hints
@@ -45,6 +48,7 @@ ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 REGIONS = ("whole slide", "field of view", "drawn rectangle")
 AUTOSAVE_MS = 2000
 THRESHOLD_STEP = 0.01
+MASK_DELAY_MS = 30
 
 
 def default_model_path() -> Path:
@@ -92,6 +96,7 @@ class SegmentWidget(Container):
             ]
         )  # fmt: skip
         self.worker: Any = None
+        self._showing = False  # the result's mask layer is yet to be added
         self._cancel = threading.Event()
         self._progress: Any = None
         self._preview: Any = None  # the probability layer filling in during a run (Preview)
@@ -113,8 +118,6 @@ class SegmentWidget(Container):
             if layer._type_string == "image":
                 self.restore(layer)
         self._prefill()
-        from qtpy.QtCore import QTimer
-
         # edits in the mask layer (painting, undo, redo: none reliably signals) reach the disk
         # within a couple of seconds; the save is skipped when nothing changed
         self._autosave = QTimer(self.native)
@@ -190,8 +193,8 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------ the run
     @property
     def running(self) -> bool:
-        """Whether a segmentation is under way."""
-        return self.worker is not None
+        """Whether a segmentation is under way (its layers included)."""
+        return self.worker is not None or self._showing
 
     def start(self, _: Any = None) -> None:
         """Start a segmentation; a click while one runs does nothing."""
@@ -319,7 +322,11 @@ class SegmentWidget(Container):
             self._progress.close()
             self._progress = None
         self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self._idle()
+
+    def _idle(self) -> None:
+        if not self.running:
+            self.run_button.enabled, self.cancel_button.enabled = True, False
 
     # ------------------------------------------------------------------ results and tuning
     def session(self, image: str | None = None) -> Any:
@@ -355,9 +362,22 @@ class SegmentWidget(Container):
         session.model = str(job.model)
         session.add_result(np.asarray(result.probability), job.origin, job.labels)
         session.save()  # on disk as soon as it is shown (the saving runs in the background)
-        show_session(self.viewer, layer, session, self._preview)
-        self._update_status(session)
-        self.threshold.value = round(result.threshold, 2)
+        show_probability(self.viewer, layer, session, self._preview)
+        # the mask layer in the next turn of the event loop: adding both layers at once
+        # stalls the viewer for longer than either (the run counts as running until then)
+        self._showing = True
+        # (after a pause, so that input and painting get their turn between the two)
+        QTimer.singleShot(MASK_DELAY_MS, lambda: self._show_mask(layer, session, result.threshold))
+
+    def _show_mask(self, layer: Any, session: Any, threshold: float) -> None:
+        try:
+            if layer in self.viewer.layers:
+                show_mask(self.viewer, layer, session)
+                self._update_status(session, session.derived_counts)
+                self.threshold.value = round(threshold, 2)
+        finally:
+            self._showing = False
+            self._idle()
 
     def restore(self, layer: Any) -> bool:
         """Show the FTUs saved for a slide file (edits included); whether there were any."""
@@ -400,10 +420,10 @@ class SegmentWidget(Container):
         if not session.grid.direct_edit:
             mask.data = session.mask_data()
         mask.refresh()
-        self._update_status(session)
+        self._update_status(session, session.derived_counts)
 
-    def _update_status(self, session: Any) -> None:
-        counts = session.counts()
+    def _update_status(self, session: Any, counts: Any = None) -> None:
+        counts = counts or session.counts()
         self.status.value = (
             f"FTUs: {counts.objects} · edited: {counts.edited} · erased: {counts.erased}"
         )

@@ -104,6 +104,7 @@ class FTUSession:
             self.probability = store.probability()
             self.reference = self.labels = None
         self._saved = None  # checksum of what the store holds
+        self.derived_counts: Counts | None = None  # see rederive
         self._pool: ThreadPoolExecutor | None = None  # writes saves off the GUI thread
         self._writes: list[Future] = []
 
@@ -167,6 +168,7 @@ class FTUSession:
         if fresh and labels is not None and labels.shape == self.grid.shape:
             self.labels[...] = _fits(labels)
             self.reference = labels.copy()
+            self.derived_counts = Counts(int(labels.max()), 0, 0)  # numbered 1..N
             return
         self.rederive(self.threshold, self.min_area_um2)
 
@@ -191,6 +193,7 @@ class FTUSession:
         if unedited:  # the model's labels as they are
             new_labels = probability_to_labels(self.probability, threshold, min_area_px)
             reference = new_labels if not self.grid.direct_edit else new_labels.copy()
+            count = int(new_labels.max())  # numbered 1..N
         else:
             labels, reference = self._arrays()
             erased = (labels == 0) & (reference != 0)  # earlier erasures and new ones
@@ -201,6 +204,7 @@ class FTUSession:
             # the reference keeps only the model objects taken, which are equal in both
             reference = np.where(new_labels == model, model, 0).astype(np.int32)
             reference[erased & (new_labels == 0)] = ERASED
+            count = None
         self.threshold, self.min_area_um2 = threshold, min_area_um2
         if self.grid.direct_edit:
             self.labels[...] = _fits(new_labels)  # in place: the layer keeps its data object
@@ -208,6 +212,8 @@ class FTUSession:
         else:
             self.store.set_model(reference, new_labels)
             self._save_settings()
+        # what a status line can show at once, without counting (None: count them)
+        self.derived_counts = Counts(count, 0, 0) if count is not None else None
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self.grid.direct_edit:

@@ -34,7 +34,7 @@ def probability_to_labels(
     # into int32 directly: scipy labels into a smaller type through an int64-sized temporary
     count = ndimage.label(mask, output=labels)
     del mask
-    if not count:
+    if not count or min_area_px <= 1:  # every object has a pixel: nothing to drop
         return labels
     areas = np.zeros(count + 1, np.int64)
     for y in range(0, labels.shape[0], ROWS):  # bincount copies to int64: a band at a time
@@ -63,6 +63,8 @@ def _fill_holes(mask: np.ndarray, work: np.ndarray) -> None:
     hole[0] = False
     for edge in (work[0], work[-1], work[:, 0], work[:, -1]):
         hole[edge] = False
+    if not hole.any():  # the usual case: every stretch of background reaches the edge
+        return
     for y in range(0, mask.shape[0], ROWS):
         mask[y : y + ROWS] |= hole[work[y : y + ROWS]]
 
