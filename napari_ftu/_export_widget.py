@@ -15,7 +15,7 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
-from napari_ftu._ftu_layers import LEVEL0_KEY, SESSION_KEY, level0_shape
+from napari_ftu._ftu_layers import LEVEL0_KEY, SESSION_KEY, level0_shape, mask_layer_names
 
 __all__ = ["ExportWidget", "confirm_overwrite"]
 
@@ -67,11 +67,7 @@ class ExportWidget(Container):
         self._prefill()
 
     def _mask_choices(self, _: Any = None) -> list[str]:
-        return [
-            layer.name
-            for layer in self.viewer.layers
-            if layer._type_string == "labels" and SESSION_KEY in (layer.metadata or {})
-        ]
+        return mask_layer_names(self.viewer)
 
     def _layers_changed(self, _: Any = None) -> None:
         self.mask.reset_choices()

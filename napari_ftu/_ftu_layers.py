@@ -33,6 +33,15 @@ def mask_name(image: str) -> str:
     return f"{image} FTU mask"
 
 
+def mask_layer_names(viewer: Any) -> list[str]:
+    """The names of the viewer's FTU mask layers (those holding a session)."""
+    return [
+        layer.name
+        for layer in viewer.layers
+        if layer._type_string == "labels" and SESSION_KEY in (layer.metadata or {})
+    ]
+
+
 def session_of(viewer: Any, image: str) -> Any:
     """The FTU session of an image layer (kept by its mask layer), or ``None``."""
     name = mask_name(image)

@@ -13,7 +13,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
 from napari_ftu import _placement
-from napari_ftu._segment_widget import SESSION_KEY, _screen_corners
+from napari_ftu._ftu_layers import SESSION_KEY, mask_layer_names
+from napari_ftu._segment_widget import _screen_corners
 
 # (shortcut, method name, what it does): bound on every FTU mask and region layer
 SHORTCUTS = (
@@ -79,11 +80,7 @@ class ReviewWidget(Container):
 
     # ------------------------------------------------------------------ layers
     def _mask_choices(self, _: Any = None) -> list[str]:
-        return [
-            layer.name
-            for layer in self.viewer.layers
-            if layer._type_string == "labels" and SESSION_KEY in (layer.metadata or {})
-        ]
+        return mask_layer_names(self.viewer)
 
     def _layers_changed(self, _: Any = None) -> None:
         self.mask.reset_choices()
