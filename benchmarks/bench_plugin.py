@@ -137,6 +137,9 @@ def region_review(viewer, app, side: int) -> dict:
     segment._image_name = layer.name
     begin = time.perf_counter()
     segment._show_result(JobResult(result, (0, 0), (working, working), Path("simulated")))
+    while segment.running:  # the mask layer comes in a later turn of the event loop
+        app.processEvents()
+        time.sleep(0.005)
     show_seconds = time.perf_counter() - begin
     del probability
     mask = viewer.layers[mask_name(layer.name)]
