@@ -7,7 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.slides import SLIDE_SUFFIXES, open_slide
+from training.slides import REFUSED_SUFFIXES, SLIDE_SUFFIXES, open_slide
+
+# refused formats are claimed too, so that opening one says why instead of "no reader"
+CLAIMED = SLIDE_SUFFIXES + tuple(REFUSED_SUFFIXES)
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -15,7 +18,7 @@ LayerData = tuple[Any, dict[str, Any], str]
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
     """Return the slide reader for paths napari-ftu can open, ``None`` for anything else."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths or not all(str(p).lower().endswith(SLIDE_SUFFIXES) for p in paths):
+    if not paths or not all(str(p).lower().endswith(CLAIMED) for p in paths):
         return None
     return read_slides
 

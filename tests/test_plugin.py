@@ -12,7 +12,7 @@ import yaml
 from napari_ftu._reader import napari_get_reader
 from napari_ftu._sample_data import SHARED_DATA_ENV, phantom_layers, real_kidney_layers
 from napari_ftu.cli import build_viewer, widget_names
-from training.slides import SLIDE_SUFFIXES, write_pyramid
+from training.slides import REFUSED_SUFFIXES, SLIDE_SUFFIXES, write_pyramid
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_ftu" / "napari.yaml"
 
@@ -54,7 +54,8 @@ def test_reader_patterns_are_the_slide_suffixes():
     (reader,) = manifest["contributions"]["readers"]
     patterns = reader["filename_patterns"]
     assert {"*" + suffix for suffix in SLIDE_SUFFIXES} <= set(patterns)
-    assert all(p.removeprefix("*").removeprefix(".ome").lower() in SLIDE_SUFFIXES for p in patterns)
+    claimed = SLIDE_SUFFIXES + tuple(REFUSED_SUFFIXES)
+    assert all(p.removeprefix("*").removeprefix(".ome").lower() in claimed for p in patterns)
     for name in ("a.ome.tif", "a.ome.tiff", "a.ndpi", "a.scn", "a.qptiff"):
         assert napari_get_reader(name) is not None, name
 
@@ -167,3 +168,20 @@ def test_launcher_docks_every_widget_and_opens_the_slides(make_napari_viewer, tm
     assert any("no such file" in m and "absent.ndpi" in m for m in messages), messages
     viewer.open(str(path), plugin="napari-ftu")  # still usable
     assert len(viewer.layers) == 2
+
+
+@pytest.mark.gui
+def test_a_bif_slide_is_refused_with_the_reason(make_napari_viewer, tmp_path, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    from napari_ftu.cli import open_slides
+
+    path = tmp_path / "scan.bif"
+    write_pyramid(tmp_path / "scan.tiff", np.full((64, 64, 3), 200, np.uint8), 0.25)
+    (tmp_path / "scan.tiff").rename(path)  # a TIFF inside, as BIF files are
+    assert napari_get_reader(str(path)) is not None
+    viewer = make_napari_viewer()
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", shown.append)
+    assert open_slides(viewer, [path]) == [str(path)]
+    assert "overlap" in shown[0] and "OME-TIFF" in shown[0] and not len(viewer.layers)

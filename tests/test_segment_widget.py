@@ -210,3 +210,24 @@ def test_a_mask_with_work_on_another_grid_is_never_replaced(qtbot, opened, error
     assert "holds edits or imported annotations" in errors[-1]
     assert viewer.layers[mask_name(layer.name)] is mask
     np.testing.assert_array_equal(mask.data, labels)
+
+
+def test_out_of_memory_is_a_notification_with_no_partial_layers(qtbot, opened, errors, monkeypatch):
+    import training.inference
+
+    viewer, widget, _ = opened
+    names_before = [existing.name for existing in viewer.layers]
+    real_segment = training.inference.segment
+
+    def runs_out_after_a_band(*args, **kwargs):
+        for event in real_segment(*args, **kwargs):
+            yield event
+            if event.band is not None:
+                raise MemoryError("cannot allocate 12.0 GiB")
+
+    monkeypatch.setattr(training.inference, "segment", runs_out_after_a_band)
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert "out of memory" in errors[-1] and "smaller region" in errors[-1]
+    assert [existing.name for existing in viewer.layers] == names_before
+    assert widget.run_button.enabled and widget.status.value == "failed"

@@ -24,6 +24,7 @@ import numpy as np
 from training.atomic import atomic_path
 
 __all__ = [
+    "REFUSED_SUFFIXES",
     "SLIDE_SUFFIXES",
     "Slide",
     "SlideError",
@@ -35,6 +36,14 @@ __all__ = [
 # QPTIFF. Roche BIF is left out: tifffile does not stitch its overlapping tiles (seams).
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".ndpi", ".scn", ".qptiff")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Formats recognised only to be refused with the reason (a wrong image is worse than an error)
+REFUSED_SUFFIXES = {
+    ".bif": (
+        "Roche/Ventana BIF tiles overlap and are not stitched when read with tifffile, so the "
+        "image would show seams; convert it to OME-TIFF (e.g. QuPath's export or bfconvert) "
+        "and open that"
+    ),
+}
 SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 MIN_SIDE = 8
 # A pyramid level counts as the requested downsample within this relative tolerance: real
@@ -282,6 +291,8 @@ def open_slide(path: str | os.PathLike, pixel_size_um: float | None = None) -> S
     file, naming the file and the problem.
     """
     path = Path(path)
+    if path.suffix.lower() in REFUSED_SUFFIXES:
+        raise SlideError(f"{path.name}: {REFUSED_SUFFIXES[path.suffix.lower()]}")
     if not path.is_file():
         raise SlideError(f"{path}: no such file")
     size = path.stat().st_size
