@@ -112,3 +112,11 @@ def region_in_view(
         scale=(sy * span, sx * span),
         translate=(ty + sy * (ly0 * d + (span - 1) / 2), tx + sx * (lx0 * d + (span - 1) / 2)),
     )
+
+
+def camera_of(viewer: object) -> object:
+    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9 (``viewer.camera`` before,
+    deprecated there)."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None)
+    return camera if camera is not None else viewer.camera

@@ -14,6 +14,7 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButto
 
 from napari_ftu import _placement
 from napari_ftu._ftu_layers import SESSION_KEY, mask_layer_names
+from napari_ftu._geometry import camera_of
 from napari_ftu._segment_widget import _screen_corners
 
 # (shortcut, method name, what it does): bound on every FTU mask and region layer
@@ -171,8 +172,8 @@ class ReviewWidget(Container):
         y0, x0, y1, x1 = candidate.bbox
         corners = np.array([layer.data_to_world((y0, x0)), layer.data_to_world((y1, x1))])
         size = np.abs(corners[1] - corners[0])[-2:].max() * 3
-        self.viewer.camera.center = tuple(layer.data_to_world(candidate.centroid))
-        self.viewer.camera.zoom = float(min(self.viewer.canvas.size)) / max(size, 1e-6)
+        camera_of(self.viewer).center = tuple(layer.data_to_world(candidate.centroid))
+        camera_of(self.viewer).zoom = float(min(self.viewer.canvas.size)) / max(size, 1e-6)
         layer.selected_label = candidate.label
         decision = queue.decisions.get(candidate.label, "undecided")
         self.position.value = (

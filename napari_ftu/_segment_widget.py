@@ -40,6 +40,7 @@ from napari_ftu._ftu_layers import (
     show_probability,
     show_session,
 )
+from napari_ftu._geometry import camera_of
 from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slide_hints
 
 __all__ = ["SESSION_KEY", "SegmentWidget", "mask_name", "probability_name"]
@@ -457,7 +458,7 @@ def _screen_corners(viewer: Any) -> tuple[np.ndarray, np.ndarray]:
     """The world corners (top left, bottom right) of what the canvas shows."""
     from napari_ftu._geometry import field_of_view
 
-    camera = viewer.camera
+    camera = camera_of(viewer)
     box = field_of_view(camera.center, camera.zoom, viewer.canvas.size)
     return np.array([box.top, box.left]), np.array([box.bottom, box.right])
 

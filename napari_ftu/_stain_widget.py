@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_ftu._geometry import Region, field_of_view, region_in_view
+from napari_ftu._geometry import Region, camera_of, field_of_view, region_in_view
 
 BUILTIN_REFERENCE = Path(__file__).parent / "resources" / "he_reference.png"
 METHOD_NAMES = {"Reinhard": "reinhard", "Macenko": "macenko", "Vahadane": "vahadane"}
@@ -189,14 +189,14 @@ class StainPreviewWidget(QWidget):
         layer = self._layer(self.image.currentText(), "no image layer to preview")
         levels = list(layer.data) if layer.multiscale else [layer.data]
         box = field_of_view(
-            self.viewer.camera.center, self.viewer.camera.zoom, self.viewer.canvas.size
+            camera_of(self.viewer).center, camera_of(self.viewer).zoom, self.viewer.canvas.size
         )
         region = region_in_view(
             box,
             layer.scale,
             layer.translate,
             [level.shape for level in levels],
-            self.viewer.camera.zoom,
+            camera_of(self.viewer).zoom,
         )
         if region is None:
             raise ValueError(f"{layer.name} is not in view; pan or zoom to it")

@@ -8,6 +8,7 @@ import pytest
 
 from napari_ftu import _session
 from napari_ftu._ftu_layers import show_session
+from napari_ftu._geometry import camera_of
 from napari_ftu._review_widget import SHORTCUTS, ReviewWidget
 from napari_ftu._segment_widget import SESSION_KEY, SegmentWidget, mask_name
 from napari_ftu._session import FTUSession, Grid
@@ -47,11 +48,11 @@ def test_queue_visits_the_most_doubtful_first_and_rejects_undoably(reviewed):
     review.build_queue()
     first = review.queue.current
     assert first.mean_probability == pytest.approx(0.55)
-    np.testing.assert_allclose(viewer.camera.center[-2:], (40, 150), atol=1)
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], (40, 150), atol=1)
     assert mask.selected_label == first.label
     review.next()
     assert review.queue.current.mean_probability == pytest.approx(0.75)
-    np.testing.assert_allclose(viewer.camera.center[-2:], (150, 40), atol=1)
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], (150, 40), atol=1)
     review.previous()
     review.reject()  # the 0.55 disc goes, in one undo step
     assert not (mask.data == first.label).any()

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from napari_ftu._export_widget import ExportWidget
+from napari_ftu._geometry import camera_of
 from napari_ftu._review_widget import ReviewWidget
 from napari_ftu._sample_data import SHARED_DATA_ENV, real_kidney_layers
 from napari_ftu._segment_widget import SegmentWidget, mask_name, probability_name
@@ -83,7 +84,7 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
 def _on_canvas(viewer, layer, values: np.ndarray, canvas_shape) -> np.ndarray:
     """``values`` (the layer's pixels) resampled to canvas pixels (nearest)."""
     rows, cols = np.mgrid[: canvas_shape[0], : canvas_shape[1]]
-    zoom, centre = viewer.camera.zoom, np.asarray(viewer.camera.center[-2:])
+    zoom, centre = camera_of(viewer).zoom, np.asarray(camera_of(viewer).center[-2:])
     world_y = centre[0] + (rows - canvas_shape[0] / 2) / zoom
     world_x = centre[1] + (cols - canvas_shape[1] / 2) / zoom
     y = np.round((world_y - layer.translate[0]) / layer.scale[0]).astype(int)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_ftu import _segment_widget
+from napari_ftu._geometry import camera_of
 from napari_ftu._segment_widget import SegmentWidget, mask_name, probability_name
 from training.slides import write_pyramid
 from training.synthetic import make_phantom
@@ -154,8 +155,8 @@ def test_threshold_keeps_edited_objects_and_undo_counts(qtbot, opened):
 
 def test_field_of_view_segments_only_what_is_on_screen(qtbot, opened, errors):
     viewer, widget, layer = opened
-    viewer.camera.center = (100.0, 100.0)
-    viewer.camera.zoom = float(min(viewer.canvas.size)) / 80.0  # about 80 um across
+    camera_of(viewer).center = (100.0, 100.0)
+    camera_of(viewer).zoom = float(min(viewer.canvas.size)) / 80.0  # about 80 um across
     widget.region.value = "field of view"
     widget.start()
     wait_for_run(qtbot, widget)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ftu._geometry import Box, field_of_view, region_in_view
+from napari_ftu._geometry import Box, camera_of, field_of_view, region_in_view
 from training.slides import write_pyramid
 from training.synthetic import make_phantom
 
@@ -72,8 +72,8 @@ def _errors(monkeypatch) -> list[str]:
 def test_preview_overlays_the_field_of_view(make_napari_viewer, qtbot, phantom):
     viewer = make_napari_viewer()
     viewer.add_image(phantom, name="tissue", rgb=True, scale=(0.5, 0.5), translate=(10, 20))
-    viewer.camera.center = (10 + 192 * 0.5, 20 + 192 * 0.5)  # the image centre
-    viewer.camera.zoom = 8.0  # 8 screen pixels per um: level 0, a region smaller than the image
+    camera_of(viewer).center = (10 + 192 * 0.5, 20 + 192 * 0.5)  # the image centre
+    camera_of(viewer).zoom = 8.0  # 8 screen pixels per um: level 0, a region smaller than the image
     widget = _widget(viewer)
     widget.method.setCurrentText("Reinhard")
     widget.preview()
@@ -83,7 +83,7 @@ def test_preview_overlays_the_field_of_view(make_napari_viewer, qtbot, phantom):
     # the preview's first pixel lies exactly on a source pixel, inside the field of view
     origin = (np.asarray(layer.translate) - (10, 20)) / 0.5
     np.testing.assert_array_equal(origin, np.round(origin))
-    box = field_of_view(viewer.camera.center, viewer.camera.zoom, viewer.canvas.size)
+    box = field_of_view(camera_of(viewer).center, camera_of(viewer).zoom, viewer.canvas.size)
     top_left = np.asarray(layer.translate)
     bottom_right = top_left + (np.asarray(layer.data.shape[:2]) - 1) * 0.5
     assert box.top - 0.5 <= top_left[0] <= box.top + 0.5
@@ -102,8 +102,8 @@ def test_preview_of_a_pyramid_reads_the_level_of_the_screen(make_napari_viewer, 
     write_pyramid(path, image, 0.4, tile=128)
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-ftu")
-    viewer.camera.center = (512 * 0.4, 512 * 0.4)
-    viewer.camera.zoom = 1.0  # 0.4 screen pixels per slide pixel: the 2x level
+    camera_of(viewer).center = (512 * 0.4, 512 * 0.4)
+    camera_of(viewer).zoom = 1.0  # 0.4 screen pixels per slide pixel: the 2x level
     widget = _widget(viewer)
     widget.preview()
     qtbot.waitUntil(lambda: "slide stain preview" in viewer.layers, timeout=60000)
