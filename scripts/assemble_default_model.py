@@ -15,7 +15,7 @@ TARGET = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
 MEMBERS = (  # the stage-2 fine-tunes of scripts/train_default_model.sh, and the lung specialist
     ("swin-ft", "swin_upernet.pt", {"weight": 1.0}),
     ("coat-ft", "coat_daformer.pt", {"weight": 1.0}),
-    ("lung", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
+    ("lung-ft", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
 )
 
 
