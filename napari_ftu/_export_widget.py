@@ -15,7 +15,13 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
-from napari_ftu._ftu_layers import LEVEL0_KEY, SESSION_KEY, level0_shape, mask_layer_names
+from napari_ftu._ftu_layers import (
+    LEVEL0_KEY,
+    SESSION_KEY,
+    level0,
+    level0_shape,
+    mask_layer_names,
+)
 
 __all__ = ["ExportWidget", "confirm_overwrite"]
 
@@ -149,8 +155,8 @@ class ExportWidget(Container):
         if session.store is not None:
             session.flush()  # a large mask's regions are read from its store
         mask = self.viewer.layers[self.mask.value]
-        level0 = mask.metadata.get(LEVEL0_KEY) or level0_shape(image)
-        pieces = session_pieces(session, image_id, tuple(level0))
+        shape0 = mask.metadata.get(LEVEL0_KEY) or level0_shape(image)
+        pieces = session_pieces(session, image_id, tuple(shape0))
         folder = check_writable(folder_text)
         geojson_id = image_id if self.geojson.value else None
         ids = [p.image_id for p in pieces] if self.dataset.value else []
@@ -159,7 +165,7 @@ class ExportWidget(Container):
             self.status.value = "nothing written (replacing was declined)"
             return None
         path = (image.metadata or {}).get("path")
-        source = path if path else _level0(image)
+        source = path if path else level0(image)
         return {
             "folder": folder,
             "pieces": pieces,
@@ -229,10 +235,6 @@ def _thickness(text: str) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"the tissue thickness must be positive; got {text}")
     return value
-
-
-def _level0(layer: Any) -> Any:
-    return layer.data[0] if layer.multiscale else layer.data
 
 
 def _show_error(message: str) -> None:

@@ -53,10 +53,14 @@ def display_step(shape: tuple[int, int]) -> int:
     return max(1, math.ceil(max(shape) / DISPLAY_MAX_SIDE))
 
 
+def level0(layer: Any) -> Any:
+    """An image layer's full-resolution level (lazy when the layer is)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
 def level0_shape(layer: Any) -> tuple[int, int]:
     """The (H, W) of an image layer's full-resolution level."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    return tuple(data.shape[:2])
+    return tuple(level0(layer).shape[:2])
 
 
 class Preview:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +56,12 @@ def rectangle_bounds(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The axis-aligned world box around a shape's corner points (the last two axes)."""
     corners = np.asarray(corners, float)[:, -2:]
     return corners.min(axis=0), corners.max(axis=0)
+
+
+def drawn_rectangle(shapes: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The world box of a Shapes layer's selected shape (the last drawn when none is selected),
+    or ``None`` when the layer holds no shape."""
+    if shapes is None or not len(shapes.data):
+        return None
+    index = max(shapes.selected_data) if shapes.selected_data else len(shapes.data) - 1
+    return rectangle_bounds(np.array([shapes.data_to_world(p) for p in shapes.data[index]]))

@@ -288,13 +288,10 @@ class ReviewWidget(Container):
         if self.region.value == "field of view":
             return _screen_corners(self.viewer)
         shapes = [layer for layer in self.viewer.layers if layer._type_string == "shapes"]
-        if not shapes or not len(shapes[-1].data):
+        corners = _placement.drawn_rectangle(shapes[-1] if shapes else None)
+        if corners is None:
             self._say("draw a rectangle in a Shapes layer first")
-            return None
-        layer = shapes[-1]
-        index = max(layer.selected_data) if layer.selected_data else len(layer.data) - 1
-        world = np.array([layer.data_to_world(p) for p in layer.data[index]])
-        return _placement.rectangle_bounds(world)
+        return corners
 
     def _say(self, text: str) -> None:
         self.message.value = text

@@ -71,7 +71,13 @@ def segment_job(
     ensemble = load_ensemble(request.model, device)
     members = ensemble.for_organ(request.organ)
     working = min(float(m.meta["pixel_size_um"]) for m in members)
-    with _open(request, Slide, open_slide) as slide:
+    image = request.image
+    opened = (
+        open_slide(image, request.pixel_size_um)
+        if isinstance(image, (str, os.PathLike))
+        else Slide.from_array(np.asarray(image), request.pixel_size_um)  # closing: a no-op
+    )
+    with opened as slide:
         to_working = slide.pixel_size_um / working
         height, width = slide.shape[:2]
         full = (max(1, math.ceil(height * to_working)), max(1, math.ceil(width * to_working)))
@@ -113,26 +119,6 @@ def working_box(region: Box, to_working: float, full: tuple[int, int]) -> Box:
     if y1 - y0 < 1 or x1 - x0 < 1:
         raise ValueError("the region to segment lies outside the image")
     return y0, x0, y1 - y0, x1 - x0
-
-
-class _open:
-    """The request's slide as a context: a file opened here is closed after the run."""
-
-    def __init__(self, request: SegmentRequest, slide_class: Any, open_slide: Any) -> None:
-        image = request.image
-        if isinstance(image, (str, os.PathLike)):
-            self.slide = open_slide(image, request.pixel_size_um)
-            self.owned = True
-        else:
-            self.slide = slide_class.from_array(np.asarray(image), request.pixel_size_um)
-            self.owned = False
-
-    def __enter__(self) -> Any:
-        return self.slide
-
-    def __exit__(self, *exc: object) -> None:
-        if self.owned:
-            self.slide.close()
 
 
 def slide_hints(path: str | os.PathLike | None) -> dict[str, Any]:

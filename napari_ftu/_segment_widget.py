@@ -32,6 +32,7 @@ from napari_ftu import _placement
 from napari_ftu._ftu_layers import (
     SESSION_KEY,
     Preview,
+    level0,
     level0_shape,
     mask_name,
     probability_name,
@@ -249,7 +250,8 @@ class SegmentWidget(Container):
         if not model.is_file():
             raise ValueError(f"Segment FTUs: the model file {model} does not exist")
         path = (layer.metadata or {}).get("path")
-        image = path if path else _level0(layer)  # a slide file is read lazily, level by level
+        # a slide file is read lazily, level by level; an image without one is taken whole
+        image = path if path else np.asarray(level0(layer))
         return SegmentRequest(
             image=image,
             pixel_size_um=pixel_size,
@@ -272,14 +274,12 @@ class SegmentWidget(Container):
         else:
             name = self.rectangles.value
             shapes = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
-            if shapes is None or not len(shapes.data):
+            corners = _placement.drawn_rectangle(shapes)
+            if corners is None:
                 raise ValueError(
                     "Segment FTUs: draw a rectangle in a Shapes layer first (region: drawn "
                     "rectangle)"
                 )
-            index = max(shapes.selected_data) if shapes.selected_data else len(shapes.data) - 1
-            world = np.array([shapes.data_to_world(p) for p in shapes.data[index]])
-            corners = _placement.rectangle_bounds(world)
             where = "the drawn rectangle"
         shape = level0_shape(layer)
         box = _placement.world_to_pixels(*corners, layer.scale, layer.translate, shape)
@@ -447,11 +447,6 @@ def _has_work(session: Any) -> bool:
         return True
     counts = session.counts()
     return bool(counts.edited or counts.erased)
-
-
-def _level0(layer: Any) -> np.ndarray:
-    data = layer.data[0] if layer.multiscale else layer.data
-    return np.asarray(data)
 
 
 def _screen_corners(viewer: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from training.inference.postprocess import probability_to_labels
 from training.review.edits import rederive
-from training.review.store import ERASED, MaskStore
+from training.review.store import ERASED, MaskStore, painted_ids, renumber
 
 EDIT_LIMIT_PIXELS = 8192 * 8192  # above this, the mask is edited region by region
 LABEL_DTYPE = np.uint16  # of a mask edited in place: up to 65535 objects
@@ -233,12 +233,9 @@ class FTUSession:
         unused in the whole mask."""
         if self.grid.direct_edit:
             written = np.array(new, np.int32)
-            painted = np.setdiff1d(np.unique(written), np.unique(old))
-            painted = painted[painted != 0]
+            painted = painted_ids(written, old)
             if len(painted):
-                first = int(max(self.labels.max(), self.reference.max())) + 1
-                mask = np.isin(written, painted)
-                written[mask] = first + np.searchsorted(painted, written[mask])
+                renumber(written, painted, int(max(self.labels.max(), self.reference.max())) + 1)
             self.labels[y : y + new.shape[0], x : x + new.shape[1]] = _fits(written)
             self.mark_reviewed((y, x, *new.shape))
             self.save()

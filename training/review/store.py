@@ -290,16 +290,14 @@ class MaskStore:
                 "read it again before writing"
             )
         written = self._as_labels(new, shape=new.shape).copy()
-        painted = np.setdiff1d(np.unique(written), np.unique(old))
-        painted = painted[painted != 0]
+        painted = painted_ids(written, old)
         if len(painted):
             first = self.next_id
             if first + len(painted) > np.iinfo(np.int32).max:
                 raise MaskStoreError("no free label ids left in the mask store")
             # reserve the ids before writing: a crash leaves a gap, never a reused id
             self._update_attrs(next_id=first + len(painted))
-            mask = np.isin(written, painted)
-            written[mask] = first + np.searchsorted(painted, written[mask])
+            renumber(written, painted, first)
         labels[box] = written
         for level, array in enumerate(self._overview_arrays(), start=1):
             _write_downsampled(array, y, x, written, 2**level)
@@ -441,6 +439,19 @@ class _Settings(MutableMapping):
 
     def __repr__(self) -> str:
         return repr(self._values())
+
+
+def painted_ids(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """The ids (sorted, nonzero) in an edited crop ``new`` that its original ``old`` lacks: the
+    objects painted in the crop."""
+    painted = np.setdiff1d(np.unique(new), np.unique(old))
+    return painted[painted != 0]
+
+
+def renumber(labels: np.ndarray, ids: np.ndarray, first: int) -> None:
+    """Give ``ids`` (sorted) the ids ``first``, ``first + 1``, ... in ``labels``, in place."""
+    mask = np.isin(labels, ids)
+    labels[mask] = first + np.searchsorted(ids, labels[mask])
 
 
 def _create_int_array(group: Any, name: str, shape: tuple[int, int]) -> Any:
