@@ -101,10 +101,13 @@ def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2]
 
     tuned = tmp_path / "tuned"
+    # another seed for the crops, the parent's validation split kept
     args = _args(dataset, tuned, "--init", str(out / "best.pt"), "--epochs", "1", "--lr", "1e-4")
-    assert train_command.main(args) == 0
+    assert train_command.main([*args, "--seed", "7", "--split-seed", "0"]) == 0
     _, meta = load_checkpoint(tuned / "best.pt")
     assert meta["training"]["init"] == str(out / "best.pt")
+    parent = load_checkpoint(out / "best.pt")[1]["training"]["val_ids"]
+    assert meta["training"]["val_ids"] == parent
 
 
 def test_yaml_config_sets_defaults_and_flags_win(dataset, tmp_path):

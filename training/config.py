@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, default=0.2, help="per organ, by image id")
     data.add_argument("--fold", type=int, help="validate on this value of a 'fold' column")
     data.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the validation split (default: --seed); keep a parent run's split when "
+        "fine-tuning with another --seed",
+    )
+    data.add_argument(
         "--val-data",
         nargs="+",
         metavar="DIR",

@@ -83,7 +83,7 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
             train = records
             val = load_records([parse_data_spec(text) for text in args.val_data])
         else:
-            train, val = split_records(records, args.val_fraction, args.seed, args.fold)
+            train, val = split_records(records, args.val_fraction, _split_seed(args), args.fold)
         probabilities = sampling_weights(train, [s.weight for s in specs], args.oversample)
     except (CatalogError, ValueError) as exc:
         raise InputError(str(exc)) from None
@@ -214,6 +214,11 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.tile is not None:
         meta["tile_size"] = int(args.tile)
     return model, meta
+
+
+def _split_seed(args: argparse.Namespace) -> int:
+    """The validation split's seed: ``--split-seed``, else ``--seed``."""
+    return args.seed if args.split_seed is None else args.split_seed
 
 
 def _data_summary(
