@@ -179,6 +179,20 @@ def test_ensemble_members_at_other_scales_and_tile_sizes():
     np.testing.assert_allclose(result.probability, expected, atol=1e-5)
 
 
+def test_a_result_takes_the_models_min_area_unless_given():
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[..., 1] = 128  # green: probability about 0.02
+    image[10:60, 10:60] = (255, 0, 0)  # an FTU of 2500 um² (1 um/px): red, probability ~1
+    image[90:100, 90:100] = (255, 0, 0)  # a speck of 100 um²
+    model = member(Pointwise(), pixel_size=1.0)
+    model.meta["min_area_um2"] = {"kidney": 500.0}
+    result = run(image, model, "kidney", pixel_size_um=1.0, detect_tissue=False)
+    assert result.min_area_um2 == 500.0 and result.threshold == 0.5
+    assert result.labels().max() == 1  # the speck is dropped
+    assert result.labels(min_area_um2=0).max() == 2
+    assert run(image, model, "lung", pixel_size_um=1.0, detect_tissue=False).min_area_um2 == 0
+
+
 def test_tta_averages_flips():
     image = np.full((64, 64, 3), 50, np.uint8)
     plain = run(image, member(Ramp()), "kidney", pixel_size_um=0.4, detect_tissue=False)

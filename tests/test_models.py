@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from training.models import (
@@ -168,6 +169,55 @@ def test_ensemble_manifest_with_a_lung_specialist(tmp_path):
     (tmp_path / "lung_only.json").write_text(json.dumps(only_lung))
     with pytest.raises(ValueError, match="no ensemble member applies to organ 'kidney'"):
         load_ensemble(tmp_path / "lung_only.json").for_organ("kidney")
+
+
+@pytest.fixture
+def two_members(tmp_path, micro_swin):
+    """A general model (lung min area 1000 um²) and a lung specialist (200 um², weight 3)."""
+    save_checkpoint(tmp_path / "general.pt", micro_swin, {"min_area_um2": {"lung": 1000}})
+    save_checkpoint(
+        tmp_path / "lung.pt",
+        micro_swin,
+        {"thresholds": {"lung": 0.2}, "min_area_um2": {"lung": 200}},
+    )
+    return [
+        {"checkpoint": "general.pt"},
+        {"checkpoint": "lung.pt", "weight": 3, "organs": ["lung"]},
+    ]
+
+
+def test_ensemble_min_area_and_the_manifests_own_values(tmp_path, two_members):
+    (tmp_path / "ens.json").write_text(json.dumps({"members": two_members}))
+    ensemble = load_ensemble(tmp_path / "ens.json")
+    assert ensemble.min_area_um2("lung") == pytest.approx((1000 + 3 * 200) / 4)
+    assert ensemble.min_area_um2("kidney") == 0.0  # no member has one
+    calibrated = {
+        "members": two_members,
+        "thresholds": {"kidney": 0.3},
+        "min_area_um2": {"lung": 50, "kidney": 4000},
+    }
+    (tmp_path / "calibrated.yaml").write_text(yaml.safe_dump(calibrated))
+    ensemble = load_ensemble(tmp_path / "calibrated.yaml")  # the manifest's own come first
+    assert ensemble.threshold("kidney") == 0.3
+    assert ensemble.threshold("lung") == pytest.approx((0.5 + 3 * 0.2) / 4)  # not in it: members'
+    assert ensemble.min_area_um2("lung") == 50.0 and ensemble.min_area_um2("kidney") == 4000.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("thresholds", {"liver": 0.5}, r"'thresholds' names unknown organ\(s\) \['liver'\]"),
+        ("thresholds", {"kidney": 1.5}, r"'thresholds' for kidney must be a number in \[0, 1\]"),
+        ("thresholds", {"kidney": "high"}, r"in \[0, 1\]; got 'high'"),
+        ("thresholds", [0.5], "must be a dict from organs"),
+        ("min_area_um2", {"kidney": -5}, "'min_area_um2' for kidney must be a number >= 0"),
+        ("min_area_um2", {"lung": True}, "for lung must be a number >= 0"),
+    ],
+)
+def test_bad_calibrated_values_in_a_manifest_are_refused(tmp_path, two_members, key, value, match):
+    (tmp_path / "bad.json").write_text(json.dumps({"members": two_members, key: value}))
+    with pytest.raises(ValueError, match=rf"bad\.json: .*{match}"):
+        load_ensemble(tmp_path / "bad.json")
 
 
 # --- tile sizes -----------------------------------------------------------------------------------
@@ -339,6 +389,11 @@ BAD_META = [
     ("thresholds", {"lung": 1.5}, r"numbers in \[0, 1\]"),
     ("thresholds", {"lung": "high"}, r"numbers in \[0, 1\]"),
     ("thresholds", [0.5, 0.5], "a dict"),
+    ("min_area_um2", {"liver": 100.0}, "organs among"),
+    ("min_area_um2", {"kidney": -1.0}, ">= 0"),
+    ("min_area_um2", {"kidney": float("inf")}, ">= 0"),
+    ("min_area_um2", {"kidney": "big"}, ">= 0"),
+    ("min_area_um2", [100.0], "a dict"),
     ("mean", [0.5, 0.5], "3 numbers"),
     ("mean", ["a", "b", "c"], "3 finite numbers"),
     ("std", [0.2, 0.0, 0.2], "each above 0"),
@@ -395,3 +450,12 @@ def test_numpy_numbers_in_meta_are_saved_as_plain_numbers(tmp_path, micro_swin):
     _, loaded = load_checkpoint(path)
     assert loaded["pixel_size_um"] == pytest.approx(0.8) and type(loaded["pixel_size_um"]) is float
     assert loaded["thresholds"] == {"lung": 0.3} and loaded["tile_size"] == 64
+
+
+def test_a_checkpoint_without_min_areas_loads_with_none(tmp_path, micro_swin):
+    path = save_checkpoint(tmp_path / "m.pt", micro_swin, {"min_area_um2": {"kidney": 4000}})
+    assert load_checkpoint(path)[1]["min_area_um2"] == {"kidney": 4000.0}
+    payload = read_checkpoint(path)
+    del payload["meta"]["min_area_um2"]  # as written before minimum areas were calibrated
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[1]["min_area_um2"] == {}

@@ -61,7 +61,8 @@ class Progress:
 
 @dataclass
 class SegmentationResult:
-    """The probability map at the working scale, and how it maps to the slide."""
+    """The probability map at the working scale, how it maps to the slide, and the model's
+    calibrated post-processing for the organ (threshold, minimum object area)."""
 
     probability: Any  # (H, W) float32: a numpy array, or a DiskProbability (zarr on disk)
     pixel_size_um: float  # of the probability map
@@ -73,12 +74,18 @@ class SegmentationResult:
     tiles_skipped: int
     path: Path | None = None  # where an on-disk probability map lives
     meta: dict[str, Any] = field(default_factory=dict)
+    min_area_um2: float = 0.0
 
     def labels(
-        self, threshold: float | None = None, min_area_um2: float = 0.0, fill_holes: bool = True
+        self,
+        threshold: float | None = None,
+        min_area_um2: float | None = None,
+        fill_holes: bool = True,
     ) -> np.ndarray:
-        """Instance labels (int32) at the working scale."""
-        min_area_px = min_area_um2 / self.pixel_size_um**2
+        """Instance labels (int32) at the working scale; the threshold and minimum area are the
+        result's own (the model's for the organ) unless given."""
+        min_area = self.min_area_um2 if min_area_um2 is None else min_area_um2
+        min_area_px = min_area / self.pixel_size_um**2
         return probability_to_labels(
             self.probability,
             self.threshold if threshold is None else threshold,
@@ -153,7 +160,9 @@ def segment(
         ensemble = _as_ensemble(models, device)
         members = ensemble.for_organ(organ)
         run = _Run(slide, members, options)
-        result = yield from run.execute(organ, ensemble.threshold(organ), stain)
+        result = yield from run.execute(
+            organ, ensemble.threshold(organ), ensemble.min_area_um2(organ), stain
+        )
     return result
 
 
@@ -207,8 +216,9 @@ class _Run:
             max(1, math.ceil(width * self.to_working)),
         )
 
-    def execute(self, organ: str, threshold: float, stain: Any) -> Generator:
-        """Plan, then run every member's tiles; yields progress, returns the result."""
+    def execute(self, organ: str, threshold: float, min_area_um2: float, stain: Any) -> Generator:
+        """Plan, then run every member's tiles; yields progress, returns the result (with the
+        model's ``threshold`` and ``min_area_um2`` for ``organ``)."""
         options = self.options
         tissue = _tissue(self.slide) if options.detect_tissue else None
         plans = [self._plan(m, tissue) for m in self.members]
@@ -252,6 +262,7 @@ class _Run:
                 "overlap": options.overlap,
                 "tissue_fraction": float(tissue[0].mean()) if tissue is not None else 1.0,
             },
+            min_area_um2=min_area_um2,
         )
 
     def _band(self, store: OutputStore, rows: tuple[int, int], weight: float) -> Band:

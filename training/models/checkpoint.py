@@ -46,6 +46,7 @@ def _default_meta(config: dict[str, Any]) -> dict[str, Any]:
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "thresholds": dict.fromkeys(ORGANS, 0.5),
+        "min_area_um2": {},
         "organs": list(ORGANS),
         "training": {},
     }
@@ -212,6 +213,14 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if not all(_is_number(t) and 0 <= t <= 1 for t in thresholds.values()):
         raise refuse("thresholds", "a dict of organs to numbers in [0, 1]")
     checked["thresholds"] = {organ: float(t) for organ, t in thresholds.items()}
+
+    # optional (checkpoints from before it was calibrated have none): organs left out drop nothing
+    min_areas = meta.get("min_area_um2", {})
+    if not isinstance(min_areas, dict) or not set(min_areas) <= set(ORGANS):
+        raise refuse("min_area_um2", f"a dict from organs among {', '.join(ORGANS)} to numbers")
+    if not all(_is_number(a) and a >= 0 for a in min_areas.values()):
+        raise refuse("min_area_um2", "a dict of organs to finite numbers >= 0 (um²)")
+    checked["min_area_um2"] = {organ: float(a) for organ, a in min_areas.items()}
 
     if not isinstance(meta.get("training", {}), dict):
         raise refuse("training", "a dict (a training summary)")

@@ -7,12 +7,21 @@ members:
   - checkpoint: lung_specialist.pt
     weight: 2.0
     organs: [lung]                     # used for lung only, ignored elsewhere
+thresholds: {kidney: 0.45}             # optional: calibrated for the ensemble as a whole
+min_area_um2: {kidney: 4000}           # optional: objects under this many um² are dropped
 ```
+
+An organ's threshold and minimum object area are the manifest's top-level ``thresholds`` and
+``min_area_um2`` where they name it (``python -m training.calibrate --write`` tunes and writes
+them), else the weighted mean of the applicable members' own (a member without a minimum area
+counts as 0). Other top-level keys (``name``, ``card``) are kept but not used.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +29,10 @@ from typing import Any
 
 from torch import nn
 
+from training.atomic import atomic_path
 from training.data.catalog import ORGANS
+
+MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 @dataclass
@@ -40,9 +52,13 @@ class Member:
 
 @dataclass
 class Ensemble:
-    """Members whose probabilities are averaged with their weights at a common scale."""
+    """Members whose probabilities are averaged with their weights at a common scale, and the
+    ensemble's own calibrated thresholds and minimum areas (um²) per organ, which take
+    precedence over the members'."""
 
     members: list[Member] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    min_areas_um2: dict[str, float] = field(default_factory=dict)
 
     def for_organ(self, organ: str) -> list[Member]:
         """Members that apply to ``organ``; an error if none does."""
@@ -52,10 +68,22 @@ class Ensemble:
         return chosen
 
     def threshold(self, organ: str) -> float:
-        """The weighted mean of the members' thresholds for ``organ``."""
+        """The ensemble's threshold for ``organ``, else the weighted mean of the members'."""
+        if organ in self.thresholds:
+            return float(self.thresholds[organ])
+        return self._weighted(organ, lambda meta: meta["thresholds"].get(organ, 0.5))
+
+    def min_area_um2(self, organ: str) -> float:
+        """The ensemble's minimum object area (um²) for ``organ``, else the weighted mean of the
+        members' (0 for a member without one)."""
+        if organ in self.min_areas_um2:
+            return float(self.min_areas_um2[organ])
+        return self._weighted(organ, lambda meta: meta.get("min_area_um2", {}).get(organ, 0.0))
+
+    def _weighted(self, organ: str, value: Any) -> float:
         members = self.for_organ(organ)
         total = sum(m.weight for m in members)
-        return sum(m.weight * float(m.meta["thresholds"].get(organ, 0.5)) for m in members) / total
+        return sum(m.weight * float(value(m.meta)) for m in members) / total
 
 
 def load_ensemble(path: str | os.PathLike, device: str = "cpu") -> Ensemble:
@@ -63,26 +91,12 @@ def load_ensemble(path: str | os.PathLike, device: str = "cpu") -> Ensemble:
     from training.models.checkpoint import load_checkpoint
 
     path = Path(path)
-    if path.suffix.lower() not in (".json", ".yaml", ".yml"):
+    if not is_manifest(path):
         model, meta = load_checkpoint(path, device)
         return Ensemble([Member(model, meta, name=path.name)])
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ensemble manifest")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            manifest = json.loads(text)
-        else:
-            import yaml
-
-            manifest = yaml.safe_load(text)
-    except Exception as exc:
-        raise ValueError(f"{path.name}: not a readable manifest ({exc})") from None
-    entries = manifest.get("members") if isinstance(manifest, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path.name}: a manifest needs a non-empty 'members' list")
+    manifest = read_manifest(path)
     members = []
-    for index, entry in enumerate(entries, start=1):
+    for index, entry in enumerate(manifest["members"], start=1):
         where = f"{path.name}: member {index}"
         if not isinstance(entry, dict) or "checkpoint" not in entry:
             raise ValueError(f"{where} has no 'checkpoint'")
@@ -98,4 +112,72 @@ def load_ensemble(path: str | os.PathLike, device: str = "cpu") -> Ensemble:
         checkpoint = (path.parent / entry["checkpoint"]).resolve()
         model, meta = load_checkpoint(checkpoint, device)
         members.append(Member(model, meta, weight, organs, name=checkpoint.name))
-    return Ensemble(members)
+    return Ensemble(
+        members,
+        calibration(manifest, "thresholds", path.name),
+        calibration(manifest, "min_area_um2", path.name),
+    )
+
+
+def is_manifest(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an ensemble manifest (by its suffix) rather than a checkpoint."""
+    return Path(path).suffix.lower() in MANIFEST_SUFFIXES
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """A manifest's contents, with a non-empty ``members`` list and its calibrated values
+    checked; ``ValueError`` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ensemble manifest")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            manifest = json.loads(text)
+        else:
+            import yaml
+
+            manifest = yaml.safe_load(text)
+    except Exception as exc:
+        raise ValueError(f"{path.name}: not a readable manifest ({exc})") from None
+    entries = manifest.get("members") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path.name}: a manifest needs a non-empty 'members' list")
+    for key in ("thresholds", "min_area_um2"):
+        calibration(manifest, key, path.name)
+    return manifest
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` atomically to ``path`` in the format its suffix names (keys in order;
+    comments in a YAML file are not kept)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = json.dumps(manifest, indent=2) + "\n"
+    else:
+        import yaml
+
+        text = yaml.safe_dump(manifest, sort_keys=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def calibration(manifest: dict[str, Any], key: str, where: str) -> dict[str, float]:
+    """A manifest's top-level ``thresholds`` (numbers in [0, 1]) or ``min_area_um2`` (numbers
+    >= 0, um²) by organ, checked; ``{}`` when absent."""
+    values = manifest.get(key)
+    if values is None:
+        return {}
+    bounds, upper = ("in [0, 1]", 1.0) if key == "thresholds" else (">= 0 (um²)", math.inf)
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: '{key}' must be a dict from organs to numbers {bounds}")
+    unknown = sorted(set(values) - set(ORGANS))
+    if unknown:
+        raise ValueError(f"{where}: '{key}' names unknown organ(s) {unknown}")
+    for organ, value in values.items():
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and 0 <= value <= upper):
+            raise ValueError(
+                f"{where}: '{key}' for {organ} must be a number {bounds}; got {value!r}"
+            )
+    return {organ: float(value) for organ, value in values.items()}
