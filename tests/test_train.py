@@ -12,14 +12,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import phantom_dataset
 
 from training import evaluate as evaluate_command
 from training import train as train_command
-from training.data import rle
-from training.data.catalog import upsert_row
 from training.models import build_model, load_checkpoint, save_checkpoint
-from training.synthetic import make_phantom
-from training.validation import dice
+from training.validation import MIN_AREAS_UM2, dice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,20 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """Two organs, three phantoms each, 128 px at 2 um/px (FTUs some tens of pixels wide)."""
-    folder = tmp_path_factory.mktemp("data") / "phantoms"
-    for organ in ("kidney", "lung"):
-        for seed in range(3):
-            image, mask, meta = make_phantom(organ, "hpa", 128, seed, pixel_size_um=2.0)
-            row = {
-                "id": f"{organ}{seed}",
-                "organ": organ,
-                "data_source": meta["data_source"],
-                "pixel_size": 2.0,
-                "tissue_thickness": 4,
-                "rle": rle.encode(mask),
-            }
-            upsert_row(folder, row, image=image)
-    return folder
+    return phantom_dataset(tmp_path_factory.mktemp("data") / "phantoms")
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -76,6 +61,9 @@ def test_training_writes_a_usable_run_folder(dataset, tmp_path):
     assert meta["pixel_size_um"] == 2.0 and meta["tile_size"] == 64
     assert set(meta["organs"]) == {"kidney", "lung"}
     assert set(meta["thresholds"]) >= {"kidney", "lung"}
+    # the minimum areas tuned with the thresholds at the best epoch
+    assert set(meta["min_area_um2"]) == {"kidney", "lung"}
+    assert set(meta["min_area_um2"].values()) <= set(MIN_AREAS_UM2)
     training = meta["training"]
     assert training["best_epoch"] in (1, 2) and training["epochs"] == training["best_epoch"]
     assert load_checkpoint(out / "last.pt")[1]["training"]["epochs"] == 2
@@ -84,6 +72,7 @@ def test_training_writes_a_usable_run_folder(dataset, tmp_path):
     assert list(metrics["epoch"]) == [1, 2]
     for column in ("loss", "bce", "dice", "lr", "samples_per_s", "val_dice", "val_dice_kidney"):
         assert column in metrics.columns, column
+    assert "thresholds" not in metrics.columns and "min_area_um2" not in metrics.columns
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == "swin_micro_upernet" and config["ema"] == 0.9
     assert "augment" in config and config["oversample"] == {"lung": 5.0}
@@ -94,11 +83,16 @@ def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     base = _args(dataset, out, "--model", "swin_micro_upernet")
     assert train_command.main([*base, "--epochs", "1"]) == 0
     assert train_command.main([*base, "--epochs", "1"]) == 2  # refuses to overwrite a run
+    # a training state written before minimum areas were tuned still resumes
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    del state["min_area_um2"]
+    torch.save(state, out / "train_state.pt")
     # the saved configuration repeats the run: resume it with one more epoch
     assert (
         train_command.main(["--config", str(out / "config.yaml"), "--epochs", "2", "--resume"]) == 0
     )
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2]
+    assert set(load_checkpoint(out / "best.pt")[1]["min_area_um2"]) == {"kidney", "lung"}
 
     tuned = tmp_path / "tuned"
     # another seed for the crops, the parent's validation split kept
@@ -174,6 +168,8 @@ def test_evaluate_scores_per_organ_and_source(dataset, tmp_path, capsys):
     assert scores["images"] == 6
     assert set(scores["organ"]) == {"kidney", "lung"} and set(scores["data_source"]) == {"HPA"}
     assert 0 <= scores["dice"] <= 1
+    assert scores["thresholds"] == {"kidney": 0.5, "lung": 0.5}
+    assert scores["min_area_um2"] == {"kidney": 0.0, "lung": 0.0}  # a checkpoint without any
     assert "mean per-image Dice" in capsys.readouterr().out
     assert (
         evaluate_command.main(["--data", str(tmp_path / "nope"), "--model", str(checkpoint)]) == 2

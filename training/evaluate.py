@@ -4,8 +4,9 @@
     python -m training.evaluate --data DIR --model OLD.pt --split-of RUN/best.pt  # same images
 
 Every image goes through the inference engine the plugin and the CLI use, at its own pixel size,
-with the model's own per-organ thresholds; the score is the competition's (the mean over images
-of each image's Dice), per organ, per ``data_source`` and per both.
+with the model's own per-organ threshold and minimum object area; the score is the competition's
+(the mean over images of each image's Dice), per organ, per ``data_source`` and per both.
+``python -m training.calibrate`` tunes the threshold and minimum area of an ensemble manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.data.records import Record
 
 log = logging.getLogger("training.evaluate")
 
@@ -54,10 +58,28 @@ def evaluate(
     ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Scores of ``model`` on the images of ``data`` (see :func:`training.validation.summarise`),
-    or on those of them whose id is in ``ids``."""
-    from training.data.records import DataSpec, load_records
+    or on those of them whose id is in ``ids``, with the threshold and minimum area (um²) used
+    per organ."""
     from training.models.ensemble import load_ensemble
     from training.validation import predict, score, summarise
+
+    records = load_images(data, organs, ids)
+    ensemble = load_ensemble(model, device)
+    scores = score(predict(ensemble, records, device=device, tta=tta))
+    summary = summarise(scores)
+    summary["model"] = str(model)
+    summary["data"] = [str(path) for path in data]
+    summary["thresholds"] = {s.record.organ: s.threshold for s in scores}
+    summary["min_area_um2"] = {s.record.organ: s.min_area_um2 for s in scores}
+    return summary
+
+
+def load_images(
+    data: Sequence[Path], organs: Sequence[str] | None = None, ids: Sequence[str] | None = None
+) -> list[Record]:
+    """The records of the dataset folders ``data``, only of ``organs`` and only those whose id
+    is in ``ids`` where given; ``ValueError`` when none is left."""
+    from training.data.records import DataSpec, load_records
 
     records = load_records([DataSpec(Path(path)) for path in data])
     if organs:
@@ -68,13 +90,7 @@ def evaluate(
         records = [r for r in records if str(r.id) in {str(i) for i in ids}]
         if not records:
             raise ValueError(f"none of the {len(ids)} validation image(s) is in {data}")
-    ensemble = load_ensemble(model, device)
-    scores = score(predict(ensemble, records, device=device, tta=tta))
-    summary = summarise(scores)
-    summary["model"] = str(model)
-    summary["data"] = [str(path) for path in data]
-    summary["thresholds"] = {s.record.organ: s.threshold for s in scores}
-    return summary
+    return records
 
 
 def validation_ids(checkpoint: Path) -> list[str]:
@@ -94,6 +110,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for group in ("organ", "data_source", "source_organ"):
         for name, value in summary[group].items():
             lines.append(f"  {group:<12} {name:<28} {value:.4f}")
+    for organ, threshold in summary.get("thresholds", {}).items():
+        area = summary.get("min_area_um2", {}).get(organ, 0.0)
+        lines.append(f"  {'used':<12} {organ:<28} threshold {threshold:.2f}, min area {area:g} um²")
     return "\n".join(lines)
 
 

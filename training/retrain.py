@@ -9,8 +9,8 @@ viewer; it imports neither torch nor Qt.
 
 The validation images are the trainer's own split of the training folders (by image id,
 stratified by organ, reproducible from ``--seed``). The new model's score is the trainer's
-record (its best epoch in ``metrics.csv``, with thresholds tuned on those images, so slightly
-optimistic); the previous model is scored with its own thresholds.
+record (its best epoch in ``metrics.csv``, with thresholds and minimum object areas tuned on those
+images, so slightly optimistic); the previous model is scored with its own.
 """
 
 from __future__ import annotations

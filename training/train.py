@@ -7,8 +7,9 @@
 Everything that can be wrong with the input (an empty dataset, an unknown organ, an unreadable
 image, a damaged ``--init``, a run folder that already holds a run) is found before the first
 step and reported in one line. The run folder gets ``best.pt`` (the best validated weights, with
-per-organ thresholds tuned on validation), ``last.pt``, ``train_state.pt`` (for ``--resume``),
-``metrics.csv``, ``learning_curve.png`` and ``config.yaml``.
+per-organ thresholds and minimum object areas tuned on validation), ``last.pt``,
+``train_state.pt`` (for ``--resume``), ``metrics.csv``, ``learning_curve.png`` and
+``config.yaml``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 One :class:`Trainer` holds what the loop shares (model, optimiser, schedule, EMA, loaders, the
 best score); ``python -m training.train`` builds it from the configuration. Validation runs on
-rank 0 through the inference engine, tunes a threshold per organ, and keeps the best checkpoint.
+rank 0 through the inference engine, tunes a threshold and a minimum object area per organ, and
+keeps the best checkpoint.
 """
 
 from __future__ import annotations
@@ -278,21 +279,23 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _validate(self) -> dict[str, Any]:
-        """Whole-image Dice on rank 0 (the others wait); thresholds tuned per organ."""
-        from training.validation import predict, score, summarise, tune_thresholds
+        """Whole-image Dice on rank 0 (the others wait); threshold and minimum object area
+        tuned per organ."""
+        from training.validation import predict, score, summarise, tune_postprocess
 
         row: dict[str, Any] = {}
         if self.world.is_main:
             model = copy.deepcopy(self._eval_model()).eval()
             member = Member(model, self.meta, name="validation")
             scores = predict(member, self.val_records, device=self.device, tta=self.options.val_tta)
-            thresholds = tune_thresholds(scores)
-            summary = summarise(score(scores, thresholds))
+            thresholds, min_areas = tune_postprocess(scores)
+            summary = summarise(score(scores, thresholds, min_areas))
             row["val_dice"] = summary["dice"]
             for group in ("organ", "data_source"):
                 for name, value in summary[group].items():
                     row[f"val_dice_{name}"] = value
             row["thresholds"] = thresholds
+            row["min_area_um2"] = min_areas
             row["val_summary"] = summary
             log.info("validation Dice %.4f %s", summary["dice"], summary["organ"])
         self.world.barrier()
@@ -307,6 +310,10 @@ class Trainer:
         if self.world.is_main:
             if self.history.best_epoch == row["epoch"] and "val_dice" in row:
                 self.meta["thresholds"] = {**self.meta["thresholds"], **row["thresholds"]}
+                self.meta["min_area_um2"] = {
+                    **self.meta.get("min_area_um2", {}),
+                    **row["min_area_um2"],
+                }
                 best_meta = self._meta(summary)
                 best_meta["training"]["validation"] = row["val_summary"]
                 save_checkpoint(self.out / "best.pt", self._eval_model(), best_meta)
@@ -359,6 +366,7 @@ class Trainer:
                 "elapsed_s": self.history.elapsed_s,
             },
             "thresholds": dict(self.meta["thresholds"]),
+            "min_area_um2": dict(self.meta.get("min_area_um2", {})),
         }
 
     def resume(self) -> None:
@@ -374,6 +382,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.history = _History(**state["history"])
         self.meta["thresholds"] = dict(state["thresholds"])
+        if "min_area_um2" in state:  # a state written before minimum areas were tuned has none
+            self.meta["min_area_um2"] = dict(state["min_area_um2"])
         if self.world.is_main:
             log.info("resuming after epoch %d of %d", self.history.epoch, self.options.epochs)
 
@@ -389,7 +399,7 @@ def weights_digest(model: nn.Module) -> str:
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     """The row without the nested validation details (they live in the checkpoint)."""
-    return {k: v for k, v in row.items() if k not in ("thresholds", "val_summary")}
+    return {k: v for k, v in row.items() if k not in ("thresholds", "min_area_um2", "val_summary")}
 
 
 def _quiet_worker(_: int) -> None:

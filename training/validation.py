@@ -1,9 +1,11 @@
 """Whole-image Dice through the inference engine, per organ and per data source.
 
 The competition's metric: the mean over images of each image's Dice, the mask compared at the
-image's full size. Validation during training, threshold tuning and ``python -m
-training.evaluate`` all go through :func:`predict` -> the same engine the plugin and the CLI use,
-so a figure measured here is what a user gets.
+image's full size. Validation during training, the tuning of the post-processing (threshold and
+minimum object area) and ``python -m training.evaluate``/``training.calibrate`` all go through
+:func:`predict` -> the same engine the plugin and the CLI use, and the mask scored is the one
+they output (:func:`~training.inference.postprocess.probability_to_labels`: holes filled, small
+objects dropped), so a figure measured here is what a user gets.
 """
 
 from __future__ import annotations
@@ -17,29 +19,35 @@ import numpy as np
 import torch
 
 from training.data.records import Record
-from training.inference.postprocess import resize_labels
+from training.data.rle import nearest_indices
+from training.inference.postprocess import probability_to_labels, resize_labels
 
 __all__ = [
+    "MIN_AREAS_UM2",
     "THRESHOLDS",
     "ImageScore",
     "dice",
     "predict",
     "score",
     "summarise",
-    "tune_thresholds",
+    "tune_postprocess",
 ]
 
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
+MIN_AREAS_UM2 = (0.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 
 
 @dataclass
 class ImageScore:
-    """One validation image: its probability at the working scale and its Dice."""
+    """One validation image: its probability at the working scale, the post-processing it is
+    scored with, and its Dice."""
 
     record: Record
     probability: np.ndarray
+    pixel_size_um: float  # of the probability map
     dice: float = float("nan")
     threshold: float = 0.5
+    min_area_um2: float = 0.0
     truth: np.ndarray = field(init=False, repr=False)  # the level-0 mask, decoded once
 
     def __post_init__(self) -> None:
@@ -81,36 +89,59 @@ def predict(
         )
         probability = np.asarray(result.probability, dtype=np.float32)
         result.close()
-        scores.append(ImageScore(record, probability, threshold=result.threshold))
+        scores.append(
+            ImageScore(
+                record,
+                probability,
+                result.pixel_size_um,
+                threshold=result.threshold,
+                min_area_um2=result.min_area_um2,
+            )
+        )
         if on_image is not None:
             on_image(index + 1, len(records))
     return scores
 
 
 def score(
-    scores: Iterable[ImageScore], thresholds: dict[str, float] | None = None
+    scores: Iterable[ImageScore],
+    thresholds: dict[str, float] | None = None,
+    min_areas: dict[str, float] | None = None,
 ) -> list[ImageScore]:
-    """Fill in each image's Dice at its organ's threshold (or the model's own)."""
+    """Fill in each image's Dice at its organ's threshold and minimum object area (um²), where
+    given, else the model's own."""
     scored = list(scores)
     for item in scored:
-        if thresholds and item.record.organ in thresholds:
-            item.threshold = float(thresholds[item.record.organ])
-        item.dice = dice(_full_size(item, item.threshold), item.truth)
+        organ = item.record.organ
+        if thresholds and organ in thresholds:
+            item.threshold = float(thresholds[organ])
+        if min_areas and organ in min_areas:
+            item.min_area_um2 = float(min_areas[organ])
+        item.dice = dice(_full_size(item), item.truth)
     return scored
 
 
-def tune_thresholds(
-    scores: Sequence[ImageScore], grid: Sequence[float] = THRESHOLDS
-) -> dict[str, float]:
-    """Per organ, the threshold of ``grid`` with the best mean per-image Dice."""
-    by_organ: dict[str, list[ImageScore]] = defaultdict(list)
-    for item in scores:
-        by_organ[item.record.organ].append(item)
-    best: dict[str, float] = {}
-    for organ, items in sorted(by_organ.items()):
-        means = [np.mean([dice(_full_size(i, t), i.truth) for i in items]) for t in grid]
-        best[organ] = float(grid[int(np.argmax(means))])
-    return best
+def tune_postprocess(
+    scores: Sequence[ImageScore],
+    thresholds: Sequence[float] = THRESHOLDS,
+    min_areas: Sequence[float] = MIN_AREAS_UM2,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per organ, the (threshold, minimum object area in um²) pair of the grids with the best
+    mean per-image Dice, chosen jointly; ties go to the smaller area, then the lower threshold.
+    Returns ``(thresholds, min_areas)``, each keyed by organ.
+
+    Each image is labelled once per threshold; every minimum area then keeps a subset of those
+    objects, whose Dice at full size follows from per-object sums (no mask per area).
+    """
+    levels, areas = sorted(float(t) for t in thresholds), sorted(float(a) for a in min_areas)
+    best_thresholds: dict[str, float] = {}
+    best_areas: dict[str, float] = {}
+    for organ, items in sorted(_by_organ(scores).items()):
+        table = np.mean([_dice_table(item, levels, areas) for item in items], axis=0)
+        row, column = np.unravel_index(int(np.argmax(table)), table.shape)  # first: smallest
+        best_thresholds[organ] = levels[column]
+        best_areas[organ] = areas[row]
+    return best_thresholds, best_areas
 
 
 def summarise(scores: Sequence[ImageScore]) -> dict[str, Any]:
@@ -134,10 +165,53 @@ def summarise(scores: Sequence[ImageScore]) -> dict[str, Any]:
     }
 
 
-def _full_size(item: ImageScore, threshold: float) -> np.ndarray:
-    """The thresholded probability at the image's level-0 size (nearest neighbour, as the RLE
-    the CLI writes)."""
-    mask = item.probability >= threshold
+def _by_organ(scores: Iterable[ImageScore]) -> dict[str, list[ImageScore]]:
+    groups: dict[str, list[ImageScore]] = defaultdict(list)
+    for item in scores:
+        groups[item.record.organ].append(item)
+    return groups
+
+
+def _full_size(item: ImageScore) -> np.ndarray:
+    """The image's mask as the CLI and the plugin output it (holes filled, objects under the
+    minimum area dropped) at the image's level-0 size (nearest neighbour, as the RLE the CLI
+    writes)."""
+    min_area_px = item.min_area_um2 / item.pixel_size_um**2
+    mask = probability_to_labels(item.probability, item.threshold, min_area_px) > 0
     if mask.shape == item.record.shape:
         return mask
     return resize_labels(mask, item.record.shape)
+
+
+def _dice_table(
+    item: ImageScore, thresholds: Sequence[float], areas: Sequence[float]
+) -> np.ndarray:
+    """The image's full-size Dice for every (area, threshold) pair: ``(len(areas),
+    len(thresholds))``, equal to :func:`score`'s for the same settings.
+
+    Resizing to full size is nearest-neighbour, so each working pixel stands for a fixed number
+    of level-0 pixels (``covers``), of which ``hits`` are FTU in the truth: an object's share of
+    the full-size mask and of its overlap with the truth are sums over its pixels.
+    """
+    height, width = item.probability.shape
+    rows = nearest_indices(height, item.record.shape[0])
+    cols = nearest_indices(width, item.record.shape[1])
+    covers = np.outer(np.bincount(rows, minlength=height), np.bincount(cols, minlength=width))
+    ys, xs = np.nonzero(item.truth)
+    hits = np.bincount(rows[ys] * width + cols[xs], minlength=height * width)
+    truth_total = float(len(ys))
+    min_px = np.asarray(areas) / item.pixel_size_um**2
+    table = np.empty((len(areas), len(thresholds)))
+    for column, threshold in enumerate(thresholds):
+        labels = probability_to_labels(item.probability, float(threshold)).ravel()
+        size = int(labels.max()) + 1
+        area = np.bincount(labels, minlength=size)
+        covered = np.bincount(labels, weights=covers.ravel(), minlength=size)
+        found = np.bincount(labels, weights=hits, minlength=size)
+        for row, least in enumerate(min_px):
+            # as probability_to_labels: under 1 px keeps every object, else area >= the minimum
+            keep = area >= least if least > 1 else area > 0
+            keep[0] = False
+            total = float(covered[keep].sum()) + truth_total
+            table[row, column] = 1.0 if total == 0 else 2.0 * float(found[keep].sum()) / total
+    return table
