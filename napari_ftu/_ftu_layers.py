@@ -203,9 +203,10 @@ def image_pixel_size(image: Any) -> float:
     return float(size) if size else float(image.scale[-1])
 
 
-def new_session(image: Any, result: Any, grid: Any, min_area_um2: float) -> Any:
-    """A session for an image layer, with a mask store beside its slide file (or in a temporary
-    folder for an image without a file whose mask is too large to keep in memory)."""
+def new_session(image: Any, result: Any, grid: Any) -> Any:
+    """A session for an image layer at the run's threshold and minimum area, with a mask store
+    beside its slide file (or in a temporary folder for an image without a file whose mask is
+    too large to keep in memory)."""
     from napari_ftu._session import FTUSession
     from training.review.store import MaskStore, slide_identity, store_location
 
@@ -219,7 +220,7 @@ def new_session(image: Any, result: Any, grid: Any, min_area_um2: float) -> Any:
     elif not grid.direct_edit:
         location = Path(tempfile.mkdtemp(prefix="napari-ftu-mask-")) / "mask.ftu.zarr"
         store = MaskStore.create(location, grid.shape, grid.pixel_size_um, grid.downsample, {})
-    return FTUSession(image.name, result.organ, grid, result.threshold, min_area_um2, store)
+    return FTUSession(image.name, result.organ, grid, result.threshold, result.min_area_um2, store)
 
 
 def saved_session(image: Any) -> Any:

@@ -33,7 +33,6 @@ class SegmentRequest:
     overlap: float = 0.25
     tta: int = 1
     stain: Any = None  # a fitted normaliser, or None
-    min_area_um2: float = 0.0
 
 
 @dataclass
@@ -44,7 +43,7 @@ class JobResult:
     origin: tuple[int, int]  # the map's top-left in the whole slide's working-scale pixels
     full_shape: tuple[int, int]  # the whole slide at the working scale
     model: Path
-    labels: np.ndarray | None = None  # the map's objects at the model's threshold
+    labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
 
 
 def resolve_device(name: str) -> str:
@@ -101,7 +100,7 @@ def segment_job(
             except StopIteration as stop:
                 result = stop.value
                 # the objects are found here, off the GUI thread, ready for a new mask layer
-                labels = result.labels(min_area_um2=request.min_area_um2)
+                labels = result.labels()
                 return JobResult(result, origin, full, request.model, labels)
             if cancel.is_set():
                 engine.close()  # removes the partial output, restores torch's threads

@@ -185,8 +185,7 @@ class SegmentWidget(Container):
         self.pixel_size.value = f"{size:g}" if size else ""
         session = self.session()
         if session is not None:
-            self.min_area.value = session.min_area_um2
-            self.threshold.value = round(session.threshold, 2)
+            self._show_settings(session)
 
     def _image_layer(self) -> Any:
         name = self.image.value
@@ -262,7 +261,6 @@ class SegmentWidget(Container):
             overlap=float(self.overlap.value),
             tta=int(self.tta.value),
             stain=_active_normaliser(self.viewer),
-            min_area_um2=float(self.min_area.value),
         )
 
     def _region_box(self, layer: Any) -> tuple[int, int, int, int] | None:
@@ -355,11 +353,12 @@ class SegmentWidget(Container):
                     if old in self.viewer.layers:
                         self.viewer.layers.remove(old)
             try:
-                session = new_session(layer, result, grid, float(self.min_area.value))
+                session = new_session(layer, result, grid)
             except ValueError as exc:  # e.g. a saved mask store made for another slide
                 _show_error(f"Segment FTUs: {exc}")
                 return
-        session.threshold = result.threshold
+        # a run's objects are the model's: its threshold and minimum area, as the job found them
+        session.threshold, session.min_area_um2 = result.threshold, result.min_area_um2
         session.model = str(job.model)
         session.add_result(np.asarray(result.probability), job.origin, job.labels)
         session.save()  # on disk as soon as it is shown (the saving runs in the background)
@@ -368,14 +367,14 @@ class SegmentWidget(Container):
         # stalls the viewer for longer than either (the run counts as running until then)
         self._showing = True
         # (after a pause, so that input and painting get their turn between the two)
-        QTimer.singleShot(MASK_DELAY_MS, lambda: self._show_mask(layer, session, result.threshold))
+        QTimer.singleShot(MASK_DELAY_MS, lambda: self._show_mask(layer, session))
 
-    def _show_mask(self, layer: Any, session: Any, threshold: float) -> None:
+    def _show_mask(self, layer: Any, session: Any) -> None:
         try:
             if layer in self.viewer.layers:
                 show_mask(self.viewer, layer, session)
                 self._update_status(session, session.derived_counts)
-                self.threshold.value = round(threshold, 2)
+                self._show_settings(session)
         finally:
             self._showing = False
             self._idle()
@@ -406,6 +405,13 @@ class SegmentWidget(Container):
                 continue
             if session.save() and session.name == self.image.value:
                 self._update_status(session)
+
+    def _show_settings(self, session: Any) -> None:
+        """Show a session's threshold and minimum area on the slider and the spin box, without
+        re-deriving its objects from a half-updated pair on the way."""
+        with self.threshold.changed.blocked(), self.min_area.changed.blocked():
+            self.threshold.value = round(session.threshold, 2)
+            self.min_area.value = session.min_area_um2
 
     def _settings_changed(self, _: Any = None) -> None:
         session = self.session()

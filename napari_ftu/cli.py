@@ -149,7 +149,11 @@ def segment_parser() -> argparse.ArgumentParser:
     )
     post = parser.add_argument_group("post-processing and outputs")
     post.add_argument("--threshold", type=float, help="default: the model's for this organ")
-    post.add_argument("--min-area-um2", type=float, default=0.0)
+    post.add_argument(
+        "--min-area-um2",
+        type=float,
+        help="drop objects smaller than this (um²); default: the model's for this organ",
+    )
     post.add_argument("--labels-tiff", action="store_true", help="write OUT/<id>.labels.tiff")
     post.add_argument("--geojson", action="store_true", help="write OUT/<id>.geojson (QuPath)")
     post.add_argument(

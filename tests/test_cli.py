@@ -170,6 +170,21 @@ def test_segment_with_stain_normalisation(workspace, tmp_path, capsys):
     assert exited.value.code == 2 and "--stain needs --stain-reference" in capsys.readouterr().err
 
 
+def test_min_area_defaults_to_the_models_for_the_organ(workspace, tmp_path):
+    _, slides = workspace
+    model = build_model("swin_micro_upernet", input_size=64)
+    calibrated = tmp_path / "calibrated.pt"
+    save_checkpoint(calibrated, model, {"pixel_size_um": 1.6, "min_area_um2": {"kidney": 1e5}})
+    # threshold 0: one object covering the slide (102 um square, 10486 um²)
+    common = ("--threshold", "0", "--no-tissue-detection")
+    assert main(segment_args(slides[1:], calibrated, tmp_path / "model", *common)) == 0
+    row = read_catalog(tmp_path / "model").iloc[0]
+    assert not decode(row["rle"], (256, 256)).any()  # under the model's 1e5 um²: dropped
+    given = (*common, "--min-area-um2", "0")
+    assert main(segment_args(slides[1:], calibrated, tmp_path / "given", *given)) == 0
+    assert decode(read_catalog(tmp_path / "given").iloc[0]["rle"], (256, 256)).all()
+
+
 def fake_result(slide_shape: tuple[int, int]) -> SegmentationResult:
     return SegmentationResult(None, 1.6, 4.0, slide_shape, "kidney", 0.5, 0, 0)
 

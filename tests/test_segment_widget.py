@@ -153,6 +153,36 @@ def test_threshold_keeps_edited_objects_and_undo_counts(qtbot, opened):
     assert (mask.data[ys, xs] == 0).all()
 
 
+def test_a_run_shows_the_models_threshold_and_min_area(qtbot, opened, errors, tmp_path):
+    import yaml
+
+    from training.inference import probability_to_labels
+    from training.models.default import DEFAULT_DIR
+
+    viewer, widget, layer = opened
+    manifest = yaml.safe_load((DEFAULT_DIR / "ensemble.yaml").read_text())
+    for entry in manifest["members"]:
+        entry["checkpoint"] = str(DEFAULT_DIR / entry["checkpoint"])
+    manifest.update(thresholds={"kidney": 0.4}, min_area_um2={"kidney": 300.0})
+    calibrated = tmp_path / "calibrated.yaml"
+    calibrated.write_text(yaml.safe_dump(manifest))
+    widget.add_model(calibrated)
+    widget.organ.value = "kidney"
+    widget.min_area.value = 5000.0  # before a run: the run's objects are still the model's
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert not errors
+    assert widget.threshold.value == pytest.approx(0.4) and widget.min_area.value == 300.0
+    mask = viewer.layers[mask_name(layer.name)]
+    session = mask.metadata[_segment_widget.SESSION_KEY]
+    assert (session.threshold, session.min_area_um2) == (0.4, 300.0)
+    expected = probability_to_labels(session.probability, 0.4, 300.0)  # 1 um/px: px = um²
+    np.testing.assert_array_equal(mask.data > 0, expected > 0)
+    widget.min_area.value = 0.0  # the spin box still re-derives
+    assert int(mask.data.max()) >= int(expected.max())
+    assert session.min_area_um2 == 0.0
+
+
 def test_field_of_view_segments_only_what_is_on_screen(qtbot, opened, errors):
     viewer, widget, layer = opened
     camera_of(viewer).center = (100.0, 100.0)
