@@ -10,7 +10,7 @@ import pytest
 from training.data import rle
 from training.data.records import Record
 from training.inference.postprocess import resize_labels
-from training.validation import ImageScore, score, tune_postprocess
+from training.validation import ImageScore, area_cap_um2, score, tune_postprocess
 
 
 def image_score(
@@ -115,3 +115,24 @@ def test_each_organ_is_tuned_on_its_own_images(blobs):
     thresholds, min_areas = tune_postprocess([blobs, lung])
     assert set(thresholds) == set(min_areas) == {"kidney", "lung"}
     assert min_areas == {"kidney": 250.0, "lung": 0.0}
+
+
+def test_the_minimum_area_stays_under_the_small_true_ftus():
+    """Two large FTUs (about 2800 um²), a small one (about 700) and a false positive (about
+    1250): the area that drops the false positive also drops the small FTU, and on these images
+    it scores best; the cap (5th percentile of the true areas) keeps it from being chosen."""
+    probability = np.full((160, 160), 0.05)
+    truth = np.zeros((160, 160), np.uint8)
+    for centre, radius in (((35, 35), 30), ((35, 120), 30), ((115, 35), 15)):
+        truth[disc(truth.shape, centre, radius)] = 1
+    probability[truth > 0] = 0.8
+    probability[disc(truth.shape, (115, 115), 20)] = 0.8  # the false positive
+    item = image_score(probability, truth, 1.0)
+    cap = area_cap_um2([item])
+    assert cap == (truth[80:, :80] > 0).sum()  # the small FTU's own area
+    _, uncapped = tune_postprocess([item], max_area_percentile=100)
+    assert uncapped["kidney"] > cap  # without the cap: drop both
+    thresholds, min_areas = tune_postprocess([item])
+    assert min_areas["kidney"] <= cap
+    (scored,) = score([item], thresholds, min_areas)
+    assert 0.9 < scored.dice < 0.92  # the false positive stays, the small FTU is kept

@@ -6,7 +6,8 @@
 The ensemble runs on the images through the engine the plugin and the CLI use
 (:func:`training.validation.predict`); per organ, the (threshold, minimum area) pair with the best
 mean per-image Dice is chosen on a grid that also holds the manifest's current pair, so the Dice
-on these images never gets worse. ``--write`` stores them as the manifest's top-level
+on these images never gets worse (unless that pair's area is above the cap of
+:func:`training.validation.tune_postprocess`). ``--write`` stores them as the manifest's top-level
 ``thresholds`` and ``min_area_um2`` (see :mod:`training.models.ensemble`), for the organs seen,
 keeping its other keys. Tune on validation images, not the images the members trained on: a
 figure on the images it was tuned on is optimistic.

@@ -17,15 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from training.data.records import Record
 from training.data.rle import nearest_indices
 from training.inference.postprocess import probability_to_labels, resize_labels
 
 __all__ = [
+    "MAX_AREA_PERCENTILE",
     "MIN_AREAS_UM2",
     "THRESHOLDS",
     "ImageScore",
+    "area_cap_um2",
     "dice",
     "predict",
     "score",
@@ -34,7 +37,10 @@ __all__ = [
 ]
 
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
-MIN_AREAS_UM2 = (0.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+MIN_AREAS_UM2 = (0.0, 250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0)
+# a minimum area is never above this percentile of the organ's true FTU areas: on a handful of
+# validation images a larger one can score best while it drops real (small, edge-cut) FTUs
+MAX_AREA_PERCENTILE = 5.0
 
 
 @dataclass
@@ -125,23 +131,41 @@ def tune_postprocess(
     scores: Sequence[ImageScore],
     thresholds: Sequence[float] = THRESHOLDS,
     min_areas: Sequence[float] = MIN_AREAS_UM2,
+    max_area_percentile: float = MAX_AREA_PERCENTILE,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per organ, the (threshold, minimum object area in um²) pair of the grids with the best
     mean per-image Dice, chosen jointly; ties go to the smaller area, then the lower threshold.
-    Returns ``(thresholds, min_areas)``, each keyed by organ.
+    Areas above ``max_area_percentile`` of the organ's true FTU areas in these images are not
+    candidates (0 always is). Returns ``(thresholds, min_areas)``, each keyed by organ.
 
     Each image is labelled once per threshold; every minimum area then keeps a subset of those
     objects, whose Dice at full size follows from per-object sums (no mask per area).
     """
-    levels, areas = sorted(float(t) for t in thresholds), sorted(float(a) for a in min_areas)
+    levels = sorted(float(t) for t in thresholds)
     best_thresholds: dict[str, float] = {}
     best_areas: dict[str, float] = {}
     for organ, items in sorted(_by_organ(scores).items()):
+        cap = area_cap_um2(items, max_area_percentile)
+        areas = sorted({0.0, *(float(a) for a in min_areas if a <= cap)})
         table = np.mean([_dice_table(item, levels, areas) for item in items], axis=0)
         row, column = np.unravel_index(int(np.argmax(table)), table.shape)  # first: smallest
         best_thresholds[organ] = levels[column]
         best_areas[organ] = areas[row]
     return best_thresholds, best_areas
+
+
+def area_cap_um2(items: Sequence[ImageScore], percentile: float = MAX_AREA_PERCENTILE) -> float:
+    """The ``percentile`` of the true FTU areas (um², at level 0) in ``items``: the largest
+    minimum area tuning may choose for them (infinite when they hold no FTU)."""
+    areas = []
+    for item in items:
+        labels, count = ndimage.label(item.truth)
+        if count:
+            pixels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+            areas.append(pixels * item.record.pixel_size_um**2)
+    if not areas:
+        return float("inf")
+    return float(np.percentile(np.concatenate(areas), percentile, method="lower"))
 
 
 def summarise(scores: Sequence[ImageScore]) -> dict[str, Any]:
