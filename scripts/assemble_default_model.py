@@ -1,6 +1,9 @@
 """Copy the three members' best checkpoints into training/models/default/ with the manifest.
 
 python scripts/assemble_default_model.py runs/default
+
+The manifest is written without calibration; scripts/train_default_model.sh then tunes its
+per-organ thresholds and minimum areas with ``python -m training.calibrate --write``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from pathlib import Path
 import yaml
 
 TARGET = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
-MEMBERS = (  # the stage-2 fine-tunes of scripts/train_default_model.sh, and the lung specialist
-    ("swin-ft", "swin_upernet.pt", {"weight": 1.0}),
-    ("coat-ft", "coat_daformer.pt", {"weight": 1.0}),
+MEMBERS = (  # the stage-3 fine-tunes of scripts/train_default_model.sh, the stage-2 lung specialist
+    ("swin-k", "swin_upernet.pt", {"weight": 1.0}),
+    ("coat-k2", "coat_daformer.pt", {"weight": 1.0}),
     ("lung-ft", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
 )
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The datasets every training script and benchmark here uses, under runs/data/:
-#   phantoms-{hpa,hubmap}-{train,test}  synthetic phantoms of all five organs (disjoint seeds)
+#   phantoms-{hpa,hubmap}-{train,val,test}  synthetic phantoms of all five organs (disjoint
+#                                       seeds); -val only calibrates the default ensemble
 #   kidney-dev / kidney-test            the real HuBMAP PAS kidney images (../shared), split by
 #                                       a spatial block; kidney-test is never trained or tuned on
 #   kidney-hitl10                       10 development images for the human-in-the-loop figure
@@ -14,5 +15,7 @@ make() {
 }
 make phantoms-hpa-train --domain hpa --per-organ 10 --seed 0
 make phantoms-hubmap-train --domain hubmap --per-organ 6 --seed 0
+make phantoms-hpa-val --domain hpa --per-organ 4 --seed 200
+make phantoms-hubmap-val --domain hubmap --per-organ 4 --seed 200
 make phantoms-hpa-test --domain hpa --per-organ 4 --seed 100
 make phantoms-hubmap-test --domain hubmap --per-organ 4 --seed 100

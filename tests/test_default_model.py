@@ -6,7 +6,7 @@ import numpy as np
 import yaml
 
 from napari_ftu.cli import main
-from training.data.catalog import read_catalog
+from training.data.catalog import ORGANS, read_catalog
 from training.models import default_model_path
 from training.models.ensemble import load_ensemble
 from training.slides import write_pyramid
@@ -26,6 +26,8 @@ def test_the_default_ensemble_has_the_seeds_shape_and_fits_a_laptop():
     for member in ensemble.members:
         assert member.meta["training"]["epochs"] >= 1  # trained here, not a random init
         assert "kidney" in member.meta["organs"]
+    # calibrated as a whole on validation images (scripts/train_default_model.sh)
+    assert set(ensemble.thresholds) == set(ensemble.min_areas_um2) == set(ORGANS)
 
 
 def test_segment_uses_the_default_model_when_none_is_named(tmp_path):
