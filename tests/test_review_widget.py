@@ -152,7 +152,10 @@ def test_region_review_above_the_direct_edit_limit_reaches_the_store_and_reopens
     review.close_region()
     assert region not in viewer.layers
     review.build_queue()  # the queue works on a large mask too, through its store
+    if review.queue.current.label == painted:  # a speck under the model's minimum area: doubted
+        review.next()
     rejected = review.queue.current.label
+    assert rejected != painted
     review.reject()
     assert rejected not in MaskStore.open(store_location(slide)).labels_array()
 
