@@ -26,12 +26,14 @@ def member(
     return Member(model, meta, weight, name=name)
 
 
-def phantom_dataset(folder: Path, organs: tuple[str, ...] = ("kidney", "lung")) -> Path:
-    """A dataset folder of three phantoms per organ, 128 px at 2 um/px (FTUs some tens of
-    pixels wide), ids ``<organ><seed>``."""
+def phantom_dataset(
+    folder: Path, organs: tuple[str, ...] = ("kidney", "lung"), size: int = 128
+) -> Path:
+    """A dataset folder of three phantoms per organ, ``size`` px at 2 um/px (FTUs some tens
+    of pixels wide), ids ``<organ><seed>``."""
     for organ in organs:
         for seed in range(3):
-            image, mask, meta = make_phantom(organ, "hpa", 128, seed, pixel_size_um=2.0)
+            image, mask, meta = make_phantom(organ, "hpa", size, seed, pixel_size_um=2.0)
             row = {
                 "id": f"{organ}{seed}",
                 "organ": organ,

@@ -8,16 +8,15 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import phantom_dataset
 
 from napari_ftu import _train_widget
 from napari_ftu._segment_widget import SegmentWidget
 from napari_ftu._train_widget import TrainWidget
-from training.data import rle
 from training.data.catalog import upsert_row
 from training.models import build_model, save_checkpoint
 from training.models.default import default_model_path
 from training.models.versions import list_versions
-from training.synthetic import make_phantom
 
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 240_000
@@ -27,19 +26,7 @@ TINY = "--samples-per-epoch 4 --batch-size 2 --workers 0 --tile 64 --no-progress
 @pytest.fixture(scope="module")
 def corrections(tmp_path_factory) -> Path:
     """Three kidney phantoms of 256 px at 2 um/px, as an exported dataset folder."""
-    folder = tmp_path_factory.mktemp("export") / "corrections"
-    for seed in range(3):
-        image, mask, meta = make_phantom("kidney", "hpa", 256, seed, pixel_size_um=2.0)
-        row = {
-            "id": f"kidney{seed}",
-            "organ": "kidney",
-            "data_source": meta["data_source"],
-            "pixel_size": 2.0,
-            "tissue_thickness": 4,
-            "rle": rle.encode(mask),
-        }
-        upsert_row(folder, row, image=image)
-    return folder
+    return phantom_dataset(tmp_path_factory.mktemp("export") / "corrections", ("kidney",), 256)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.evaluate import add_image_arguments, load_images, resolve_device, validation_ids
+
 log = logging.getLogger("training.calibrate")
 
 
@@ -38,18 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, type=Path, help="an ensemble manifest (.yaml/.yml/.json)"
     )
     parser.add_argument(
-        "--split-of",
-        type=Path,
-        metavar="CKPT",
-        help="only the images CKPT was validated on (its training summary's val_ids)",
-    )
-    parser.add_argument("--organ", nargs="+", help="only images of these organs")
-    parser.add_argument(
         "--write", action="store_true", help="store the tuned values in the manifest"
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
+    add_image_arguments(
+        parser, "only the images CKPT was validated on (its training summary's val_ids)"
+    )
     return parser
 
 
@@ -63,7 +59,6 @@ def calibrate(
 ) -> dict[str, dict[str, Any]]:
     """Per organ of the images: their count, the threshold and minimum area (um²) before and
     after tuning, and the mean per-image Dice with each."""
-    from training.evaluate import load_images
     from training.models.ensemble import load_ensemble
     from training.validation import predict, tune_postprocess
 
@@ -123,14 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from training.data.catalog import CatalogError
-    from training.evaluate import validation_ids
     from training.models import CheckpointError
     from training.models.ensemble import is_manifest, read_manifest
 
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if args.write:  # refused before any work, not after it
             if not is_manifest(args.model):
@@ -141,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             read_manifest(args.model)
         ids = validation_ids(args.split_of) if args.split_of is not None else None
-        results = calibrate(args.data, args.model, args.device, args.tta, args.organ, ids)
+        device = resolve_device(args.device)
+        results = calibrate(args.data, args.model, device, args.tta, args.organ, ids)
     except (CatalogError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"python -m training.calibrate: error: {exc}", file=sys.stderr)
         return 2

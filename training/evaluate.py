@@ -36,17 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, type=Path, help="a checkpoint or an ensemble manifest"
     )
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    add_image_arguments(
+        parser,
+        "only the images CKPT was validated on (its training summary's val_ids), to compare "
+        "another model with it on the same images",
+    )
+    return parser
+
+
+def add_image_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """The options that choose the images and how the engine runs on them (``--device``,
+    ``--tta``, ``--organ``, ``--split-of``), shared with ``training.calibrate``."""
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
     parser.add_argument("--organ", nargs="+", help="only images of these organs")
-    parser.add_argument(
-        "--split-of",
-        type=Path,
-        metavar="CKPT",
-        help="only the images CKPT was validated on (its training summary's val_ids), to "
-        "compare another model with it on the same images",
-    )
-    return parser
+    parser.add_argument("--split-of", type=Path, metavar="CKPT", help=split_help)
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: CUDA where available, else the CPU; any other name as it is."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluate(
@@ -123,13 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.data.catalog import CatalogError
     from training.models import CheckpointError
 
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         ids = validation_ids(args.split_of) if args.split_of is not None else None
-        summary = evaluate(args.data, args.model, args.device, args.tta, args.organ, ids)
+        device = resolve_device(args.device)
+        summary = evaluate(args.data, args.model, device, args.tta, args.organ, ids)
     except (CatalogError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"python -m training.evaluate: error: {exc}", file=sys.stderr)
         return 2
