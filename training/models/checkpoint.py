@@ -207,20 +207,15 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         raise refuse("organs", f"a non-empty list of organs among {', '.join(ORGANS)}")
     checked["organs"] = list(organs)
 
-    thresholds = meta.get("thresholds")
-    if not isinstance(thresholds, dict) or not set(thresholds) <= set(ORGANS):
-        raise refuse("thresholds", f"a dict from organs among {', '.join(ORGANS)} to numbers")
-    if not all(_is_number(t) and 0 <= t <= 1 for t in thresholds.values()):
-        raise refuse("thresholds", "a dict of organs to numbers in [0, 1]")
-    checked["thresholds"] = {organ: float(t) for organ, t in thresholds.items()}
-
-    # optional (checkpoints from before it was calibrated have none): organs left out drop nothing
-    min_areas = meta.get("min_area_um2", {})
-    if not isinstance(min_areas, dict) or not set(min_areas) <= set(ORGANS):
-        raise refuse("min_area_um2", f"a dict from organs among {', '.join(ORGANS)} to numbers")
-    if not all(_is_number(a) and a >= 0 for a in min_areas.values()):
-        raise refuse("min_area_um2", "a dict of organs to finite numbers >= 0 (um²)")
-    checked["min_area_um2"] = {organ: float(a) for organ, a in min_areas.items()}
+    # min_area_um2 is optional (checkpoints from before it was calibrated have none): organs
+    # left out drop nothing
+    for field, default in (("thresholds", None), ("min_area_um2", {})):
+        upper, bounds = ORGAN_NUMBER_BOUNDS[field]
+        try:
+            checked[field] = organ_numbers(meta.get(field, default), upper, bounds)
+        except ValueError:
+            must = f"a dict from organs among {', '.join(ORGANS)} to finite numbers {bounds}"
+            raise refuse(field, must) from None
 
     if not isinstance(meta.get("training", {}), dict):
         raise refuse("training", "a dict (a training summary)")
@@ -239,6 +234,24 @@ def _check_tile_fits(model: nn.Module, size: int, where: str) -> None:
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# the per-organ post-processing of checkpoints and manifests: (upper bound, how it reads)
+ORGAN_NUMBER_BOUNDS = {"thresholds": (1.0, "in [0, 1]"), "min_area_um2": (math.inf, ">= 0 (um²)")}
+
+
+def organ_numbers(values: Any, upper: float, bounds: str) -> dict[str, float]:
+    """``values`` checked as a dict from organs to finite numbers in [0, ``upper``] (``bounds``
+    says so in words); ``ValueError`` with the reason otherwise."""
+    if not isinstance(values, dict):
+        raise ValueError(f"must be a dict from organs to numbers {bounds}")
+    unknown = sorted(set(values) - set(ORGANS))
+    if unknown:
+        raise ValueError(f"names unknown organ(s) {unknown}")
+    for organ, value in values.items():
+        if not (_is_number(value) and 0 <= value <= upper):
+            raise ValueError(f"for {organ} must be a number {bounds}; got {value!r}")
+    return {organ: float(value) for organ, value in values.items()}
 
 
 def _is_number(value: Any) -> bool:

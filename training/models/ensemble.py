@@ -20,8 +20,6 @@ counts as 0). Other top-level keys (``name``, ``card``) are kept but not used.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,19 +163,12 @@ def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
 def calibration(manifest: dict[str, Any], key: str, where: str) -> dict[str, float]:
     """A manifest's top-level ``thresholds`` (numbers in [0, 1]) or ``min_area_um2`` (numbers
     >= 0, um²) by organ, checked; ``{}`` when absent."""
+    from training.models.checkpoint import ORGAN_NUMBER_BOUNDS, organ_numbers
+
     values = manifest.get(key)
     if values is None:
         return {}
-    bounds, upper = ("in [0, 1]", 1.0) if key == "thresholds" else (">= 0 (um²)", math.inf)
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: '{key}' must be a dict from organs to numbers {bounds}")
-    unknown = sorted(set(values) - set(ORGANS))
-    if unknown:
-        raise ValueError(f"{where}: '{key}' names unknown organ(s) {unknown}")
-    for organ, value in values.items():
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not (number and math.isfinite(value) and 0 <= value <= upper):
-            raise ValueError(
-                f"{where}: '{key}' for {organ} must be a number {bounds}; got {value!r}"
-            )
-    return {organ: float(value) for organ, value in values.items()}
+    try:
+        return organ_numbers(values, *ORGAN_NUMBER_BOUNDS[key])
+    except ValueError as exc:
+        raise ValueError(f"{where}: '{key}' {exc}") from None
