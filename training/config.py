@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORGAN=FACTOR",
         help="draw an organ's images FACTOR times as often (the seeds: lung=5)",
     )
+    data.add_argument(
+        "--organ",
+        nargs="+",
+        choices=ORGANS,
+        metavar="ORGAN",
+        help="train and validate on these organs' images only (an organ specialist); the "
+        "validation split of the others stays as it would be without it",
+    )
     data.add_argument("--samples-per-epoch", type=int, default=2000)
     data.add_argument("--ftu-fraction", type=float, default=0.6, help="crops centred on an FTU")
     data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")

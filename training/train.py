@@ -79,10 +79,12 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
     model, meta = _model(args)
     try:
         specs = [parse_data_spec(text) for text in args.data]
-        records = load_records(specs)
+        records = _only_organs(load_records(specs), args.organ)
         if args.val_data:
             train = records
-            val = load_records([parse_data_spec(text) for text in args.val_data])
+            val = _only_organs(
+                load_records([parse_data_spec(text) for text in args.val_data]), args.organ
+            )
         else:
             train, val = split_records(records, args.val_fraction, _split_seed(args), args.fold)
         probabilities = sampling_weights(train, [s.weight for s in specs], args.oversample)
@@ -215,6 +217,18 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.tile is not None:
         meta["tile_size"] = int(args.tile)
     return model, meta
+
+
+def _only_organs(records: list[Any], organs: Sequence[str] | None) -> list[Any]:
+    """The records of ``organs`` (all when None). The split shuffles each organ on its own, so
+    the validation images of an organ are the same with or without this filter."""
+    if not organs:
+        return records
+    kept = [r for r in records if r.organ in organs]
+    if not kept:
+        found = sorted({r.organ for r in records})
+        raise ValueError(f"--organ {' '.join(organs)}: no such image in the data (it has {found})")
+    return kept
 
 
 def _split_seed(args: argparse.Namespace) -> int:
