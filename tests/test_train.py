@@ -16,6 +16,7 @@ from helpers import phantom_dataset
 
 from training import evaluate as evaluate_command
 from training import train as train_command
+from training.data.records import load_records, parse_data_spec, split_records
 from training.models import build_model, load_checkpoint, save_checkpoint
 from training.validation import MIN_AREAS_UM2, dice
 
@@ -104,6 +105,18 @@ def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     assert meta["training"]["val_ids"] == parent
 
 
+def test_an_organ_specialist_keeps_the_split_of_its_organ(dataset, tmp_path):
+    out = tmp_path / "kidney"
+    args = _args(dataset, out, "--model", "swin_micro_upernet", "--epochs", "1", "--organ", "kidney")
+    assert train_command.main(args) == 0
+    training = load_checkpoint(out / "best.pt")[1]["training"]
+    assert set(training["validation"]["organ"]) == {"kidney"}
+    # the kidney images validated on are those a run on every organ validates on
+    _, val = split_records(load_records([parse_data_spec(str(dataset))]), 0.2, 0)
+    assert training["val_ids"] == sorted(r.id for r in val if r.organ == "kidney")
+    assert len(training["val_ids"]) == 1
+
+
 def test_yaml_config_sets_defaults_and_flags_win(dataset, tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
@@ -127,6 +140,7 @@ def test_yaml_config_sets_defaults_and_flags_win(dataset, tmp_path):
         (["--init", "missing.pt"], "no such checkpoint"),
         (["--init", "{corrupt}"], "--init"),
         (["--model", "swin_micro_upernet", "--oversample", "liver=2"], "ORGAN=FACTOR"),
+        (["--model", "swin_micro_upernet", "--organ", "spleen"], "--organ spleen: no such image"),
     ],
 )
 def test_bad_input_stops_before_training(dataset, tmp_path, capsys, extra, message):
