@@ -73,6 +73,24 @@ def test_checkpoint_round_trip(tmp_path, name):
     assert meta["mean"] and meta["std"] and meta["organs"]
 
 
+def test_a_half_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
+    model = build_model("coat_micro_daformer", input_size=96).eval()
+    with torch.no_grad():  # values float16 cannot hold: past its range, and too small
+        model.aux_heads[0].weight[0, 0] = 1e6
+        model.aux_heads[1].weight.fill_(1e-7)
+    full = save_checkpoint(tmp_path / "full.pt", model)
+    half = save_checkpoint(tmp_path / "half.pt", model, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    state = read_checkpoint(half)["state_dict"]
+    assert state["aux_heads.0.weight"].dtype == state["aux_heads.1.weight"].dtype == torch.float32
+    assert state["head.1.weight"].dtype == state["decoder.fuse.0.weight"].dtype == torch.float16
+    loaded, _ = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0.05)
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("this ran from a checkpoint",))

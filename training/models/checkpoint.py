@@ -53,9 +53,18 @@ def _default_meta(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: nn.Module, meta: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any] | None = None,
+    *,
+    half: bool = False,
 ) -> Path:
-    """Write ``model`` (built by ``build_model``) and its metadata atomically to ``path``."""
+    """Write ``model`` (built by ``build_model``) and its metadata atomically to ``path``.
+
+    ``half`` stores the floating-point weights as float16, half the file, for shipping a
+    model: loading casts them back to the model's float32. A tensor that float16 cannot hold
+    (a value past its range, or values so small that it loses their precision) stays float32.
+    """
     config = getattr(model, "config", None)
     if not config or "name" not in config:
         raise CheckpointError(
@@ -72,11 +81,27 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "architecture": {"name": config["name"], "args": arch_args},
         "meta": full_meta,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {
+            k: _half(v) if half else v.detach().cpu() for k, v in model.state_dict().items()
+        },
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def _half(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float16 when it is float32 and float16 holds it: every value finite and
+    within 1e-3 of the tensor's largest magnitude (not so for a tensor of tiny values, which
+    float16 flushes toward zero); else unchanged."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype != torch.float32 or not tensor.numel():
+        return tensor
+    small = tensor.to(torch.float16)
+    error = (small.float() - tensor).abs().max()
+    if not torch.isfinite(small).all() or error > 1e-3 * tensor.abs().max():
+        return tensor
+    return small
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
