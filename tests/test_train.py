@@ -107,7 +107,9 @@ def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
 
 def test_an_organ_specialist_keeps_the_split_of_its_organ(dataset, tmp_path):
     out = tmp_path / "kidney"
-    args = _args(dataset, out, "--model", "swin_micro_upernet", "--epochs", "1", "--organ", "kidney")
+    args = _args(
+        dataset, out, "--model", "swin_micro_upernet", "--epochs", "1", "--organ", "kidney"
+    )
     assert train_command.main(args) == 0
     training = load_checkpoint(out / "best.pt")[1]["training"]
     assert set(training["validation"]["organ"]) == {"kidney"}
