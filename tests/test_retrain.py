@@ -163,7 +163,7 @@ def test_an_ensemble_is_started_from_its_member_for_the_organ(tmp_path):
     path, note = start_checkpoint(manifest, "lung")
     assert path == manifest.parent / "lung_swin_upernet.pt" and "ensemble" in note
     path, note = start_checkpoint(manifest, "kidney")
-    assert path == manifest.parent / "swin_upernet.pt" and "for kidney" in note
+    assert path == manifest.parent / "kidney_coat_daformer.pt" and "for kidney" in note
     assert start_checkpoint(tmp_path / "m.pt", "kidney") == (tmp_path / "m.pt", "")
     (tmp_path / "bad.yaml").write_text("members: 3\n")
     with pytest.raises(ValueError, match=r"bad\.yaml"):

@@ -139,7 +139,7 @@ def test_an_ensemble_starts_from_its_member_for_the_organ(widgets, corrections, 
     segment.model.value = str(default_model_path())
     train.corrections.value = corrections
     path, note = train.start_model()
-    assert path.name == "swin_upernet.pt" and "ensemble" in note and "kidney" in note
+    assert path.name == "kidney_coat_daformer.pt" and "ensemble" in note and "kidney" in note
     assert train.start_note.value == note
     assert train.request().previous == default_model_path()
     train.add_earlier_folder(corrections.parent, 0.5)

@@ -1,0 +1,76 @@
+"""Which members, at which weights, make the best ensemble for one organ, on validation images.
+
+    python benchmarks/combine_members.py --organ kidney --split-of runs/default/coat-k2/best.pt \\
+        --data runs/data/phantoms-hpa-train runs/data/phantoms-hubmap-train runs/data/kidney-dev \\
+        --members runs/default/swin-k/best.pt runs/default/coat-k2/best.pt \\
+                  runs/default/kidney-coat/best.pt --weights 0 1 2
+
+Each member is run once through the engine on every image (members at another pixel size are
+resampled onto the finest member's grid); then for every combination of weights the mean
+probability gets its threshold and minimum area tuned as training validation tunes them
+(``tune_postprocess``), and the mean per-image Dice is printed, best first. The tuning is on
+the same images it is scored on: use validation images, never the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.evaluate import load_images, validation_ids
+from training.models.ensemble import load_ensemble
+from training.validation import ImageScore, predict, score, summarise, tune_postprocess
+
+
+def _resample(probability: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if probability.shape == shape:
+        return probability
+    tensor = torch.from_numpy(probability)[None, None]
+    return torch.nn.functional.interpolate(tensor, size=shape, mode="bilinear")[0, 0].numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--organ", required=True)
+    parser.add_argument("--data", nargs="+", type=Path, required=True)
+    parser.add_argument("--split-of", type=Path, help="only the images CKPT validated on")
+    parser.add_argument("--members", nargs="+", type=Path, required=True)
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 1.0])
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+
+    ids = validation_ids(args.split_of) if args.split_of else None
+    records = load_images(args.data, [args.organ], ids)
+    runs = [predict(load_ensemble(path), records) for path in args.members]
+    rows = []
+    for weights in itertools.product(args.weights, repeat=len(args.members)):
+        if not sum(weights):
+            continue
+        items = []
+        for i, record in enumerate(records):
+            finest = min((run[i] for run in runs), key=lambda s: s.pixel_size_um)
+            shape = finest.probability.shape
+            mean = sum(
+                w * _resample(run[i].probability, shape)
+                for w, run in zip(weights, runs, strict=True)
+                if w
+            )
+            items.append(ImageScore(record, mean / sum(weights), finest.pixel_size_um))
+        thresholds, areas = tune_postprocess(items)
+        summary = summarise(score(items, thresholds, areas))
+        rows.append((summary["dice"], weights, thresholds, areas, summary["data_source"]))
+    print(f"{len(records)} {args.organ} images; members: {' '.join(map(str, args.members))}")
+    for dice, weights, thresholds, areas, sources in sorted(rows, key=lambda r: -r[0])[: args.top]:
+        by_source = ", ".join(f"{k} {v:.4f}" for k, v in sources.items())
+        print(
+            f"weights {' '.join(f'{w:g}' for w in weights)}: Dice {dice:.4f} ({by_source}); "
+            f"threshold {thresholds[args.organ]}, min area {areas[args.organ]:g} um²"
+        )
+
+
+if __name__ == "__main__":
+    main()
