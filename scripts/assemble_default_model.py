@@ -25,7 +25,7 @@ MEMBERS = (  # from scripts/train_default_model.sh: the stage-3 fine-tunes, the 
     ("swin-k", "swin_upernet.pt", {"weight": 1.0, "organs": NOT_KIDNEY}),
     ("coat-k2", "coat_daformer.pt", {"weight": 1.0}),
     ("lung-ft", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
-    ("kidney-coat", "kidney_coat_daformer.pt", {"weight": 1.0, "organs": ["kidney"]}),
+    ("kidney-coat2", "kidney_coat_daformer.pt", {"weight": 1.0, "organs": ["kidney"]}),
 )
 
 
