@@ -2,9 +2,9 @@
 
 It is what ``napari-ftu segment`` and the plugin use when no model is named. Its manifest lists
 members in the seeds' shape: Swin+UPerNet, CoaT+DAFormer and a Swin+UPerNet lung specialist,
-plus a CoaT+DAFormer kidney specialist at a coarser pixel size. See docs/model_card.md for what it was trained on (synthetic phantoms of all five
-organs; real tissue only for kidney) and how well it does; scripts/train_default_model.sh
-rebuilds it.
+plus a CoaT+DAFormer kidney specialist at a coarser pixel size. See docs/model_card.md for
+what it was trained on (synthetic phantoms of all five organs; real tissue only for kidney)
+and how well it does; scripts/train_default_model.sh rebuilds it.
 """
 
 from __future__ import annotations
