@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=ORGANS,
         metavar="ORGAN",
-        help="train and validate on these organs' images only (an organ specialist); the "
-        "validation split of the others stays as it would be without it",
+        help="train and validate on these organs' images only (an organ specialist); their "
+        "validation images stay those of a run without it",
     )
     data.add_argument("--samples-per-epoch", type=int, default=2000)
     data.add_argument("--ftu-fraction", type=float, default=0.6, help="crops centred on an FTU")

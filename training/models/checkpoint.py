@@ -91,9 +91,9 @@ def save_checkpoint(
 
 
 def _half(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` as float16 when it is float32 and float16 holds it: every value finite and
-    within 1e-3 of the tensor's largest magnitude (not so for a tensor of tiny values, which
-    float16 flushes toward zero); else unchanged."""
+    """``tensor`` as float16 when it is float32 and float16 holds it: every value finite, and
+    rounded by at most 1e-3 of the tensor's largest magnitude (not so for a tensor of tiny
+    values, which float16 flushes toward zero); else unchanged."""
     tensor = tensor.detach().cpu()
     if tensor.dtype != torch.float32 or not tensor.numel():
         return tensor
