@@ -46,20 +46,22 @@ def main() -> None:
     ids = validation_ids(args.split_of) if args.split_of else None
     records = load_images(args.data, [args.organ], ids)
     runs = [predict(load_ensemble(path), records) for path in args.members]
+    # every member's map on each image's finest grid, resampled once for all the combinations
+    grids = [
+        min((run[i] for run in runs), key=lambda s: s.pixel_size_um) for i in range(len(records))
+    ]
+    maps = [
+        [_resample(run[i].probability, grid.probability.shape) for i, grid in enumerate(grids)]
+        for run in runs
+    ]
     rows = []
     for weights in itertools.product(args.weights, repeat=len(args.members)):
         if not sum(weights):
             continue
         items = []
-        for i, record in enumerate(records):
-            finest = min((run[i] for run in runs), key=lambda s: s.pixel_size_um)
-            shape = finest.probability.shape
-            mean = sum(
-                w * _resample(run[i].probability, shape)
-                for w, run in zip(weights, runs, strict=True)
-                if w
-            )
-            items.append(ImageScore(record, mean / sum(weights), finest.pixel_size_um))
+        for i, (record, grid) in enumerate(zip(records, grids, strict=True)):
+            mean = sum(w * member[i] for w, member in zip(weights, maps, strict=True) if w)
+            items.append(ImageScore(record, mean / sum(weights), grid.pixel_size_um))
         thresholds, areas = tune_postprocess(items)
         summary = summarise(score(items, thresholds, areas))
         rows.append((summary["dice"], weights, thresholds, areas, summary["data_source"]))
