@@ -41,11 +41,14 @@ def main() -> None:
     parser.add_argument("--members", nargs="+", type=Path, required=True)
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 1.0])
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--tta", type=int, default=1, choices=(1, 4, 8), help="flips (4), transposes (8)"
+    )
     args = parser.parse_args()
 
     ids = validation_ids(args.split_of) if args.split_of else None
     records = load_images(args.data, [args.organ], ids)
-    runs = [predict(load_ensemble(path), records) for path in args.members]
+    runs = [predict(load_ensemble(path), records, tta=args.tta) for path in args.members]
     # every member's map on each image's finest grid, resampled once for all the combinations
     grids = [
         min((run[i] for run in runs), key=lambda s: s.pixel_size_um) for i in range(len(records))
@@ -65,7 +68,8 @@ def main() -> None:
         thresholds, areas = tune_postprocess(items)
         summary = summarise(score(items, thresholds, areas))
         rows.append((summary["dice"], weights, thresholds, areas, summary["data_source"]))
-    print(f"{len(records)} {args.organ} images; members: {' '.join(map(str, args.members))}")
+    members = " ".join(map(str, args.members))
+    print(f"{len(records)} {args.organ} images, TTA {args.tta}; members: {members}")
     for dice, weights, thresholds, areas, sources in sorted(rows, key=lambda r: -r[0])[: args.top]:
         by_source = ", ".join(f"{k} {v:.4f}" for k, v in sources.items())
         print(
