@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Rebuild the bundled default model (training/models/default/) from the shared data and phantoms:
 # Swin+UPerNet and CoaT+DAFormer on phantoms of all five organs (HPA and HuBMAP presets) plus the
-# real kidney development images, a Swin+UPerNet lung specialist (lung drawn 25x as often) and a
-# CoaT+DAFormer kidney specialist at 2 um/px.
-# About 6 hours on a 2-core CPU (stage 1: 30 minutes, stage 2: 85, stage 3: 195 one member at a
-# time, about 120 with coat-k and swin-k side by side, as they were trained; stage 4: 105).
+# real kidney development images, a Swin+UPerNet lung specialist (lung drawn 25x as often) and
+# two CoaT+DAFormer kidney specialists, at 2 and 1 um/px.
+# About 8 hours on a 2-core CPU (stage 1: 30 minutes, stage 2: 85, stage 3: 195 one member at a
+# time, about 120 with coat-k and swin-k side by side, as they were trained; stage 4: 105;
+# stage 5: 120, about 60 with its two members side by side, as they were trained).
 # --time-limit caps each member's training time, so on a slower machine fewer epochs run (the
 # epochs done are in each checkpoint's metadata).
 # Usage: scripts/train_default_model.sh [RUNS_DIR]
@@ -57,6 +58,15 @@ member kidney-coat --init "$RUNS/coat-k2/best.pt" --seed 5 --epochs 22 --time-li
 # and once more from there (its validation Dice was still rising at its last epoch): lr 1.5e-4
 member kidney-coat2 --init "$RUNS/kidney-coat/best.pt" --lr 1.5e-4 --warmup 0.3 --seed 6 \
     --epochs 12 --time-limit 40
+# Stage 5 (session 8): the 2 um/px specialist once more from stage 4 (lr 1e-4; its best epoch, 8
+# of 16, is kept), and a second kidney specialist at 1 um/px from stage 3's CoaT, the real
+# development images drawn 8x to the phantom folders' 1x. For kidney the two specialists stand
+# in for the general members (docs/benchmarks.md, "stage 5").
+member kidney-coat3 --init "$RUNS/kidney-coat2/best.pt" --lr 1e-4 --warmup 0.3 --seed 7 \
+    --epochs 16 --time-limit 60
+member kidney-coat1 --init "$RUNS/coat-k2/best.pt" --pixel-size 1.0 --lr 2e-4 --warmup 0.3 \
+    --data "$DATA/phantoms-hpa-train:1" "$DATA/phantoms-hubmap-train:1" "$DATA/kidney-dev:8" \
+    --seed 9 --epochs 20 --time-limit 62
 $PY scripts/assemble_default_model.py "$RUNS"
 # Calibrate the ensemble's threshold and minimum object area per organ on validation images:
 # fresh phantoms (seeds 200-203, never trained on) for the other organs, and for kidney the
