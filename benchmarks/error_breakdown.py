@@ -23,24 +23,13 @@ import numpy as np
 from scipy import ndimage
 
 from training.evaluate import load_images
-from training.inference.postprocess import probability_to_labels, resize_labels
 from training.models.ensemble import load_ensemble
-from training.validation import ImageScore, dice, predict
-
-
-def _mask(item: ImageScore) -> np.ndarray:
-    """The mask the engine outputs at the image's full size (as ``training.validation``)."""
-    labels = probability_to_labels(
-        item.probability, item.threshold, item.min_area_um2 / item.pixel_size_um**2
-    )
-    if labels.shape != item.record.shape:
-        labels = resize_labels(labels > 0, item.record.shape)
-    return labels > 0
+from training.validation import ImageScore, dice, full_size_mask, predict
 
 
 def breakdown(item: ImageScore) -> dict[str, float | int]:
     """One image's objects and Dice: measured, without unmatched objects, with missed ones."""
-    prediction, truth = _mask(item), item.truth.astype(bool)
+    prediction, truth = full_size_mask(item), item.truth.astype(bool)
     predicted, n_predicted = ndimage.label(prediction)
     true, n_true = ndimage.label(truth)
     unmatched = np.setdiff1d(np.arange(1, n_predicted + 1), np.unique(predicted[truth]))

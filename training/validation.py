@@ -30,6 +30,7 @@ __all__ = [
     "ImageScore",
     "area_cap_um2",
     "dice",
+    "full_size_mask",
     "predict",
     "score",
     "summarise",
@@ -123,7 +124,7 @@ def score(
             item.threshold = float(thresholds[organ])
         if min_areas and organ in min_areas:
             item.min_area_um2 = float(min_areas[organ])
-        item.dice = dice(_full_size(item), item.truth)
+        item.dice = dice(full_size_mask(item), item.truth)
     return scored
 
 
@@ -196,7 +197,7 @@ def _by_organ(scores: Iterable[ImageScore]) -> dict[str, list[ImageScore]]:
     return groups
 
 
-def _full_size(item: ImageScore) -> np.ndarray:
+def full_size_mask(item: ImageScore) -> np.ndarray:
     """The image's mask as the CLI and the plugin output it (holes filled, objects under the
     minimum area dropped) at the image's level-0 size (nearest neighbour, as the RLE the CLI
     writes)."""
