@@ -2,10 +2,10 @@
 # Rebuild the bundled default model (training/models/default/) from the shared data and phantoms:
 # Swin+UPerNet and CoaT+DAFormer on phantoms of all five organs (HPA and HuBMAP presets) plus the
 # real kidney development images, a Swin+UPerNet lung specialist (lung drawn 25x as often) and
-# two CoaT+DAFormer kidney specialists, at 2 and 1 um/px.
-# About 8 hours on a 2-core CPU (stage 1: 30 minutes, stage 2: 85, stage 3: 195 one member at a
+# three CoaT+DAFormer kidney specialists, one at 2 and two at 1 um/px.
+# About 9 hours on a 2-core CPU (stage 1: 30 minutes, stage 2: 85, stage 3: 195 one member at a
 # time, about 120 with coat-k and swin-k side by side, as they were trained; stage 4: 105;
-# stage 5: 120, about 60 with its two members side by side, as they were trained).
+# stage 5: 120, about 60 with its two members side by side, as they were trained; stage 6: 45).
 # --time-limit caps each member's training time, so on a slower machine fewer epochs run (the
 # epochs done are in each checkpoint's metadata).
 # Usage: scripts/train_default_model.sh [RUNS_DIR]
@@ -67,6 +67,11 @@ member kidney-coat3 --init "$RUNS/kidney-coat2/best.pt" --lr 1e-4 --warmup 0.3 -
 member kidney-coat1 --init "$RUNS/coat-k2/best.pt" --pixel-size 1.0 --lr 2e-4 --warmup 0.3 \
     --data "$DATA/phantoms-hpa-train:1" "$DATA/phantoms-hubmap-train:1" "$DATA/kidney-dev:8" \
     --seed 9 --epochs 20 --time-limit 62
+# Stage 6 (session 9): the 1 um/px specialist once more from its best epoch (its validation Dice
+# was still rising as the learning rate decayed), lr 1e-4; it joins the two above for kidney.
+member kidney-coat1c --init "$RUNS/kidney-coat1/best.pt" --pixel-size 1.0 --lr 1e-4 --warmup 0.3 \
+    --data "$DATA/phantoms-hpa-train:1" "$DATA/phantoms-hubmap-train:1" "$DATA/kidney-dev:8" \
+    --seed 11 --epochs 16 --time-limit 58
 $PY scripts/assemble_default_model.py "$RUNS"
 # Calibrate the ensemble's threshold and minimum object area per organ on validation images:
 # fresh phantoms (seeds 200-203, never trained on) for the other organs, and for kidney the

@@ -2,8 +2,8 @@
 
 It is what ``napari-ftu segment`` and the plugin use when no model is named. Its manifest lists
 members in the seeds' shape: Swin+UPerNet, CoaT+DAFormer and a Swin+UPerNet lung specialist,
-plus two CoaT+DAFormer kidney specialists (2 and 1 um/px) that stand in for the general members
-on kidney. See docs/model_card.md for
+plus three CoaT+DAFormer kidney specialists (one at 2, two at 1 um/px) that stand in for the
+general members on kidney. See docs/model_card.md for
 what it was trained on (synthetic phantoms of all five organs; real tissue only for kidney)
 and how well it does; scripts/train_default_model.sh rebuilds it.
 """
