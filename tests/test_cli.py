@@ -146,7 +146,8 @@ def test_torchrun_shares_slides_and_rank_zero_merges(workspace, tmp_path):
     command = torchrun(
         *segment_args(slides, root / "model.pt", tmp_path, "--threshold", "0", "--geojson")
     )
-    subprocess.run(command, check=True, env=worktree_env(), timeout=300, capture_output=True)
+    done = subprocess.run(command, env=worktree_env(), timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     frame = read_catalog(tmp_path)
     assert sorted(frame["id"]) == ["slide0", "slide1"]
     assert (tmp_path / "slide0.geojson").is_file() and (tmp_path / "slide1.geojson").is_file()
