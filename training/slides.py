@@ -1,7 +1,8 @@
 """Lazy reading of whole-slide images and a pyramidal TIFF writer.
 
 ``open_slide`` opens plain and tiled pyramidal TIFF (including OME-TIFF and SVS-style files)
-lazily through tifffile + zarr: nothing but the header is read until a region is asked for.
+lazily through tifffile (tiled levels tile by tile, ``training.tiled_tiff``; others and the lazy
+dask view through zarr): nothing but the header is read until a region is asked for.
 PNG and JPEG have no random access, so they are decoded once. Pixel sizes come from the file's
 metadata when it has any (OME ``PhysicalSizeX``, SVS ``MPP``, ImageJ or TIFF resolution tags).
 """
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from training.atomic import atomic_path
+from training.tiled_tiff import TiledLevel, TileFile
 
 __all__ = [
     "REFUSED_SUFFIXES",
@@ -131,6 +133,8 @@ class Slide:
 
             self._levels = []
             for src in self._sources:
+                if isinstance(src, TiledLevel):
+                    src = src.fallback
                 lazy = src if isinstance(src, np.ndarray) else da.from_zarr(src)
                 self._levels.append(_to_yxc(lazy, self._axes, slice(None), slice(None)))
         return self._levels
@@ -571,13 +575,23 @@ def _open_tiff(path: Path, size: int) -> Slide:
                         f"{int((offsets + counts).max())} but the file has {size} bytes"
                     )
         cache = _TileCache(TILE_CACHE_MB * 2**20)
-        sources = [
+        arrays = [
             zarr.open_array(_cached_store(series.aszarr(level=i), cache, i), mode="r")
             for i in range(len(levels))
         ]
+        # tiled levels are read straight from the file (training.tiled_tiff); zarr serves the
+        # others and the lazy dask view
+        tiles = TileFile(path) if tif.filehandle.is_file else None
+        sources = [
+            TiledLevel(level, array, cache, i, tiles)
+            if tiles is not None and TiledLevel.supports(level)
+            else array
+            for i, (level, array) in enumerate(zip(levels, arrays, strict=True))
+        ]
         pixel_size = _tiff_pixel_size(tif, series.keyframe)
         metadata = {"format": _tiff_kind(tif), "axes": axes, "series": series.name}
-        slide = Slide(path, sources, axes, pixel_size, metadata, handle=tif)
+        handles = [tif] if tiles is None else [tif, tiles]
+        slide = Slide(path, sources, axes, pixel_size, metadata, handle=_Handles(handles))
         slide._tile_cache = cache
         return slide
     except SlideError:
@@ -597,11 +611,11 @@ class _TileCache:
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
-        self._items: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._items: OrderedDict[tuple[int, Any], Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, str]) -> Any:
+    def get(self, key: tuple[int, Any]) -> Any:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
@@ -613,8 +627,8 @@ class _TileCache:
             self._items.clear()
             self._bytes = 0
 
-    def put(self, key: tuple[int, str], value: Any) -> None:
-        size = len(value)
+    def put(self, key: tuple[int, Any], value: Any) -> None:
+        size = _size(value)
         if size > self.budget:
             return
         with self._lock:
@@ -624,7 +638,23 @@ class _TileCache:
             self._bytes += size
             while self._bytes > self.budget:
                 _, dropped = self._items.popitem(last=False)
-                self._bytes -= len(dropped)
+                self._bytes -= _size(dropped)
+
+
+def _size(value: Any) -> int:
+    """Bytes of a cached tile: a decoded array (training.tiled_tiff) or a zarr buffer."""
+    return value.nbytes if isinstance(value, np.ndarray) else len(value)
+
+
+class _Handles:
+    """Files a slide holds open, closed together."""
+
+    def __init__(self, handles: Sequence[Any]) -> None:
+        self.handles = list(handles)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()
 
 
 def _cached_store(store: Any, cache: _TileCache, level: int) -> Any:
