@@ -10,6 +10,10 @@ first tile read to the last row written.
     .venv/bin/python benchmarks/bench_device_feed.py --device cuda             # the issue's run
     .venv/bin/python benchmarks/bench_device_feed.py --device cpu --side 2048 \\
         --model swin_micro_upernet --batch-size 4                              # a CPU smoke run
+    .venv/bin/python benchmarks/bench_device_feed.py --read-only --read-workers 4   # reading alone
+
+``--read-only`` reads the same tiles, in the engine's batches, through the engine's tile source
+and nothing else: the ceiling that reading puts on tiles/s, whatever the device.
 """
 
 from __future__ import annotations
@@ -61,7 +65,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--read-workers", type=int, default=8)
     parser.add_argument("--tta", type=int, default=1)
+    parser.add_argument("--read-only", action="store_true", help="time the tile source alone")
     args = parser.parse_args()
+    if args.read_only:
+        read_only(args)
+        return
 
     from training.inference import run
     from training.models import build_model
@@ -108,6 +116,32 @@ def main() -> None:
         f"{args.side}x{args.side} slide at {SLIDE_PX} um/px: {result.tiles_run} tiles in "
         f"{wall:.1f} s = {result.tiles_run / wall:.1f} tiles/s; model busy {busy:.1f} s = "
         f"{busy / wall:.0%} of wall time"
+    )
+
+
+def read_only(args: argparse.Namespace) -> None:
+    """Tiles/s of the engine's tile source alone, on the engine's plan and batches."""
+    from training.inference.source import TileSource
+    from training.inference.tiling import plan_tiles
+    from training.models import build_model
+    from training.slides import open_slide
+
+    tile = int(build_model(args.model).config["input_size"])
+    with open_slide(forty_x_phantom(args.side)) as slide:
+        plan = plan_tiles(slide.shape[:2], SLIDE_PX / MODEL_PX, tile, 0.25, MODEL_PX)
+        requests = [
+            (row, y, xs[start : start + args.batch_size])
+            for row, (y, xs) in enumerate(plan.rows)
+            for start in range(0, len(xs), args.batch_size)
+        ]
+        source = TileSource(slide, MODEL_PX, tile, workers=args.read_workers)
+        start = time.perf_counter()
+        count = sum(len(tiles) for _, _, tiles in source.batches(requests))
+        wall = time.perf_counter() - start
+    print(
+        f"{args.side}x{args.side} slide at {SLIDE_PX} um/px, {tile} px tiles at {MODEL_PX} um/px, "
+        f"batches of {args.batch_size}, {args.read_workers} read workers: reading alone "
+        f"{count} tiles in {wall:.1f} s = {count / wall:.1f} tiles/s"
     )
 
 
