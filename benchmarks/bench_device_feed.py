@@ -123,20 +123,15 @@ def read_only(args: argparse.Namespace) -> None:
     """Tiles/s of the engine's tile source alone, on the engine's plan and batches."""
     from training.inference.source import TileSource
     from training.inference.tiling import plan_tiles
-    from training.models import build_model
+    from training.models.registry import CONFIGS
     from training.slides import open_slide
 
-    tile = int(build_model(args.model).config["input_size"])
+    tile = int(CONFIGS[args.model]["input_size"])  # the model itself is not needed
     with open_slide(forty_x_phantom(args.side)) as slide:
         plan = plan_tiles(slide.shape[:2], SLIDE_PX / MODEL_PX, tile, 0.25, MODEL_PX)
-        requests = [
-            (row, y, xs[start : start + args.batch_size])
-            for row, (y, xs) in enumerate(plan.rows)
-            for start in range(0, len(xs), args.batch_size)
-        ]
         source = TileSource(slide, MODEL_PX, tile, workers=args.read_workers)
         start = time.perf_counter()
-        count = sum(len(tiles) for _, _, tiles in source.batches(requests))
+        count = sum(len(tiles) for _, _, tiles in source.batches(plan.batches(args.batch_size)))
         wall = time.perf_counter() - start
     print(
         f"{args.side}x{args.side} slide at {SLIDE_PX} um/px, {tile} px tiles at {MODEL_PX} um/px, "

@@ -128,8 +128,7 @@ class TiledLevel:
         return out if self.ndim == 3 else out[..., 0]
 
     def _tiles(self, indices: list[int]) -> list[np.ndarray | None]:
-        """Decoded tiles, from the cache or read (in file order, under the file's lock) and
-        decoded on this thread."""
+        """Decoded tiles, from the cache or read (in file order) and decoded on this thread."""
         tiles: dict[int, np.ndarray | None] = {}
         wanted = []
         for index in indices:

@@ -304,12 +304,7 @@ class _Run:
         source = TileSource(
             self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
         )
-        size = options.batch_size
-        requests = (
-            (row, y, xs[start : start + size])
-            for row, (y, xs) in enumerate(plan.rows)
-            for start in range(0, len(xs), size)
-        )
+        requests = plan.batches(options.batch_size)
         row_tops = [round(y * scale) for y, _ in plan.rows] + [store.shape[0]]
         finished = 0
         tiles = source.batches(requests)

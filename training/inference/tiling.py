@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +59,13 @@ class TilePlan:
     def tiles(self) -> list[tuple[int, int]]:
         """Every kept tile's ``(y, x)``, row by row."""
         return [(y, x) for y, xs in self.rows for x in xs]
+
+    def batches(self, size: int) -> Iterator[tuple[int, int, list[int]]]:
+        """``(row, y, xs)``: the kept tiles in batches of at most ``size``, each within one row
+        (so a batch is read as one region)."""
+        for row, (y, xs) in enumerate(self.rows):
+            for start in range(0, len(xs), size):
+                yield row, y, xs[start : start + size]
 
 
 def plan_tiles(
