@@ -16,6 +16,7 @@ from helpers import phantom_dataset
 
 from training import evaluate as evaluate_command
 from training import train as train_command
+from training.config import parse_config
 from training.data.records import load_records, parse_data_spec, split_records
 from training.models import build_model, load_checkpoint, save_checkpoint
 from training.validation import MIN_AREAS_UM2, dice
@@ -103,6 +104,34 @@ def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     assert meta["training"]["init"] == str(out / "best.pt")
     parent = load_checkpoint(out / "best.pt")[1]["training"]["val_ids"]
     assert meta["training"]["val_ids"] == parent
+
+
+def test_init_fine_tunes_at_another_tile_size(dataset, tmp_path, capsys):
+    # CoaT's patch embeddings fix its grid: the model is rebuilt for the new tile, weights kept
+    parent = build_model("coat_micro_daformer", input_size=64)
+    init = save_checkpoint(tmp_path / "parent.pt", parent, {"pixel_size_um": 2.0, "tile_size": 64})
+    args = parse_config([*_args(dataset, tmp_path / "unused", "--init", str(init)), "--tile", "96"])
+    model, meta = train_command._model(args)
+    assert model.config["input_size"] == 96 and meta["tile_size"] == 96
+    for key, value in parent.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    out = tmp_path / "tuned"
+    assert (
+        train_command.main(
+            [*_args(dataset, out, "--init", str(init), "--epochs", "1"), "--tile", "96"]
+        )
+        == 0
+    )
+    tuned, meta = load_checkpoint(out / "best.pt")
+    assert tuned.config["input_size"] == 96 and meta["tile_size"] == 96
+    # a tile the encoder cannot take stops before training, naming the flag
+    assert (
+        train_command.main([*_args(dataset, tmp_path / "bad", "--init", str(init)), "--tile", "80"])
+        == 2
+    )
+    assert "--tile 80" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "last.pt").exists()
 
 
 def test_an_organ_specialist_keeps_the_split_of_its_organ(dataset, tmp_path):

@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from training.config import AUGMENT_GROUPS, parse_config, save_config
@@ -196,6 +197,8 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if args.pretrained is not None:
             raise InputError("--pretrained and --init exclude each other (--init has weights)")
         meta["training"] = {"init": str(args.init), "init_training": meta.get("training", {})}
+        if args.tile is not None and args.tile != model.config["input_size"]:
+            model = _rebuilt_for_tile(model, args.tile, args.init)
     else:
         if args.model not in list_models():
             raise InputError(f"--model {args.model}: not one of {', '.join(list_models())}")
@@ -215,8 +218,32 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise InputError(f"--pixel-size must be positive; got {args.pixel_size}")
         meta["pixel_size_um"] = float(args.pixel_size)
     if args.tile is not None:
+        try:
+            model.encoder.check_input_size(args.tile, args.tile)
+        except ValueError as exc:
+            raise InputError(f"--tile {args.tile}: {exc}") from None
         meta["tile_size"] = int(args.tile)
     return model, meta
+
+
+def _rebuilt_for_tile(model: Any, tile: int, init: Path) -> Any:
+    """``model`` rebuilt for ``tile`` px crops with its own weights, to fine-tune at another tile
+    size (a fixed-grid encoder such as CoaT takes only the size it was built for). Weights that
+    depend on the size (absolute position embeddings) stop it with ``InputError``."""
+    from training.models.registry import build_from_config, resolve_config
+
+    args = {k: v for k, v in model.config.items() if k != "name"}
+    try:
+        resized = build_from_config(
+            resolve_config(model.config["name"], **{**args, "input_size": tile})
+        )
+        resized.load_state_dict(model.state_dict())
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise InputError(
+            f"--tile {tile}: the model of --init {init} (built for {args['input_size']} px) cannot "
+            f"take {tile} px crops with its weights: {str(exc).splitlines()[0]}"
+        ) from None
+    return resized
 
 
 def _only_organs(records: list[Any], organs: Sequence[str] | None) -> list[Any]:
