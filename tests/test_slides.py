@@ -281,14 +281,14 @@ def test_write_pyramid_from_a_memmap_source(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
 def test_block_mean_matches_the_plain_mean(dtype):
-    from training.slides import _block_mean
+    from training.resample import block_mean
 
     rng = np.random.default_rng(0)
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     low, high = (info.min, info.max) if info else (-1.0, 1.0)
     block = rng.uniform(low, high, (12, 18, 3)).astype(dtype)
     expected = block.astype(np.float64).reshape(4, 3, 6, 3, 3).mean(axis=(1, 3))
-    np.testing.assert_allclose(_block_mean(block, 3), expected, rtol=1e-6)
+    np.testing.assert_allclose(block_mean(block, 3), expected, rtol=1e-6)
 
 
 def area_reference(image: np.ndarray, ratio: float, y: int, x: int, h: int, w: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Lazy reading of whole-slide images and a pyramidal TIFF writer.
+"""Lazy reading of whole-slide images (and ``write_pyramid``, from ``training.pyramid``).
 
 ``open_slide`` opens plain and tiled pyramidal TIFF (including OME-TIFF and SVS-style files)
 lazily through tifffile (tiled levels tile by tile, ``training.tiled_tiff``; others and the lazy
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from training.atomic import atomic_path
+from training.pyramid import write_pyramid
+from training.resample import area_weights, block_mean, cast_like, linear_weights, separable
 from training.tiled_tiff import TiledLevel, TileFile
 
 __all__ = [
@@ -219,7 +220,7 @@ class Slide:
                 sy, sx = round(y * ratio) + top * whole, round(x * ratio)
                 block = self.read_region(sy, sx, rows * whole, w * whole, level, fill)
                 out[top : top + rows] = (
-                    block if whole == 1 else _cast_like(_block_mean(block, whole), self.dtype)
+                    block if whole == 1 else cast_like(block_mean(block, whole), self.dtype)
                 )
             else:
                 out[top : top + rows] = self._resample(level, ratio, y + top, x, rows, w, fill)
@@ -247,10 +248,10 @@ class Slide:
             sh = math.ceil((y + h) * ratio) - sy + 1
             sw = math.ceil((x + w) * ratio) - sx + 1
             src = self.read_region(sy, sx, sh, sw, level, fill)
-            out = _separable(
+            out = separable(
                 src,
-                _area_weights(top - sy, ratio, h, sh),
-                _area_weights(left - sx, ratio, w, sw),
+                area_weights(top - sy, ratio, h, sh),
+                area_weights(left - sx, ratio, w, sw),
             )
         else:
             # Bilinear, output pixel centres at (y + i + 0.5) * ratio - 0.5 level pixels.
@@ -259,12 +260,12 @@ class Slide:
             sh = math.ceil((y + h) * ratio) - sy + 2
             sw = math.ceil((x + w) * ratio) - sx + 2
             src = self.read_region(sy, sx, sh, sw, level, fill)
-            out = _separable(
+            out = separable(
                 src,
-                _linear_weights((y + 0.5) * ratio - 0.5 - sy, ratio, h, sh),
-                _linear_weights((x + 0.5) * ratio - 0.5 - sx, ratio, w, sw),
+                linear_weights((y + 0.5) * ratio - 0.5 - sy, ratio, h, sh),
+                linear_weights((x + 0.5) * ratio - 0.5 - sx, ratio, w, sw),
             )
-        return _cast_like(out, self.dtype)
+        return cast_like(out, self.dtype)
 
     def clear_cache(self) -> None:
         """Drop the decoded tiles kept for overlapping reads (memory back after a long run)."""
@@ -327,193 +328,10 @@ def open_slide(path: str | os.PathLike, pixel_size_um: float | None = None) -> S
     return slide
 
 
-def write_pyramid(
-    path: str | os.PathLike,
-    image: Any,
-    pixel_size_um: float | None,
-    *,
-    tile: int = 256,
-    compression: str | None = "zlib",
-    compression_level: int | None = None,
-    labels: bool = False,
-) -> Path:
-    """Write ``image`` (``(H, W)`` or ``(H, W, C)``, any array-like) as a tiled pyramidal OME-TIFF.
-
-    Level 0 is written tile by tile from ``image``, so a memory-mapped or zarr source is never
-    read whole; each further level halves the previous one down to one tile: 2x2 means for
-    images, every second pixel for ``labels`` (a label image: a mean would invent ids, so every
-    value of a lower level is one of level 0's). The
-    pixel size goes into the OME metadata and the TIFF resolution tags. The file appears
-    atomically: it is written beside ``path`` and renamed into place.
-    """
-    import tifffile
-
-    path = Path(path)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"image must be (H, W) or (H, W, C); got shape {image.shape}")
-    if tile % 16:
-        raise ValueError(f"tile must be a multiple of 16; got {tile}")
-    if labels and (image.ndim != 2 or np.dtype(image.dtype).kind not in "ui"):
-        raise ValueError(
-            f"a label image must be 2-D integers; got shape {image.shape}, dtype {image.dtype}"
-        )
-    photometric = "rgb" if image.ndim == 3 and image.shape[2] in (3, 4) else "minisblack"
-    levels: list[Any] = [image]
-    while max(levels[-1].shape[:2]) > tile:
-        levels.append(_halve(levels[-1], nearest=labels))
-    metadata: dict[str, Any] = {"axes": "YXS" if image.ndim == 3 else "YX"}
-    resolution = None
-    if pixel_size_um:
-        metadata.update(
-            PhysicalSizeX=pixel_size_um,
-            PhysicalSizeXUnit="µm",
-            PhysicalSizeY=pixel_size_um,
-            PhysicalSizeYUnit="µm",
-        )
-        resolution = (1e4 / pixel_size_um, 1e4 / pixel_size_um)
-    compressionargs = {"level": compression_level} if compression and compression_level else None
-    with atomic_path(path, suffix=".tmp.tiff") as tmp:
-        big = image.size * image.dtype.itemsize > 2**31
-        with tifffile.TiffWriter(tmp, bigtiff=big, ome=True) as tif:
-            for index, level in enumerate(levels):
-                scale = 2**index
-                options: dict[str, Any] = dict(
-                    shape=level.shape,
-                    dtype=level.dtype,
-                    tile=(tile, tile),
-                    photometric=photometric,
-                    compression=compression,
-                    compressionargs=compressionargs,
-                    predictor=compression in ("zlib", "zstd", "lzma") or None,
-                    resolution=None
-                    if resolution is None
-                    else (resolution[0] / scale, resolution[1] / scale),
-                    resolutionunit="CENTIMETER" if resolution else None,
-                )
-                if index == 0:
-                    options.update(subifds=len(levels) - 1, metadata=metadata)
-                else:
-                    options.update(subfiletype=1, metadata=None)
-                tif.write(_tiles(level, tile), **options)
-    return path
-
-
-def _tiles(level: Any, tile: int):
-    height, width = level.shape[:2]
-    for y in range(0, height, tile):
-        for x in range(0, width, tile):
-            block = np.asarray(level[y : y + tile, x : x + tile])
-            if block.shape[:2] != (tile, tile):
-                padded = np.zeros((tile, tile, *block.shape[2:]), dtype=block.dtype)
-                padded[: block.shape[0], : block.shape[1]] = block
-                block = padded
-            yield block
-
-
-def _halve(level: Any, strip: int = 1024, nearest: bool = False) -> np.ndarray:
-    """2x2 means of ``level`` (or, ``nearest``, its pixels at even rows and columns), read in
-    strips of rows so a lazy source is never read whole."""
-    height, width = level.shape[:2]
-    out_shape = ((height + 1) // 2, (width + 1) // 2, *tuple(level.shape[2:]))
-    out = np.empty(out_shape, dtype=level.dtype)
-    for y in range(0, height, strip):
-        block = np.asarray(level[y : y + strip])
-        if nearest:
-            out[y // 2 : (y + len(block) + 1) // 2] = block[::2, ::2]
-            continue
-        if block.shape[0] % 2:
-            block = np.concatenate([block, block[-1:]], axis=0)
-        if block.shape[1] % 2:
-            block = np.concatenate([block, block[:, -1:]], axis=1)
-        means = _block_mean(block, 2)
-        out[y // 2 : y // 2 + means.shape[0]] = _cast_like(means, level.dtype)
-    return out
-
-
-def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
-    """Means of ``factor x factor`` pixel blocks of an ``(H, W, ...)`` array, as float64.
-
-    Summed over rows first, then over columns, each over a contiguous axis: several times
-    faster than one mean over two strided axes.
-    """
-    h, w, rest = block.shape[0] // factor, block.shape[1] // factor, block.shape[2:]
-    c = math.prod(rest)
-    if np.issubdtype(block.dtype, np.unsignedinteger):
-        accumulator = np.uint32 if block.dtype.itemsize == 1 else np.uint64
-    elif np.issubdtype(block.dtype, np.integer):
-        accumulator = np.int64
-    else:
-        accumulator = np.float64
-    rows = block.reshape(h, factor, w * factor * c).sum(axis=1, dtype=accumulator)
-    sums = rows.reshape(h, w, factor, c).sum(axis=2)
-    return (sums / (factor * factor)).reshape(h, w, *rest)
-
-
 def white(dtype: np.dtype) -> int | float:
     """The value of white glass in an image of ``dtype``: its integer maximum, or 1.0."""
     dtype = np.dtype(dtype)
     return int(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
-
-
-def _separable(src: np.ndarray, along_y: Any, along_x: Any) -> np.ndarray:
-    """``along_y @ src @ along_x.T`` for an ``(H, W, C)`` image and sparse ``(h, H)`` and
-    ``(w, W)`` weights, as float32: a few non-zeros per row, so the cost grows with the pixels
-    read, not with their square.
-
-    Both passes work on the ``(rows, W * C)`` layout as it lies in memory: along y a sparse
-    product from the left; along x one from the right, with the weights repeated for each
-    channel. Transposing the image instead costs more than both products.
-    """
-    from scipy import sparse
-
-    height, width, channels = src.shape
-    h, w = along_y.shape[0], along_x.shape[0]
-    rows = along_y @ src.reshape(height, width * channels).astype(np.float32)
-    per_channel = sparse.identity(channels, dtype=np.float32, format="csr")
-    right = sparse.kron(along_x.T.tocsr(), per_channel, format="csr")  # (W * C, w * C)
-    return np.asarray(rows @ right).reshape(h, w, channels)
-
-
-def _area_weights(start: float, ratio: float, n: int, length: int) -> Any:
-    """``(n, length)`` sparse weights: row i is the share of each source pixel in
-    ``[start + i * ratio, start + (i + 1) * ratio)``, divided by ``ratio``."""
-    lows = start + np.arange(n) * ratio
-    first = np.floor(lows).astype(np.intp)
-    columns = first[:, None] + np.arange(math.ceil(ratio) + 1)[None, :]
-    overlap = np.minimum(lows[:, None] + ratio, columns + 1) - np.maximum(lows[:, None], columns)
-    weights = np.clip(overlap, 0, None) / ratio
-    return _csr(weights, np.minimum(columns, length - 1), length)  # zero-weight taps past the end
-
-
-def _csr(weights: np.ndarray, columns: np.ndarray, length: int) -> Any:
-    """A sparse ``(n, length)`` matrix with ``weights[i]`` at ``columns[i]`` in row ``i``."""
-    from scipy import sparse
-
-    n, taps = weights.shape
-    indptr = np.arange(n + 1) * taps
-    return sparse.csr_matrix(
-        (weights.ravel().astype(np.float32), columns.ravel(), indptr), shape=(n, length)
-    )
-
-
-def _linear_weights(start: float, ratio: float, n: int, length: int) -> Any:
-    """``(n, length)`` sparse weights of linear interpolation at ``start + i * ratio``, clamped
-    to the first and last source pixel."""
-
-    positions = np.clip(start + np.arange(n) * ratio, 0, length - 1)
-    first = np.minimum(np.floor(positions).astype(np.intp), length - 2)
-    fraction = positions - first
-    columns = np.stack([first, first + 1], axis=1)
-    weights = np.stack([1 - fraction, fraction], axis=1)
-    return _csr(weights, columns, length)
-
-
-def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
 
 
 def _yxc_shape(shape: Sequence[int], axes: str) -> tuple[int, int, int]:
