@@ -99,3 +99,39 @@ def test_bad_manifest_values_are_refused(workspace, capsys, extra, message):
     with pytest.raises(ValueError, match=message):
         load_ensemble(path)
     assert path.read_text() == before
+
+
+def test_writing_calibration_keeps_the_manifest_comments(tmp_path, monkeypatch):
+    from training.models import ensemble as ensemble_module
+
+    path = tmp_path / "ens.yaml"
+    path.write_text(
+        "# our kidney ensemble, see the wiki\n"
+        "members:\n"
+        "- checkpoint: m.pt  # trained on batch 3\n"
+        "thresholds:\n"
+        "  kidney: 0.5  # old\n"
+        "  lung: 0.4\n"
+        "# lung was tuned by hand\n"
+        "name: tiny\n"
+    )
+    results = {"kidney": {"threshold": 0.55, "min_area_um2": 4000.0}}
+    calibrate_command.write_calibration(path, results)
+    text = path.read_text()
+    for kept in ("# our kidney ensemble", "# trained on batch 3", "# lung was tuned by hand"):
+        assert kept in text
+    written = yaml.safe_load(text)
+    assert written["thresholds"] == {"kidney": 0.55, "lung": 0.4}
+    assert written["min_area_um2"] == {"kidney": 4000.0}  # a new key, at the end
+    assert written["name"] == "tiny" and written["members"] == [{"checkpoint": "m.pt"}]
+    assert list(written) == ["members", "thresholds", "name", "min_area_um2"]
+
+    # where the text cannot be edited in place, the values still come out right (comments lost)
+    monkeypatch.setattr(ensemble_module, "_replace_yaml_keys", lambda text, updates: text)
+    calibrate_command.write_calibration(path, {"lung": {"threshold": 0.6, "min_area_um2": 0.0}})
+    written = yaml.safe_load(path.read_text())
+    assert written["thresholds"] == {"kidney": 0.55, "lung": 0.6}
+
+    json_path = manifest(tmp_path, "ens.json")
+    calibrate_command.write_calibration(json_path, results)
+    assert json.loads(json_path.read_text())["thresholds"] == {"kidney": 0.55}

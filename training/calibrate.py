@@ -86,15 +86,17 @@ def calibrate(
 
 def write_calibration(manifest_path: Path, results: dict[str, dict[str, Any]]) -> None:
     """Store the tuned threshold and minimum area of each organ of ``results`` in the manifest
-    (atomically), keeping its other keys and the values of other organs."""
-    from training.models.ensemble import read_manifest, write_manifest
+    (atomically), keeping its other keys, the values of other organs and, in YAML, the comments
+    outside those two keys."""
+    from training.models.ensemble import read_manifest, update_manifest
 
     manifest = read_manifest(manifest_path)
+    updates = {}
     for key, field in (("thresholds", "threshold"), ("min_area_um2", "min_area_um2")):
         values = dict(manifest.get(key) or {})
         values.update({organ: float(result[field]) for organ, result in results.items()})
-        manifest[key] = values
-    write_manifest(manifest_path, manifest)
+        updates[key] = values
+    update_manifest(manifest_path, updates)
 
 
 def format_results(results: dict[str, dict[str, Any]]) -> str:

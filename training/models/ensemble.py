@@ -146,18 +146,53 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Write ``manifest`` atomically to ``path`` in the format its suffix names (keys in order;
-    comments in a YAML file are not kept)."""
+def update_manifest(path: str | os.PathLike, updates: dict[str, Any]) -> None:
+    """Set top-level keys of the manifest at ``path`` to ``updates`` (atomically).
+
+    A YAML manifest keeps its text, comments included, outside the keys replaced (comments
+    inside them go with the old values); new keys go at the end. A JSON one is rewritten.
+    ``ValueError`` if the file is not a manifest.
+    """
     path = Path(path)
+    manifest = read_manifest(path)
+    manifest.update(updates)
     if path.suffix.lower() == ".json":
         text = json.dumps(manifest, indent=2) + "\n"
     else:
         import yaml
 
-        text = yaml.safe_dump(manifest, sort_keys=False)
+        text = _replace_yaml_keys(path.read_text(), updates)
+        if yaml.safe_load(text) != manifest:  # an unusual layout: the values come first
+            text = yaml.safe_dump(manifest, sort_keys=False)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _replace_yaml_keys(text: str, updates: dict[str, Any]) -> str:
+    """``text`` (a YAML mapping) with the top-level entries of ``updates`` written anew in place;
+    the lines after an entry that hold only comments stay (they belong to what follows)."""
+    import yaml
+
+    spans = {}
+    for key, value in yaml.compose(text).value:
+        if key.value in updates:
+            end = value.end_mark.index
+            tail = text[key.start_mark.index : end].splitlines(keepends=True)
+            while len(tail) > 1 and tail[-1].strip()[:1] in ("", "#"):
+                end -= len(tail.pop())
+            spans[key.value] = (key.start_mark.index, end)
+    for key, (start, end) in sorted(spans.items(), key=lambda item: -item[1][0]):
+        block = yaml.safe_dump({key: updates[key]}, sort_keys=False)
+        text = (
+            text[:start]
+            + block.rstrip("\n")
+            + ("\n" if text[end - 1 : end] == "\n" else "")
+            + text[end:]
+        )
+    added = {k: v for k, v in updates.items() if k not in spans}
+    if added:
+        text = text.rstrip("\n") + "\n" + yaml.safe_dump(added, sort_keys=False)
+    return text
 
 
 def calibration(manifest: dict[str, Any], key: str, where: str) -> dict[str, float]:
