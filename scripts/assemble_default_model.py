@@ -21,16 +21,13 @@ from training.models import load_checkpoint, save_checkpoint
 TARGET = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
 NOT_KIDNEY = [organ for organ in ORGANS if organ != "kidney"]
 MEMBERS = (  # from scripts/train_default_model.sh: the stage-3 fine-tunes and the stage-2 lung
-    # specialist for the four other organs; for kidney the stage-5 2 um/px specialist, stage 6's
-    # 1 um/px one and stage 7's (that one fine-tuned on real kidney images alone, on a GPU), the
-    # combination kidney validation chose (docs/benchmarks.md). The 2 um/px one is listed first:
-    # kidney corrections fine-tune it.
+    # specialist for the four other organs; for kidney stage 8's 1 um/px specialist with 512 px
+    # tiles, the choice of kidney validation (docs/benchmarks.md, "stage 8"). Kidney corrections
+    # fine-tune it.
     ("swin-k", "swin_upernet.pt", {"weight": 1.0, "organs": NOT_KIDNEY}),
     ("coat-k2", "coat_daformer.pt", {"weight": 1.0, "organs": NOT_KIDNEY}),
     ("lung-ft", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
-    ("kidney-coat3", "kidney_coat_daformer.pt", {"weight": 1.0, "organs": ["kidney"]}),
-    ("kidney-coat1c", "kidney_coat_daformer_1um_b.pt", {"weight": 1.0, "organs": ["kidney"]}),
-    ("kidney-coat1g", "kidney_coat_daformer_1um_c.pt", {"weight": 1.0, "organs": ["kidney"]}),
+    ("kidney-coat1g512", "kidney_coat_daformer.pt", {"weight": 1.0, "organs": ["kidney"]}),
 )
 
 

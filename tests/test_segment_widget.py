@@ -23,6 +23,13 @@ def kidney_phantom():
     return image, mask
 
 
+@pytest.fixture(scope="module")
+def wide_kidney_image():
+    """Three rows of the default kidney specialist's 512 px tiles at 1 um/px (the phantom above
+    fits in one tile), so a run shows bands before it ends and can be cancelled between them."""
+    return make_phantom("kidney", size=3200, seed=3)[0]
+
+
 @pytest.fixture
 def kidney_slide(kidney_phantom, tmp_path):
     """A kidney phantom as a pyramidal TIFF at 0.4 um/px (the default model works at 1 um/px),
@@ -30,6 +37,14 @@ def kidney_slide(kidney_phantom, tmp_path):
     path = tmp_path / "kidney.tiff"
     write_pyramid(path, kidney_phantom[0], 0.4, tile=256)
     return path, kidney_phantom[1]
+
+
+def open_in_viewer(make_napari_viewer, path):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-ftu")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment FTUs")
+    return viewer, widget, layer
 
 
 @pytest.fixture
@@ -41,19 +56,21 @@ def errors(monkeypatch):
 
 @pytest.fixture
 def opened(make_napari_viewer, kidney_slide):
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(kidney_slide[0]), plugin="napari-ftu")
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment FTUs")
-    return viewer, widget, layer
+    return open_in_viewer(make_napari_viewer, kidney_slide[0])
+
+
+@pytest.fixture
+def opened_wide(make_napari_viewer, wide_kidney_image, tmp_path):
+    path = write_pyramid(tmp_path / "wide.tiff", wide_kidney_image, 0.4, tile=256)
+    return open_in_viewer(make_napari_viewer, path)
 
 
 def wait_for_run(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
 
-def test_prefills_from_the_slide_and_fills_in_before_the_run_ends(qtbot, opened, errors):
-    viewer, widget, layer = opened
+def test_prefills_from_the_slide_and_fills_in_before_the_run_ends(qtbot, opened_wide, errors):
+    viewer, widget, layer = opened_wide
     assert widget.image.value == layer.name and widget.pixel_size.value == "0.4"
     widget.organ.value = "kidney"
     seen = []
@@ -75,7 +92,7 @@ def test_prefills_from_the_slide_and_fills_in_before_the_run_ends(qtbot, opened,
     np.testing.assert_allclose(mask.scale, (1.0, 1.0))
     np.testing.assert_allclose(mask.translate, (0.4 * 0.75, 0.4 * 0.75))
     np.testing.assert_allclose(probability.scale, mask.scale)
-    assert mask.data.shape == (410, 410) and mask.data.max() >= 1
+    assert mask.data.shape == (1280, 1280) and mask.data.max() >= 1
     session = mask.metadata[_segment_widget.SESSION_KEY]
     assert widget.status.value.startswith(f"FTUs: {session.counts().objects} ")
 
@@ -89,10 +106,12 @@ def test_second_click_while_running_starts_nothing(qtbot, opened):
     wait_for_run(qtbot, widget)
 
 
-def test_cancel_leaves_no_partial_layers_and_a_usable_viewer(qtbot, opened, errors, monkeypatch):
+def test_cancel_leaves_no_partial_layers_and_a_usable_viewer(
+    qtbot, opened_wide, errors, monkeypatch
+):
     import training.inference
 
-    viewer, widget, layer = opened
+    viewer, widget, layer = opened_wide
     names_before = [existing.name for existing in viewer.layers]
     real_segment, gate, seen = training.inference.segment, threading.Event(), []
 
