@@ -130,6 +130,26 @@ def test_command_lines(tmp_path):
     assert "--time-limit" not in train_command(no_limit)
 
 
+def test_an_epoch_on_larger_tiles_has_as_many_pixels(tmp_path):
+    from training.models import build_model, save_checkpoint
+
+    def crops(init, *extra):
+        argv = train_command(RetrainRequest(tmp_path, init, tmp_path / "r", extra=extra))
+        flag = "--samples-per-epoch"
+        return [argv[i + 1] for i, a in enumerate(argv) if a == flag] or None
+
+    wide = save_checkpoint(
+        tmp_path / "wide.pt", build_model("coat_micro_daformer", input_size=512), {"tile_size": 512}
+    )
+    assert crops(wide) == ["500"]  # 2000 crops of 256 px
+    assert crops(wide, "--samples-per-epoch", "64") == ["64"]  # the user's own, alone
+    assert crops(wide, "--samples-per-epoch=64") is None
+    small = save_checkpoint(tmp_path / "small.pt", build_model("coat_micro_daformer"))
+    assert crops(small) is None  # 256 px: the command's own default
+    assert crops(small, "--tile", "384") == ["889"]
+    assert crops(tmp_path / "missing.pt") is None  # the training command reports it
+
+
 def test_progress_lines():
     assert parse_progress("epoch 2/4:  50%|█████     | 3/6 [00:01<00:01, 1.2it/s]") == 0.375
     assert parse_progress("epoch 1/1:   0%|          | 0/2 [00:00<?, ?it/s]") == 0.0
