@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from training.models import load_checkpoint, save_checkpoint
-from training.train import _rebuilt_for_tile
+from training.models.registry import rebuilt_for_tile
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
-    model = _rebuilt_for_tile(model, args.tile, args.checkpoint)
+    model = rebuilt_for_tile(model, args.tile)
     del meta["architecture"]  # load_checkpoint's addition; the copy gets its own
     save_checkpoint(args.out, model, {**meta, "tile_size": args.tile})
     print(f"{args.out}: {model.config['name']} on {args.tile} px tiles")

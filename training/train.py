@@ -228,22 +228,16 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def _rebuilt_for_tile(model: Any, tile: int, init: Path) -> Any:
     """``model`` rebuilt for ``tile`` px crops with its own weights, to fine-tune at another tile
-    size (a fixed-grid encoder such as CoaT takes only the size it was built for). Weights that
-    depend on the size (absolute position embeddings) stop it with ``InputError``."""
-    from training.models.registry import build_from_config, resolve_config
+    size; ``InputError`` when it cannot take them."""
+    from training.models.registry import rebuilt_for_tile
 
-    args = {k: v for k, v in model.config.items() if k != "name"}
     try:
-        resized = build_from_config(
-            resolve_config(model.config["name"], **{**args, "input_size": tile})
-        )
-        resized.load_state_dict(model.state_dict())
-    except (ValueError, TypeError, RuntimeError) as exc:
+        return rebuilt_for_tile(model, tile)
+    except ValueError as exc:
         raise InputError(
-            f"--tile {tile}: the model of --init {init} (built for {args['input_size']} px) cannot "
-            f"take {tile} px crops with its weights: {str(exc).splitlines()[0]}"
+            f"--tile {tile}: the model of --init {init} (built for "
+            f"{model.config['input_size']} px) cannot take {tile} px crops with its weights: {exc}"
         ) from None
-    return resized
 
 
 def _only_organs(records: list[Any], organs: Sequence[str] | None) -> list[Any]:

@@ -245,3 +245,19 @@ def build_model(
     in ``model.config``.
     """
     return build_from_config(resolve_config(name, **overrides), pretrained)
+
+
+def rebuilt_for_tile(model: nn.Module, tile: int) -> nn.Module:
+    """``model`` (built by ``build_model``) rebuilt for ``tile`` px inputs with its own weights:
+    a fixed-grid encoder such as CoaT takes only the size it was built for. ``ValueError`` when
+    the tile is not one the architecture takes or its weights depend on the size (absolute
+    position embeddings)."""
+    args = {k: v for k, v in model.config.items() if k != "name"}
+    try:
+        resized = build_from_config(
+            resolve_config(model.config["name"], **{**args, "input_size": tile})
+        )
+        resized.load_state_dict(model.state_dict())
+    except (TypeError, RuntimeError) as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    return resized
