@@ -213,9 +213,11 @@ def new_session(image: Any, result: Any, grid: Any) -> Any:
     path = (image.metadata or {}).get("path")
     store = None
     if path:
-        location, identity = store_location(path), slide_identity(path)
+        location = store_location(path)
+        if location.exists():
+            open_checked(location, path)  # a damaged store is set aside, never written to
         store = MaskStore.open_or_create(
-            location, grid.shape, grid.pixel_size_um, grid.downsample, identity
+            location, grid.shape, grid.pixel_size_um, grid.downsample, slide_identity(path)
         )
     elif not grid.direct_edit:
         location = Path(tempfile.mkdtemp(prefix="napari-ftu-mask-")) / "mask.ftu.zarr"
@@ -228,7 +230,7 @@ def saved_session(image: Any) -> Any:
     ``ValueError``/``OSError`` for a store that cannot be used (made for another version of the
     file, damaged)."""
     from napari_ftu._session import FTUSession
-    from training.review.store import MaskStore, slide_identity, store_location
+    from training.review.store import store_location
 
     path = (image.metadata or {}).get("path")
     if not path:
@@ -236,5 +238,30 @@ def saved_session(image: Any) -> Any:
     location = store_location(path)
     if not location.exists():
         return None
-    store = MaskStore.open(location, slide_identity(path))
+    store = open_checked(location, path)
     return FTUSession.restore(image.name, store) if store.has_model else None
+
+
+def open_checked(location: Path, slide_path: str) -> Any:
+    """The mask store at ``location`` opened for the slide at ``slide_path``, every chunk read
+    once. A damaged one (a chunk missing or unreadable) is moved aside, renamed and never
+    deleted, so the next run starts a fresh store: ``MaskStoreError`` says what was damaged
+    and where the store went."""
+    from training.review.store import (
+        MaskStore,
+        MaskStoreDamaged,
+        MaskStoreError,
+        set_aside,
+        slide_identity,
+    )
+
+    try:
+        store = MaskStore.open(location, slide_identity(slide_path))
+        store.verify()
+    except MaskStoreDamaged as exc:
+        try:
+            aside = f"it was moved to {set_aside(location)} (nothing deleted)"
+        except OSError as error:
+            aside = f"it could not be moved aside ({error}); move it away by hand"
+        raise MaskStoreError(f"{exc}; {aside}; segment the slide again to start afresh") from exc
+    return store

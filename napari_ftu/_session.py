@@ -107,6 +107,7 @@ class FTUSession:
         self.derived_counts: Counts | None = None  # see rederive
         self._pool: ThreadPoolExecutor | None = None  # writes saves off the GUI thread
         self._writes: list[Future] = []
+        self.save_error: str | None = None  # why the labels are not on disk (None once saved)
 
     # ------------------------------------------------------------------ reopening
     @classmethod
@@ -299,14 +300,16 @@ class FTUSession:
         self._writes = pending
         if failed is not None:
             self._saved = None  # not on disk: the next save writes the labels again
-            raise MaskStoreError(
+            self.save_error = (
                 f"the FTU mask of {self.name!r} was not saved to {self.store.location}: "
                 f"{type(failed).__name__}: {failed}"
-            ) from failed
+            )
+            raise MaskStoreError(self.save_error) from failed
 
     def _write(self, reference: np.ndarray, labels: np.ndarray, settings: dict) -> None:
         self.store.set_model(reference, labels)
         self.store.settings.update(settings)
+        self.save_error = None
 
     def _save_settings(self) -> None:
         if self.store is not None:
