@@ -47,6 +47,9 @@ DAMAGES = ("deleted", "garbage", "truncated")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench/faults_store.json"))
+    parser.add_argument(
+        "--timing-side", type=int, default=8192, help="side of the store whose checks are timed"
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="faults-store-") as tmp:
@@ -61,8 +64,13 @@ def main() -> None:
                             | run_case(slide, pristine, saved, name, chunk, how)
                         )
     print_table(rows)
+    timing = check_seconds(args.timing_side)
+    print(
+        f"undamaged {args.timing_side} x {args.timing_side} store: open (chunks listed) "
+        f"{timing['open']:.2f} s, verify (every chunk read) {timing['verify']:.2f} s"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
+    args.out.write_text(json.dumps({"cases": rows, "check_seconds": timing}, indent=1))
 
 
 @contextmanager
@@ -177,6 +185,26 @@ def run_case(slide, pristine, saved, name, chunk, how) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "message": message[:300],
     }
+
+
+def check_seconds(side: int) -> dict[str, float]:
+    """Seconds to open an undamaged store of ``side`` x ``side`` working pixels with a model
+    (the chunks' presence checked) and to verify it (every chunk of every array read)."""
+    from training.review.store import MaskStore
+
+    with tempfile.TemporaryDirectory(prefix="faults-store-timing-") as tmp:
+        location = Path(tmp) / "m.ftu.zarr"
+        store = MaskStore.create(location, (side, side), 1.0, 1.0, {})
+        probability = discs((side, side))
+        store.write_probability(0, 0, probability)
+        labels = (probability > 0.5).astype(np.int32)
+        store.set_model(labels)
+        del probability, labels
+        start = time.perf_counter()
+        store = MaskStore.open(location)
+        opened = time.perf_counter()
+        store.verify()
+        return {"open": opened - start, "verify": time.perf_counter() - opened, "side": side}
 
 
 def print_table(rows: list[dict]) -> None:
