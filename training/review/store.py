@@ -161,7 +161,9 @@ class MaskStore:
                 config=EVERY_CHUNK,
             )
             for y in range(0, shape[0], ROWS):  # every chunk on disk from the start
-                probability[y : y + ROWS] = np.zeros((min(ROWS, shape[0] - y), shape[1]))
+                probability[y : y + ROWS] = np.zeros(
+                    (min(ROWS, shape[0] - y), shape[1]), np.float32
+                )
             overview = group.require_group("overview")
             for level, level_shape in enumerate(overview_shapes(shape), start=1):
                 _create_int_array(overview, str(level), level_shape)
