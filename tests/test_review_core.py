@@ -466,6 +466,25 @@ def test_slide_identity_survives_a_moved_folder_and_catches_a_same_size_rewrite(
     assert slide_identity(big)["size"] == before["size"]
 
 
+def test_a_version_1_store_is_still_read_by_its_old_identity(
+    tmp_path: Path, slide: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # made before every chunk was written and before content hashes: empty chunks are absent
+    location = store_location(slide)
+    store = small_store(location, slide)
+    store.set_model(store_labels())
+    legacy = {key: slide_identity(slide)[key] for key in ("path", "size", "mtime_ns")}
+    store._update_attrs(version=1, slide_identity=legacy)
+    (location / "probability" / "c" / "0" / "0").unlink()
+    again = MaskStore.open(location, slide_identity(slide))
+    assert "version-1 mask store" in caplog.text
+    assert np.array_equal(again.labels_array(), store_labels())
+    moved = tmp_path / "moved"
+    slide.parent.rename(moved)
+    with pytest.raises(MaskStoreError, match="another version of the slide: path"):
+        MaskStore.open(store_location(moved / slide.name), slide_identity(moved / slide.name))
+
+
 def test_store_location_falls_back_to_the_cache(
     tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
