@@ -273,8 +273,7 @@ class FTUSession:
         self._saved = checksum
         if self.store is not None:
             snapshot = (self.reference.copy(), self.labels.copy(), self._settings())
-            writer = self._writer()
-            self._writes.append(writer.submit(self._write, *snapshot))
+            self._writes.append(self._writer().submit(self._write, *snapshot))
         return True
 
     def flush(self) -> None:
