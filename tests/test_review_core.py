@@ -14,6 +14,7 @@ import pytest
 
 from training.inference.postprocess import probability_to_labels
 from training.review import integrity
+from training.review import location as review_location
 from training.review import store as review_store
 from training.review.corrections import (
     Change,
@@ -509,7 +510,7 @@ def test_store_location_cache_when_not_writable(
 ) -> None:
     # the same fallback, for runs as root, where chmod cannot make a folder read-only
     monkeypatch.setenv("NAPARI_FTU_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(review_store, "_writable", lambda folder: False)
+    monkeypatch.setattr(review_location, "_writable", lambda folder: False)
     location = store_location(slide)
     assert location.parent == tmp_path / "cache" / "napari-ftu" / "masks"
     assert location.name == hashlib.sha1(str(slide.resolve()).encode()).hexdigest() + ".ftu.zarr"
