@@ -122,10 +122,15 @@ def identity_differences(stored: dict[str, Any], slide: dict[str, Any]) -> list[
     legacy = "content_sha256" not in stored
     keys = ("path", "size", "mtime_ns") if legacy else ("size", "content_sha256")
     return [
-        f"{key} {stored.get(key)!r} (slide: {slide.get(key)!r})"
+        f"{key} {_shown(key, stored.get(key))!r} (slide: {_shown(key, slide.get(key))!r})"
         for key in keys
         if stored.get(key) != slide.get(key)
     ]
+
+
+def _shown(key: str, value: Any) -> Any:
+    # a hash's first 12 hex digits tell two versions apart in a one-line message
+    return value[:12] + "..." if key == "content_sha256" and isinstance(value, str) else value
 
 
 def _content_hash(path: Path, size: int) -> str:
