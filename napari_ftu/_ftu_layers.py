@@ -214,6 +214,8 @@ def new_session(image: Any, result: Any, grid: Any) -> Any:
     store = None
     if path:
         location, identity = store_location(path), slide_identity(path)
+        if location.exists():
+            open_checked(location, identity)  # a damaged store is set aside, never written to
         store = MaskStore.open_or_create(
             location, grid.shape, grid.pixel_size_um, grid.downsample, identity
         )
@@ -228,7 +230,7 @@ def saved_session(image: Any) -> Any:
     ``ValueError``/``OSError`` for a store that cannot be used (made for another version of the
     file, damaged)."""
     from napari_ftu._session import FTUSession
-    from training.review.store import MaskStore, slide_identity, store_location
+    from training.review.store import slide_identity, store_location
 
     path = (image.metadata or {}).get("path")
     if not path:
@@ -236,5 +238,24 @@ def saved_session(image: Any) -> Any:
     location = store_location(path)
     if not location.exists():
         return None
-    store = MaskStore.open(location, slide_identity(path))
+    store = open_checked(location, slide_identity(path))
     return FTUSession.restore(image.name, store) if store.has_model else None
+
+
+def open_checked(location: Path, identity: dict[str, Any]) -> Any:
+    """The mask store at ``location`` opened for the slide of ``identity`` (``slide_identity``),
+    every chunk read once. A damaged one (a chunk missing or unreadable) is moved aside,
+    renamed and never deleted, so the next run starts a fresh store: ``MaskStoreError`` says
+    what was damaged and where the store went."""
+    from training.review.store import MaskStore, MaskStoreDamaged, MaskStoreError, set_aside
+
+    try:
+        store = MaskStore.open(location, identity)
+        store.verify()
+    except MaskStoreDamaged as exc:
+        try:
+            aside = f"it was moved to {set_aside(location)} (nothing deleted)"
+        except OSError as error:
+            aside = f"it could not be moved aside ({error}); move it away by hand"
+        raise MaskStoreError(f"{exc}; {aside}; segment the slide again to start afresh") from exc
+    return store

@@ -361,7 +361,7 @@ class SegmentWidget(Container):
         session.threshold, session.min_area_um2 = result.threshold, result.min_area_um2
         session.model = str(job.model)
         session.add_result(np.asarray(result.probability), job.origin, job.labels)
-        session.save()  # on disk as soon as it is shown (the saving runs in the background)
+        self._save(session)  # on disk as soon as it is shown (the saving runs in the background)
         show_probability(self.viewer, layer, session, self._preview)
         # the mask layer in the next turn of the event loop: adding both layers at once
         # stalls the viewer for longer than either (the run counts as running until then)
@@ -403,8 +403,27 @@ class SegmentWidget(Container):
             session = (layer.metadata or {}).get(SESSION_KEY)
             if session is None or layer.name != mask_name(session.name):
                 continue
-            if session.save() and session.name == self.image.value:
+            if self._save(session) and session.name == self.image.value:
                 self._update_status(session)
+
+    def _save(self, session: Any) -> bool:
+        """``session.save()``; a failed save is an error notification (once for the same
+        error) and stays on the status line until a save succeeds."""
+        from training.review.store import MaskStoreError
+
+        before = session.save_error
+        try:
+            changed = session.save()
+        except MaskStoreError as exc:
+            if str(exc) != before:
+                _show_error(f"napari-ftu: {exc}")
+            changed = False
+        if session.name != self.image.value:
+            return changed
+        if session.save_error:
+            self.status.value = f"NOT SAVED: {session.save_error}"
+            return False
+        return changed or self.status.value.startswith("NOT SAVED")  # saved since: the counts
 
     def _show_settings(self, session: Any) -> None:
         """Show a session's threshold and minimum area on the slider and the spin box, without

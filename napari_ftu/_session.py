@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from training.inference.postprocess import probability_to_labels
 from training.review.edits import rederive
-from training.review.store import ERASED, MaskStore, painted_ids, renumber
+from training.review.store import ERASED, MaskStore, MaskStoreError, painted_ids, renumber
 
 EDIT_LIMIT_PIXELS = 8192 * 8192  # above this, the mask is edited region by region
 LABEL_DTYPE = np.uint16  # of a mask edited in place: up to 65535 objects
@@ -107,6 +107,7 @@ class FTUSession:
         self.derived_counts: Counts | None = None  # see rederive
         self._pool: ThreadPoolExecutor | None = None  # writes saves off the GUI thread
         self._writes: list[Future] = []
+        self.save_error: str | None = None  # why the labels are not on disk (None once saved)
 
     # ------------------------------------------------------------------ reopening
     @classmethod
@@ -260,7 +261,10 @@ class FTUSession:
     def save(self) -> bool:
         """Write the labels (small masks) to the store, if there is one, when they changed
         since the last call; whether they had changed. A snapshot is written on a background
-        thread, so the viewer does not wait for the disk; :meth:`flush` waits for it."""
+        thread, so the viewer does not wait for the disk; :meth:`flush` waits for it. A
+        background save that failed since the last call raises here (:class:`MaskStoreError`);
+        the labels then count as unsaved, so the next call writes them again."""
+        self._collect_writes(wait=False)
         if not self.grid.direct_edit:
             return False
         checksum = self._checksum()
@@ -273,19 +277,38 @@ class FTUSession:
         return True
 
     def flush(self) -> None:
-        """Wait until every save has reached the disk; a failed write raises here."""
-        while self._writes:
-            self._writes.pop(0).result()
+        """Wait until every save has reached the disk; a failed one raises here
+        (:class:`MaskStoreError`, naming the store and the cause)."""
+        self._collect_writes(wait=True)
 
     def _writer(self) -> ThreadPoolExecutor:
-        if self._pool is None:
+        if self._pool is None:  # one thread: saves reach the disk in the order they were made
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="napari-ftu-save")
-        self._writes = [w for w in self._writes if not w.done() or w.exception()]
         return self._pool
+
+    def _collect_writes(self, wait: bool) -> None:
+        """Forget the finished saves (all of them, waiting, with ``wait``); raise the first
+        that failed."""
+        failed: BaseException | None = None
+        pending = []
+        for write in self._writes:
+            if not wait and not write.done():
+                pending.append(write)
+            elif write.exception() is not None and failed is None:
+                failed = write.exception()
+        self._writes = pending
+        if failed is not None:
+            self._saved = None  # not on disk: the next save writes the labels again
+            self.save_error = (
+                f"the FTU mask of {self.name!r} was not saved to {self.store.location}: "
+                f"{type(failed).__name__}: {failed}"
+            )
+            raise MaskStoreError(self.save_error) from failed
 
     def _write(self, reference: np.ndarray, labels: np.ndarray, settings: dict) -> None:
         self.store.set_model(reference, labels)
         self.store.settings.update(settings)
+        self.save_error = None
 
     def _save_settings(self) -> None:
         if self.store is not None:

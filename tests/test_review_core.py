@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from training.inference.postprocess import probability_to_labels
+from training.review import integrity
+from training.review import location as review_location
 from training.review import store as review_store
 from training.review.corrections import (
     Change,
@@ -26,7 +28,13 @@ from training.review.corrections import (
 )
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
 from training.review.queue import ReviewQueue, doubt_score, review_candidates
-from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
+from training.review.store import (
+    MaskStore,
+    MaskStoreError,
+    set_aside,
+    slide_identity,
+    store_location,
+)
 
 # blob centres (row, col) and peak probabilities; each blob shrinks as the threshold rises
 BLOBS = [((24, 24), 0.95), ((24, 96), 0.9), ((96, 30), 0.85), ((96, 100), 0.8)]
@@ -374,6 +382,110 @@ def test_store_refuses_another_slide_version_and_missing_arrays(slide: Path) -> 
         MaskStore.open(location)
 
 
+def chunked_store(location: Path, slide: Path, monkeypatch: pytest.MonkeyPatch) -> MaskStore:
+    """A store of 300 x 1100 in chunks of 64 (5 x 18 chunks, most of them empty; an overview
+    level of 3 x 9) with a model and an edit."""
+    monkeypatch.setattr(review_store, "CHUNK", 64)
+    store = small_store(location, slide, (300, 1100))
+    store.set_model(store_labels((300, 1100)))
+    old = store.read(64, 320, 64, 64)
+    store.write_region(64, 320, np.full_like(old, 5), old)  # an edit in chunk (1, 5)
+    store.write_probability(64, 320, np.full((64, 64), 0.9))
+    return store
+
+
+def damage(chunk: Path, how: str) -> None:
+    if how == "deleted":
+        chunk.unlink()
+    elif how == "garbage":
+        chunk.write_bytes(os.urandom(chunk.stat().st_size))
+    else:  # truncated
+        chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("how", ["deleted", "garbage", "truncated"])
+@pytest.mark.parametrize("name", ["labels", "model", "probability", "overview/1"])
+def test_a_damaged_chunk_is_a_named_error_never_background(
+    tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch, name: str, how: str
+) -> None:
+    location = store_location(slide)
+    chunked_store(location, slide, monkeypatch)
+    MaskStore.open(location, slide_identity(slide)).verify()  # empty chunks are on disk too
+    chunk = (1, 5) if name != "overview/1" else (0, 2)  # the edited block
+    damage(location / name / "c" / str(chunk[0]) / str(chunk[1]), how)
+    expected = rf"damaged: chunk \({chunk[0]}, {chunk[1]}\) of '{name}' "
+    expected += "is missing" if how == "deleted" else "cannot be read"
+    with pytest.raises(MaskStoreError, match=expected):
+        MaskStore.open(location, slide_identity(slide)).verify()
+    if how == "deleted":  # found on opening, by the chunks' presence alone
+        with pytest.raises(MaskStoreError, match=expected):
+            MaskStore.open(location)
+    elif name in ("labels", "model"):  # and every read through the store names it
+        store = MaskStore.open(location)
+        for read in (lambda: store.read(60, 300, 30, 40, which=name), store.has_edits):
+            with pytest.raises(MaskStoreError, match=expected):
+                read()
+
+
+def test_a_damaged_store_is_set_aside_never_deleted(tmp_path: Path, slide: Path) -> None:
+    location = store_location(slide)
+    small_store(location, slide).set_model(store_labels())
+    (location / "labels" / "c" / "0" / "0").unlink()
+    aside = set_aside(location)
+    assert aside == location.with_name(location.name + ".damaged-1")
+    assert not location.exists() and (aside / "model" / "c" / "0" / "0").is_file()
+    small_store(location, slide)  # a fresh store takes its place
+    assert set_aside(location).name.endswith(".damaged-2")
+
+
+def test_slide_identity_survives_a_moved_folder_and_catches_a_same_size_rewrite(
+    tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = store_location(slide)
+    small_store(location, slide).set_model(store_labels())
+    moved = tmp_path / "moved"
+    slide.parent.rename(moved)  # the folder moved (or copied elsewhere) with its store
+    slide = moved / slide.name
+    assert MaskStore.open(store_location(slide), slide_identity(slide)).has_model
+
+    stat = slide.stat()
+    slide.write_bytes(b"not really a slidE")  # same size; the same mtime given back below
+    os.utime(slide, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(MaskStoreError, match="another version of the slide: content_sha256"):
+        MaskStore.open(store_location(slide), slide_identity(slide))
+
+    # a large file is hashed by sampled blocks: a rewrite inside one of them is caught
+    monkeypatch.setattr(integrity, "WHOLE_LIMIT", 1000)
+    monkeypatch.setattr(integrity, "SAMPLE_BYTES", 100)
+    big = tmp_path / "big.tif"
+    big.write_bytes(bytes(range(256)) * 100)
+    before = slide_identity(big)
+    data = bytearray(big.read_bytes())
+    data[-1] ^= 1
+    big.write_bytes(bytes(data))
+    assert slide_identity(big)["content_sha256"] != before["content_sha256"]
+    assert slide_identity(big)["size"] == before["size"]
+
+
+def test_a_version_1_store_is_still_read_by_its_old_identity(
+    tmp_path: Path, slide: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # made before every chunk was written and before content hashes: empty chunks are absent
+    location = store_location(slide)
+    store = small_store(location, slide)
+    store.set_model(store_labels())
+    legacy = {key: slide_identity(slide)[key] for key in ("path", "size", "mtime_ns")}
+    store._update_attrs(version=1, slide_identity=legacy)
+    (location / "probability" / "c" / "0" / "0").unlink()
+    again = MaskStore.open(location, slide_identity(slide))
+    assert "version-1 mask store" in caplog.text
+    assert np.array_equal(again.labels_array(), store_labels())
+    moved = tmp_path / "moved"
+    slide.parent.rename(moved)
+    with pytest.raises(MaskStoreError, match="another version of the slide: path"):
+        MaskStore.open(store_location(moved / slide.name), slide_identity(moved / slide.name))
+
+
 def test_store_location_falls_back_to_the_cache(
     tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -398,7 +510,7 @@ def test_store_location_cache_when_not_writable(
 ) -> None:
     # the same fallback, for runs as root, where chmod cannot make a folder read-only
     monkeypatch.setenv("NAPARI_FTU_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(review_store, "_writable", lambda folder: False)
+    monkeypatch.setattr(review_location, "_writable", lambda folder: False)
     location = store_location(slide)
     assert location.parent == tmp_path / "cache" / "napari-ftu" / "masks"
     assert location.name == hashlib.sha1(str(slide.resolve()).encode()).hexdigest() + ".ftu.zarr"

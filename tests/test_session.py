@@ -3,12 +3,16 @@ remembered, counts of a stored mask band by band."""
 
 from __future__ import annotations
 
+import shutil
+import threading
+from concurrent import futures
+
 import numpy as np
 import pytest
 
 from napari_ftu import _session
 from napari_ftu._session import FTUSession, Grid
-from training.review.store import MaskStore
+from training.review.store import MaskStore, MaskStoreError
 
 
 def disc(shape, centre, radius):
@@ -66,3 +70,42 @@ def test_stored_counts_band_by_band_equal_the_whole_array_counts(
     counts = session.counts()
     assert counts == _session._counts(store.labels_array(), store.model_array())
     assert (counts.objects, counts.edited, counts.erased) == (2, 1, 1)
+
+
+def test_flush_waits_for_a_background_save(probability, tmp_path, monkeypatch):
+    store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+    session = session_of(probability, store)
+    gate, written = threading.Event(), []
+    set_model = store.set_model
+
+    def slow_set_model(*args):  # a slow disk: the save is still running when flush is called
+        gate.wait(10)
+        set_model(*args)
+        written.append(True)
+
+    monkeypatch.setattr(store, "set_model", slow_set_model)
+    assert session.save()
+    threading.Timer(0.2, gate.set).start()
+    session.flush()
+    assert written == [True]
+    assert np.array_equal(MaskStore.open(store.location).labels_array(), session.labels)
+
+
+def test_a_failed_background_save_raises_in_flush_and_in_the_next_save(probability, tmp_path):
+    store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+    session = session_of(probability, store)
+    shutil.rmtree(store.location)  # the store deleted under the open session
+    session.labels[:5, :5] = 7
+    assert session.save()
+    with pytest.raises(MaskStoreError, match=r"not saved to .*m\.ftu\.zarr.*is missing"):
+        session.flush()
+    session.flush()  # reported once
+    session.labels[:5, :5] = 8
+    assert session.save()
+    futures.wait(session._writes)  # the background write has failed by now
+    with pytest.raises(MaskStoreError, match="not saved"):  # the next save does not pretend
+        session.save()
+    assert session.save()  # still unsaved: written again on the next save
+    with pytest.raises(MaskStoreError, match="not saved"):
+        session.flush()
+    assert not (tmp_path / "m.ftu.zarr").exists()  # the writes never recreate a half store

@@ -13,13 +13,21 @@ from training.review.corrections import (
 )
 from training.review.edits import EditSummary, changed_pixels, edit_summary, rederive
 from training.review.queue import Candidate, ReviewQueue, doubt_score, review_candidates
-from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
+from training.review.store import (
+    MaskStore,
+    MaskStoreDamaged,
+    MaskStoreError,
+    set_aside,
+    slide_identity,
+    store_location,
+)
 
 __all__ = [
     "Candidate",
     "Change",
     "EditSummary",
     "MaskStore",
+    "MaskStoreDamaged",
     "MaskStoreError",
     "ReviewQueue",
     "apply_change",
@@ -34,6 +42,7 @@ __all__ = [
     "relabel",
     "remove_small",
     "review_candidates",
+    "set_aside",
     "slide_identity",
     "store_location",
 ]

@@ -12,12 +12,16 @@ is at most 1024 px, for a read-only multiscale Labels layer. Attributes: ``forma
 ``slide_identity``, ``settings`` (threshold, min area, ...), ``next_id`` and ``has_model``.
 
 A store is never silently applied to the wrong slide (its identity is checked) and never reads
-missing arrays as background (that raises :class:`MaskStoreError`).
+missing arrays or chunks as background: since version 2 every chunk is written, empty ones too
+(``probability`` at creation, the labels with the model), so a missing chunk raises
+:class:`~training.review.integrity.MaskStoreDamaged`, as does one that does not decode (see
+:mod:`training.review.integrity`). A version-1 store (empty chunks not written) is read without
+the presence check.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -28,54 +32,37 @@ from typing import Any
 import numpy as np
 
 from training.review import edits
+from training.review.integrity import (
+    MaskStoreDamaged,
+    MaskStoreError,
+    check_present,
+    identity_differences,
+    read_checked,
+    slide_identity,
+    verify_array,
+)
+from training.review.location import set_aside, store_location
+
+__all__ = [
+    "MaskStore",
+    "MaskStoreDamaged",
+    "MaskStoreError",
+    "set_aside",
+    "slide_identity",
+    "store_location",
+]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "napari-ftu mask store"
-VERSION = 1
+VERSION = 2  # 2: every chunk written (a missing one is damage, not background)
 CHUNK = 1024
 OVERVIEW_SIDE = 1024  # the smallest overview level's long side is at most this
 ROWS = 1024  # rows per band when whole arrays are compared
 ARRAYS = ("labels", "model")
 PROBABILITY = "probability"
 ERASED = -1  # in ``model``: a pixel the pathologist erased
-
-
-class MaskStoreError(ValueError):
-    """A mask store that cannot be used: made for another slide, or with arrays missing."""
-
-
-def slide_identity(slide_path: str | os.PathLike) -> dict[str, Any]:
-    """What identifies a slide file's version: resolved path, size in bytes, mtime in ns."""
-    path = Path(slide_path).resolve()
-    stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def store_location(slide_path: str | os.PathLike) -> Path:
-    """Where a slide's mask store lives: ``<slide folder>/<slide name>.ftu.zarr`` when that
-    folder is writable, else ``<cache>/napari-ftu/masks/<sha1 of the resolved slide
-    path>.ftu.zarr`` (cache: ``$NAPARI_FTU_CACHE`` or ``~/.cache``).
-
-    A store that already exists at either place is found there first, so edits saved in the
-    cache while the folder was read-only are not orphaned when it becomes writable.
-    """
-    path = Path(slide_path).resolve()
-    beside = path.parent / f"{path.name}.ftu.zarr"
-    digest = hashlib.sha1(str(path).encode()).hexdigest()
-    cached = _cache_dir() / f"{digest}.ftu.zarr"
-    if beside.exists():
-        return beside
-    if cached.exists() or not _writable(path.parent):
-        return cached
-    return beside
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NAPARI_FTU_CACHE") or Path.home() / ".cache"
-    return Path(root) / "napari-ftu" / "masks"
-
-
-def _writable(folder: Path) -> bool:
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+EVERY_CHUNK = {"write_empty_chunks": True}  # zarr skips chunks of fill values by default
 
 
 def overview_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
@@ -125,9 +112,18 @@ class MaskStore:
             for name in ARRAYS:
                 _create_int_array(group, name, shape)
             chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
-            group.create_array(
-                PROBABILITY, shape=shape, chunks=chunks, dtype="float32", fill_value=0.0
+            probability = group.create_array(
+                PROBABILITY,
+                shape=shape,
+                chunks=chunks,
+                dtype="float32",
+                fill_value=0.0,
+                config=EVERY_CHUNK,
             )
+            for y in range(0, shape[0], ROWS):  # every chunk on disk from the start
+                probability[y : y + ROWS] = np.zeros(
+                    (min(ROWS, shape[0] - y), shape[1]), np.float32
+                )
             overview = group.require_group("overview")
             for level, level_shape in enumerate(overview_shapes(shape), start=1):
                 _create_int_array(overview, str(level), level_shape)
@@ -164,11 +160,13 @@ class MaskStore:
         try:
             group = zarr.open_group(str(location), mode="r+")
         except (FileNotFoundError, KeyError, ValueError) as exc:
-            raise MaskStoreError(f"{location} is not a readable mask store: {exc}") from exc
+            problem = f"cannot be read ({type(exc).__name__}: {exc})"
+            raise MaskStoreDamaged(location, "", None, problem) from exc
         if group.attrs.get("format") != FORMAT:
             raise MaskStoreError(f"{location} is not a napari-ftu mask store")
         store = cls(location, group)
         store._check_arrays()
+        store._check_chunks()
         if slide_identity is not None:
             store._check_identity(slide_identity)
         return store
@@ -241,8 +239,8 @@ class MaskStore:
         labels = model_labels.clip(0) if labels is None else self._as_labels(labels)
         self._check_arrays()
         self._update_attrs(has_model=False)
-        self._group["model"][...] = model_labels
-        self._group["labels"][...] = labels
+        self._get("model")[...] = model_labels
+        self._get("labels")[...] = labels
         for level, array in enumerate(self._overview_arrays(), start=1):
             step = 2**level
             array[...] = labels[::step, ::step]
@@ -251,8 +249,7 @@ class MaskStore:
 
     def read(self, y: int, x: int, h: int, w: int, which: str = "labels") -> np.ndarray:
         """The ``h`` x ``w`` crop at ``(y, x)`` of ``labels`` or ``model``."""
-        box = self._box(y, x, h, w)
-        return np.asarray(self._array(which)[box])
+        return self._read(which, self._box(y, x, h, w))
 
     def labels_array_lazy(self) -> Any:
         """The current labels as a zarr array (index it to read a part)."""
@@ -264,11 +261,22 @@ class MaskStore:
 
     def labels_array(self) -> np.ndarray:
         """The current labels, whole."""
-        return np.asarray(self._array("labels")[...])
+        return self._read("labels", self._box(0, 0, *self.shape))
 
     def model_array(self) -> np.ndarray:
         """The model's labels, whole."""
-        return np.asarray(self._array("model")[...])
+        return self._read("model", self._box(0, 0, *self.shape))
+
+    def verify(self) -> None:
+        """Read every chunk of every array once (one chunk in memory at a time):
+        :class:`MaskStoreDamaged` names the first one missing or unreadable. Labels, model and
+        overview are checked once the store has a model (before that they are unwritten)."""
+        names = [PROBABILITY]
+        if self.has_model:
+            names += [*ARRAYS, *self._overview_names()]
+        for name in names:
+            self._check_present(name)
+            verify_array(self.location, name, self._get(name), present=self._every_chunk)
 
     def write_region(self, y: int, x: int, new: np.ndarray, old: np.ndarray) -> np.ndarray:
         """Write the edited crop ``new`` at ``(y, x)`` and return it as written.
@@ -284,7 +292,7 @@ class MaskStore:
             raise ValueError(f"new {new.shape} and old {old.shape} crops differ in shape")
         box = self._box(y, x, *new.shape)
         labels = self._array("labels")
-        if not np.array_equal(np.asarray(labels[box]), old):
+        if not np.array_equal(self._read("labels", box), old):
             raise MaskStoreError(
                 f"the region at ({y}, {x}) changed in {self.location} since it was read; "
                 "read it again before writing"
@@ -306,7 +314,7 @@ class MaskStore:
     def probability(self) -> Any:
         """The stored probability map (a zarr array: index it to read)."""
         self._check_present(PROBABILITY)
-        return self._group[PROBABILITY]
+        return self._get(PROBABILITY)
 
     def write_probability(self, y: int, x: int, values: np.ndarray) -> None:
         """Write a run's probability at ``(y, x)``."""
@@ -320,9 +328,10 @@ class MaskStore:
 
     def has_edits(self) -> bool:
         """Whether the labels differ anywhere from the model's (compared band by band)."""
-        labels, model = self._array("labels"), self._array("model")
-        for y in range(0, self.shape[0], ROWS):
-            if np.any(np.asarray(labels[y : y + ROWS]) != np.asarray(model[y : y + ROWS])):
+        height, width = self.shape
+        for y in range(0, height, ROWS):
+            band = self._box(y, 0, min(ROWS, height - y), width)
+            if np.any(self._read("labels", band) != self._read("model", band)):
                 return True
         return False
 
@@ -339,22 +348,44 @@ class MaskStore:
         self._check_present(which)
         if not self.has_model:
             raise MaskStoreError(f"the mask store {self.location} has no labels yet (no model)")
-        return self._group[which]
+        return self._get(which)
+
+    def _get(self, name: str) -> Any:
+        # the array configuration is not stored: every opening asks again for every chunk
+        return self._group[name].with_config(EVERY_CHUNK)
+
+    @property
+    def _every_chunk(self) -> bool:
+        return int(self._attrs.get("version", 1)) >= 2
+
+    def _read(self, which: str, box: tuple[slice, slice]) -> np.ndarray:
+        array = self._array(which)
+        return read_checked(self.location, which, array, box, present=self._every_chunk)
+
+    def _overview_names(self) -> list[str]:
+        return [f"overview/{level}" for level in range(1, len(overview_shapes(self.shape)) + 1)]
 
     def _overview_arrays(self) -> list[Any]:
-        names = [f"overview/{level}" for level in range(1, len(overview_shapes(self.shape)) + 1)]
-        for name in names:
+        for name in self._overview_names():
             self._check_present(name)
-        return [self._group[name] for name in names]
+        return [self._get(name) for name in self._overview_names()]
 
     def _check_present(self, name: str) -> None:
         # An opened zarr array reads a deleted chunk as its fill value (0, background): look
         # for the array's metadata on disk at every use, so a deleted store raises instead.
         if not (self.location / name / "zarr.json").is_file():
-            raise MaskStoreError(
-                f"the mask store {self.location} has lost its {name!r} array (deleted?); "
-                "its labels cannot be read"
+            raise MaskStoreDamaged(
+                self.location, name, None, "is missing (deleted?); its labels cannot be read"
             )
+
+    def _check_chunks(self) -> None:
+        """Every chunk that should exist is on disk (a directory listing, nothing decoded)."""
+        if not self._every_chunk:
+            log.warning("%s is a version-1 mask store: a missing chunk reads as 0", self.location)
+            return
+        names = [PROBABILITY, *ARRAYS, *self._overview_names()] if self.has_model else [PROBABILITY]
+        for name in names:
+            check_present(self.location, name, self._group[name], None)
 
     def _check_arrays(self) -> None:
         expected = {name: self.shape for name in ARRAYS}
@@ -367,8 +398,9 @@ class MaskStore:
             self._check_present(name)
             try:
                 array = self._group[name]
-            except KeyError as exc:
-                raise MaskStoreError(f"the mask store {self.location} lacks {name!r}") from exc
+            except (KeyError, ValueError) as exc:
+                problem = f"has unreadable metadata ({type(exc).__name__}: {exc})"
+                raise MaskStoreDamaged(self.location, name, None, problem) from exc
             if tuple(array.shape) != shape or array.dtype != np.int32:
                 raise MaskStoreError(
                     f"the mask store {self.location} has a malformed {name!r}: "
@@ -376,14 +408,11 @@ class MaskStore:
                 )
 
     def _check_identity(self, identity: dict[str, Any]) -> None:
-        stored = self.identity
-        differ = [key for key in ("path", "size", "mtime_ns") if stored.get(key) != identity[key]]
+        differ = identity_differences(self.identity, identity)
         if differ:
-            found = ", ".join(
-                f"{key} {stored.get(key)!r} (slide: {identity[key]!r})" for key in differ
-            )
             raise MaskStoreError(
-                f"the mask store {self.location} was made for another version of the slide: {found}"
+                f"the mask store {self.location} was made for another version of the slide: "
+                + ", ".join(differ)
             )
 
     def _update_attrs(self, **values: Any) -> None:
@@ -456,7 +485,9 @@ def renumber(labels: np.ndarray, ids: np.ndarray, first: int) -> None:
 
 def _create_int_array(group: Any, name: str, shape: tuple[int, int]) -> Any:
     chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
-    return group.create_array(name, shape=shape, chunks=chunks, dtype="int32", fill_value=0)
+    return group.create_array(
+        name, shape=shape, chunks=chunks, dtype="int32", fill_value=0, config=EVERY_CHUNK
+    )
 
 
 def _write_downsampled(level: Any, y: int, x: int, crop: np.ndarray, step: int) -> None:
