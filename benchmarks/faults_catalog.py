@@ -9,8 +9,13 @@ describes (size and pixels). Then one more row is written, and every file that i
 ``train.csv``, ``train.backup.csv``, a row's image or a backup under ``train_images/.backup/``
 is counted as a stray temporary.
 
-    PYTHONPATH=. python benchmarks/faults_catalog.py [--trials 30] [--seed 0]
+    PYTHONPATH=. python benchmarks/faults_catalog.py [--trials 30] [--seed 0] [--at rename]
     PYTHONPATH=../main python benchmarks/faults_catalog.py   # the code before the journal
+
+``--at rename`` kills just before a random one of the write's renames instead (the child
+counts ``os.replace`` calls and kills itself): the folder only changes at a rename, and the
+window between the image's and the CSV's is a few milliseconds of a second's write, which
+kills at random moments rarely hit.
 
 Prints one line per trial and the summary "N of T folders readable, old or new".
 """
@@ -45,20 +50,36 @@ def picture(height: int, width: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def child(folder: Path, height: int, width: int) -> None:
-    """In the child: prepare, say so, replace ``slide``'s row and image, print the seconds."""
+def child(folder: Path, args: argparse.Namespace) -> None:
+    """In the child: prepare, say so, replace ``slide``'s row and image; print the seconds and
+    the renames it took, or kill -9 itself just before rename ``--kill-at-rename``."""
+    import os
+
     from training.data.catalog import upsert_row
 
-    image = picture(height, width, NEW_SEED)
+    image = picture(args.height, args.width, NEW_SEED)
+    real_replace, renames = os.replace, 0
+
+    def replace(source: object, target: object) -> None:
+        nonlocal renames
+        renames += 1
+        if renames == args.kill_at_rename:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(source, target)
+
+    os.replace = replace  # every rename of the write goes through os.replace
     print("ready", flush=True)
     started = time.perf_counter()
     upsert_row(folder, {"id": "slide", **ROW}, image=image)
-    print(f"{time.perf_counter() - started:.3f}", flush=True)
+    print(f"{time.perf_counter() - started:.3f} {renames}", flush=True)
 
 
-def start_child(folder: Path, args: argparse.Namespace) -> subprocess.Popen:
+def start_child(
+    folder: Path, args: argparse.Namespace, kill_at_rename: int = 0
+) -> subprocess.Popen:
     command = [sys.executable, __file__, "--child", str(folder)]
     command += ["--height", str(args.height), "--width", str(args.width)]
+    command += ["--kill-at-rename", str(kill_at_rename)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     if process.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the child writing {folder} did not start")
@@ -115,10 +136,18 @@ def main() -> None:
     parser.add_argument("--old-width", type=int, default=2600)
     parser.add_argument("--width", type=int, default=2700)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--at",
+        choices=("time", "rename"),
+        default="time",
+        help="kill at a random moment of the write (default), or just before a random one of "
+        "its renames (the moments the folder changes; a kill after the last is no kill)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--kill-at-rename", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.height, args.width)
+        child(args.child, args)
         return
     import training
 
@@ -135,19 +164,29 @@ def run(work: Path, args: argparse.Namespace) -> None:
     make_template(template, args)
     shutil.copytree(template, work / "calibrate")
     process = start_child(work / "calibrate", args)
-    duration = float(process.stdout.readline())  # the write alone, not the child's exit
+    seconds, renames = process.stdout.readline().split()  # the write alone, not the exit
+    duration, renames = float(seconds), int(renames)
     process.wait()
-    print(f"one write of {args.height}x{args.width} RGB over {args.old_width}: {duration:.2f} s")
+    print(
+        f"one write of {args.height}x{args.width} RGB over {args.old_width}: {duration:.2f} s, "
+        f"{renames} renames; killing at random {'moments' if args.at == 'time' else 'renames'}"
+    )
     rng = random.Random(args.seed)
     counts = {"old": 0, "new": 0, "broken": 0}
     killed = with_strays = stray_bytes = 0
     for trial in range(args.trials):
         folder = work / f"trial{trial}"
         shutil.copytree(template, folder)
-        process = start_child(folder, args)
-        delay = rng.uniform(0, duration)
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
+        if args.at == "time":
+            process = start_child(folder, args)
+            delay = rng.uniform(0, duration)
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            where = f"at {delay:.2f} s"
+        else:
+            at = rng.randint(1, renames + 1)
+            process = start_child(folder, args, kill_at_rename=at)
+            where = f"before rename {at}"
         killed += process.wait() == -signal.SIGKILL
         state, why = check(folder, args)
         counts[state] += 1
@@ -158,7 +197,7 @@ def run(work: Path, args: argparse.Namespace) -> None:
         with_strays += bool(left)
         stray_bytes += sum(p.stat().st_size for p in left)
         names = ", ".join(str(p.relative_to(folder)) for p in left)
-        print(f"trial {trial:2d}: kill at {delay:.2f} s: {state} {why}; strays: {names or 'none'}")
+        print(f"trial {trial:2d}: kill {where}: {state} {why}; strays: {names or 'none'}")
         shutil.rmtree(folder)
     readable = counts["old"] + counts["new"]
     print(
