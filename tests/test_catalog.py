@@ -309,6 +309,45 @@ def test_ids_that_are_not_plain_file_names_are_refused(tmp_path, bad):
         read_catalog(folder)
 
 
+def test_the_plugins_sanitised_ids_are_accepted():
+    from training.data.export import safe_id
+
+    for name in ("../../x", "/abs/slide.svs", "..", " .hidden", "a\\b:c", "x\x00y", "", "é"):
+        assert catalog.check_id(safe_id(name)) == safe_id(name)
+
+
+def test_temporaries_a_killed_older_version_left_are_removed_by_the_next_write(tmp_path):
+    upsert_row(tmp_path, row("x", h=1, w=1), image=np.zeros((30, 40, 3), np.uint8))
+    strays = [".train.csv.0123abcd.tmp", "train_images/.x.tiff.0123abcd.tmp.tiff"]
+    others = [".s.labels.tiff.0123abcd.tmp.tiff", "notes.txt"]  # not the catalogue's: kept
+    for name in strays + others:
+        (tmp_path / name).write_bytes(b"partial")
+    upsert_row(tmp_path, row("y"))
+    assert folder_files(tmp_path) == sorted(["train.csv", "train_images/x.tiff", *others])
+
+
+def replace_sizes_in_turn(folder: Path, times: int) -> None:
+    for index in range(times):
+        width = 50 + 10 * (index % 2)
+        upsert_row(folder, row("x", h=1, w=1), image=np.full((40, width, 3), index, np.uint8))
+
+
+def test_a_reader_never_sees_a_row_with_the_other_image(tmp_path):
+    """A reader that read the old row just before a writer swapped in the new image found a
+    row and an image that disagree; it now waits for the writer and reads again."""
+    upsert_row(tmp_path, row("x", h=1, w=1), image=np.zeros((40, 60, 3), np.uint8))
+    context = multiprocessing.get_context("spawn")
+    writer = context.Process(target=replace_sizes_in_turn, args=(tmp_path, 60))
+    writer.start()
+    reads = 0
+    while writer.is_alive():
+        frame = read_catalog(tmp_path)
+        assert frame.loc[0, "img_width"] in (50, 60)
+        reads += 1
+    writer.join()
+    assert writer.exitcode == 0 and reads > 10
+
+
 def test_a_row_that_disagrees_with_its_image_on_disk_is_refused(tmp_path):
     upsert_row(tmp_path, row("x", h=1, w=1), image=np.zeros((30, 40, 3), np.uint8))
     before = (tmp_path / "train.csv").read_bytes()
