@@ -58,11 +58,12 @@ IMAGE_BACKUP_DIR = ".backup"
 IMAGE_SUFFIXES = (".tiff", ".tif")
 _INT_COLUMNS = ("img_height", "img_width")
 _FLOAT_COLUMNS = ("pixel_size", "tissue_thickness")
-# Temporary files of versions before the journal: ``atomic_path`` names beside the CSVs and
-# the images. Only catalogue writers write these names, so under their lock they are strays.
-_OLD_TEMPORARY = re.compile(
-    r"^\.(train(\.backup)?\.csv\.[0-9a-f]{8}\.tmp|.+\.[0-9a-f]{8}\.tmp\.tiff)$"
-)
+# Temporary files of versions before the journal (``atomic_path`` names): of the CSVs beside
+# them, of the images in ``train_images/``. Only catalogue writers write these names there, so
+# under their lock they are strays. (Other ``.tmp.tiff`` files beside train.csv may be another
+# command's, e.g. segment's label images, and are left alone.)
+_OLD_CSV_TEMPORARY = re.compile(r"^\.train(\.backup)?\.csv\.[0-9a-f]{8}\.tmp$")
+_OLD_IMAGE_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp\.tiff$")
 
 
 class CatalogError(ValueError):
@@ -235,9 +236,12 @@ def _writer_turn(csv_path: Path, image_dir: Path) -> Iterator[None]:
             recover(_journal_path(csv_path), [csv_path.parent, image_dir, _backup_dir(image_dir)])
         except ValueError as exc:
             raise CatalogError(str(exc)) from None
-        for folder in (csv_path.parent, image_dir):
+        for folder, pattern in (
+            (csv_path.parent, _OLD_CSV_TEMPORARY),
+            (image_dir, _OLD_IMAGE_TEMPORARY),
+        ):
             for entry in folder.iterdir() if folder.is_dir() else ():
-                if _OLD_TEMPORARY.match(entry.name) and entry.is_file():
+                if pattern.match(entry.name) and entry.is_file():
                     entry.unlink(missing_ok=True)
         yield
 
