@@ -133,3 +133,20 @@ def test_backups_never_overwrite_each_other(tmp_path):
         kept.append(keep_backup(source, tmp_path / ".backup"))
     assert len(set(kept)) == 20
     assert [p.read_text() for p in kept] == [str(i) for i in range(20)]
+
+
+def test_a_file_outside_the_journals_folder_cannot_be_staged(tmp_path):
+    group = FileGroup(tmp_path / "ds" / ".journal")
+    with pytest.raises(ValueError, match="lies outside"):
+        group.stage(tmp_path / "elsewhere.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_names_keep_the_file_name_and_its_suffix(tmp_path):
+    kept = keep_backup(_written(tmp_path / "a.b.tiff"), tmp_path / ".backup")
+    assert kept.name.startswith("a.b.") and kept.name.endswith("Z.tiff")
+
+
+def _written(path):
+    path.write_text("x")
+    return path

@@ -110,17 +110,16 @@ def _still_at(fd: int, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
 
-def backup_path(directory: str | os.PathLike, name: str) -> Path:
+def backup_path(directory: str | os.PathLike, name: str | os.PathLike) -> Path:
     """A path in ``directory`` for a backup of the file ``name`` that no file has:
     ``<stem>.<UTC time to the nanosecond>Z<suffix>`` (``-2``, ``-3``... after the time when
     one is taken), so backups made within one second, or one clock tick, never meet."""
-    directory = Path(directory)
-    stem, dot, suffix = name.partition(".")
+    directory, name = Path(directory), Path(name)
     ns = time.time_ns()
     stamp = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    base = f"{stem}.{stamp}.{ns % 10**9:09d}Z"
+    base = f"{name.stem}.{stamp}.{ns % 10**9:09d}Z"
     for count in range(1, 10_000):
-        candidate = directory / f"{base}{'' if count == 1 else f'-{count}'}{dot}{suffix}"
+        candidate = directory / f"{base}{'' if count == 1 else f'-{count}'}{name.suffix}"
         if not candidate.exists():
             return candidate
     raise FileExistsError(f"no free backup name for {name} in {directory}")
@@ -165,8 +164,10 @@ class FileGroup:
         self.renames: list[tuple[Path, Path]] = []
 
     def stage(self, target: str | os.PathLike, suffix: str = "") -> Path:
-        """A new empty pending file that replaces ``target`` at the commit; write it."""
+        """A new empty pending file that replaces ``target`` at the commit; write it.
+        ``target`` must lie in the journal's folder or below it."""
         target = Path(target)
+        _inside(self.journal.parent, _relative(target, self.journal.parent))
         target.parent.mkdir(parents=True, exist_ok=True)
         pending = _create_beside(target, f".{secrets.token_hex(8)}.pending{suffix}")
         self.renames.append((pending, target))
