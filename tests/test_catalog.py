@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,7 @@ def test_write_is_atomic_when_the_replace_fails(tmp_path, monkeypatch):
         upsert_row(tmp_path, row("b"))
     monkeypatch.undo()
     assert (tmp_path / "train.csv").read_bytes() == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".train.csv.lock", "train.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]
 
 
 def test_write_catalog_round_trip(tmp_path, real_annotations):
@@ -201,3 +202,196 @@ def test_concurrent_writers_lose_no_rows(tmp_path):
         writer.join(timeout=120)
         assert writer.exitcode == 0
     assert len(read_catalog(tmp_path)) == 60
+
+
+def folder_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def pixel(path: Path) -> int:
+    """The first pixel of a TIFF (each test image here is one flat grey value)."""
+    from training.slides import open_slide
+
+    with open_slide(path) as slide:
+        return int(slide.read_region(0, 0, 1, 1)[0, 0, 0])
+
+
+def upsert_killed_at_rename(folder: Path, image: np.ndarray, count: int) -> None:
+    """Replace row and image ``x``, kill -9 this process at its ``count``-th rename."""
+    real, calls = os.replace, iter(range(1, 1000))
+
+    def replace(source, target):
+        if next(calls) == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(source, target)
+
+    os.replace = replace
+    upsert_row(folder, row("x", h=1, w=1), image=image)
+
+
+def test_a_write_killed_at_any_rename_leaves_the_old_or_the_new_folder(tmp_path):
+    """Issue 21, item 8: the image was renamed into place before the CSV, so a kill between
+    the two left a folder read_catalog refuses ("image is 40x60 but the row says 40x50")."""
+    context = multiprocessing.get_context("spawn")
+    outcomes = []
+    for count in range(1, 8):
+        folder = tmp_path / str(count)
+        upsert_row(folder, row("x", h=1, w=1), image=np.full((40, 50, 3), 10, np.uint8))
+        upsert_row(folder, row("y"))
+        child = context.Process(
+            target=upsert_killed_at_rename,
+            args=(folder, np.full((40, 60, 3), 200, np.uint8), count),
+        )
+        child.start()
+        child.join(timeout=120)
+        assert child.exitcode in (0, -signal.SIGKILL)
+        frame = read_catalog(folder).set_index("id")
+        width = frame.loc["x", "img_width"]
+        files = folder_files(folder)
+        if width == 50:  # the old folder
+            assert (
+                pixel(folder / "train_images" / "x.tiff") == 10 and "train.backup.csv" not in files
+            )
+        else:  # the new one, with the replaced row and image kept
+            assert width == 60 and pixel(folder / "train_images" / "x.tiff") == 200
+            backup = pd.read_csv(folder / "train.backup.csv", dtype=str, keep_default_na=False)
+            assert list(backup["id"]) == ["x"] and backup.loc[0, "img_width"] == "50"
+            assert pixel(folder / backup.loc[0, "image_backup"]) == 10
+        outcomes.append((child.exitcode, int(width)))
+        upsert_row(folder, row("z"))  # the next write removes what the killed one left
+        kept = [f for f in folder_files(folder) if f.startswith("train_images/.backup/")]
+        assert len(kept) == (width == 60)
+        assert folder_files(folder) == sorted(
+            ["train.csv", "train_images/x.tiff", *kept]
+            + (["train.backup.csv"] if width == 60 else [])
+        )
+    # Kills before the commit point gave the old folder, kills after it the new one.
+    assert (-signal.SIGKILL, 50) in outcomes and (-signal.SIGKILL, 60) in outcomes, outcomes
+
+
+def test_replacements_within_one_second_keep_every_backup(tmp_path):
+    """Issue 21, item 9: backups were stamped to the second, so three replacements of one id
+    kept one image backup."""
+    for value in (10, 20, 30, 40):
+        upsert_row(tmp_path, row("x", h=1, w=1), image=np.full((30, 40, 3), value, np.uint8))
+    backup = pd.read_csv(tmp_path / "train.backup.csv", dtype=str, keep_default_na=False)
+    assert len(backup) == 3 and backup["image_backup"].is_unique
+    assert [pixel(tmp_path / name) for name in backup["image_backup"]] == [10, 20, 30]
+    assert len(list((tmp_path / "train_images" / ".backup").iterdir())) == 3
+    assert pixel(tmp_path / "train_images" / "x.tiff") == 40
+
+
+def test_geojson_replacements_within_one_second_keep_every_backup(tmp_path):
+    from training.data.export import write_geojson
+
+    for index in range(4):
+        write_geojson(tmp_path / "s.geojson", {"type": "FeatureCollection", "n": index})
+    kept = sorted((tmp_path / ".backup").iterdir())
+    assert len(kept) == 3
+    assert sorted(p.read_text() for p in kept) == [
+        f'{{"type": "FeatureCollection", "n": {i}}}' for i in range(3)
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../../x", "sub/x", "/abs/x", "..", ".", ".hidden", "", "  ", "a\\b", "x\x00y", "c:x", " x"],
+)
+def test_ids_that_are_not_plain_file_names_are_refused(tmp_path, bad):
+    """Issue 21, item 10: ``upsert_row`` wrote ``../../x`` (and absolute ids) outside the
+    dataset folder."""
+    folder = tmp_path / "a" / "b" / "dataset"
+    with pytest.raises(CatalogError, match=r"'id'"):
+        upsert_row(folder, row(bad, h=30, w=40), image=np.zeros((30, 40, 3), np.uint8))
+    assert folder_files(tmp_path) == []
+    write_csv(folder, [row("a"), row(bad)])
+    with pytest.raises(CatalogError, match=r"line 3 .*column 'id': .*not a plain file name"):
+        read_catalog(folder)
+
+
+def test_the_plugins_sanitised_ids_are_accepted():
+    from training.data.export import safe_id
+
+    for name in ("../../x", "/abs/slide.svs", "..", " .hidden", "a\\b:c", "x\x00y", "", "é"):
+        assert catalog.check_id(safe_id(name)) == safe_id(name)
+
+
+def test_temporaries_a_killed_older_version_left_are_removed_by_the_next_write(tmp_path):
+    upsert_row(tmp_path, row("x", h=1, w=1), image=np.zeros((30, 40, 3), np.uint8))
+    strays = [".train.csv.0123abcd.tmp", "train_images/.x.tiff.0123abcd.tmp.tiff"]
+    others = [".s.labels.tiff.0123abcd.tmp.tiff", "notes.txt"]  # not the catalogue's: kept
+    for name in strays + others:
+        (tmp_path / name).write_bytes(b"partial")
+    upsert_row(tmp_path, row("y"))
+    assert folder_files(tmp_path) == sorted(["train.csv", "train_images/x.tiff", *others])
+
+
+def replace_sizes_in_turn(folder: Path, times: int) -> None:
+    for index in range(times):
+        width = 50 + 10 * (index % 2)
+        upsert_row(folder, row("x", h=1, w=1), image=np.full((40, width, 3), index, np.uint8))
+
+
+def test_a_reader_never_sees_a_row_with_the_other_image(tmp_path):
+    """A reader that read the old row just before a writer swapped in the new image found a
+    row and an image that disagree; it now waits for the writer and reads again."""
+    upsert_row(tmp_path, row("x", h=1, w=1), image=np.zeros((40, 60, 3), np.uint8))
+    context = multiprocessing.get_context("spawn")
+    writer = context.Process(target=replace_sizes_in_turn, args=(tmp_path, 60))
+    writer.start()
+    reads = 0
+    while writer.is_alive():
+        frame = read_catalog(tmp_path)
+        assert frame.loc[0, "img_width"] in (50, 60)
+        reads += 1
+    writer.join()
+    assert writer.exitcode == 0 and reads > 10
+
+
+def test_a_row_that_disagrees_with_its_image_on_disk_is_refused(tmp_path):
+    upsert_row(tmp_path, row("x", h=1, w=1), image=np.zeros((30, 40, 3), np.uint8))
+    before = (tmp_path / "train.csv").read_bytes()
+    with pytest.raises(
+        CatalogError, match=r"image x\.tiff is 30x40 \(HxW\) but the row says 20x40"
+    ):
+        upsert_row(tmp_path, row("x", h=20, w=40))
+    assert (tmp_path / "train.csv").read_bytes() == before
+    upsert_row(tmp_path, row("x", h=30, w=40, rle="1 5"))
+    assert read_catalog(tmp_path).loc[0, "rle"] == "1 5"
+
+
+def test_an_export_folder_holds_only_the_dataset_and_its_backups(tmp_path):
+    """Issue 21, item 5: every export left ``.train.csv.lock`` in the folder."""
+    from training.data.export import ExportInfo, export_rows, whole_image
+
+    image = np.full((32, 48, 3), 90, np.uint8)
+
+    class Slide:
+        def read_region(self, y, x, h, w):
+            return image[y : y + h, x : x + w]
+
+    labels = np.zeros((32, 48), np.int32)
+    labels[4:10, 5:20] = 1
+    for _ in range(2):
+        export_rows(
+            tmp_path, [whole_image("s1", labels, (32, 48))], Slide(), ExportInfo("kidney", 0.5)
+        )
+    files = folder_files(tmp_path)
+    assert [f for f in files if not f.startswith("train_images/.backup/")] == [
+        "train.backup.csv",
+        "train.csv",
+        "train_images/s1.tiff",
+    ]
+    assert len(files) == 4
+
+
+def test_an_export_with_an_id_outside_the_folder_writes_nothing(tmp_path):
+    from training.data.export import ExportError, ExportInfo, export_rows, whole_image
+
+    labels = np.zeros((8, 8), np.int32)
+    pieces = [whole_image("ok", labels, (8, 8)), whole_image("../escaped", labels, (8, 8))]
+    with pytest.raises(ExportError, match=r"'\.\./escaped' is not a plain file name"):
+        export_rows(tmp_path / "ds", pieces, None, ExportInfo("kidney", 0.5))
+    with pytest.raises(ExportError, match=r"'\.\./g' is not a plain file name"):
+        export_rows(tmp_path / "ds", pieces[:1], None, ExportInfo("kidney", 0.5), "../g", False)
+    assert folder_files(tmp_path) == []

@@ -418,3 +418,16 @@ def _write(path: Path, corner: float = 1) -> Path:
         json.dumps(collection(feature([square(corner, corner, corner + 8, corner + 8)])))
     )
     return path
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/tmp/x", "sub/x", "..", ".hidden", "x\x00"])
+def test_import_command_refuses_an_id_outside_the_folder(tmp_path, capsys, bad):
+    """Issue 21, item 10: ``--id ../../x`` wrote the image two folders above the dataset."""
+    image = make_pair(tmp_path / "w" / "in", "s", [square(1, 1, 9, 9)])
+    out = tmp_path / "w" / "in" / "ds"
+    before = sorted(tmp_path.rglob("*"))
+    argv = [str(image), str(image.with_suffix(".geojson")), "--out", str(out)]
+    assert import_main([*argv, "--organ", "kidney", "--id", bad]) == 2
+    err = capsys.readouterr().err
+    assert "is not a plain file name" in err and err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -1,9 +1,13 @@
 """The dataset folder: ``train.csv`` plus ``train_images/<id>.tiff``, the competition's layout.
 
-Reading validates every row and names the file, row and column of any problem. Writing replaces
-the file atomically; :func:`upsert_row` changes one row by id and keeps the row it replaced in
-``train.backup.csv``, so an export never silently loses an earlier correction. Writers take turns
-through a lock file beside the CSV (``.train.csv.lock``).
+Reading validates every row and names the file, row and column of any problem. Writing is atomic
+across files: :func:`upsert_row` changes one row by id and its image together, through a
+journal (:class:`training.atomic.FileGroup`), so a write killed at any point leaves the folder
+as it was or as it was to be: the next reader or writer finishes a committed write and removes
+what an uncommitted one left. A replaced row is kept in ``train.backup.csv`` and a replaced
+image in ``train_images/.backup/``, so an export never silently loses an earlier correction.
+Writers take turns through a lock file beside the CSV (``.train.csv.lock``) that exists only
+while one writes.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import os
-import shutil
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from training.atomic import atomic_path, exclusive_lock
+from training.atomic import FileGroup, backup_path, exclusive_lock, recover
 from training.data import rle as rle_codec
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "ORGANS",
     "CatalogError",
     "catalog_paths",
+    "check_id",
     "image_path",
     "read_catalog",
     "upsert_row",
@@ -48,13 +54,24 @@ COLUMNS = (
 CSV_NAME = "train.csv"
 BACKUP_NAME = "train.backup.csv"
 IMAGE_DIR = "train_images"
+IMAGE_BACKUP_DIR = ".backup"
 IMAGE_SUFFIXES = (".tiff", ".tif")
 _INT_COLUMNS = ("img_height", "img_width")
 _FLOAT_COLUMNS = ("pixel_size", "tissue_thickness")
+# Temporary files of versions before the journal (``atomic_path`` names): of the CSVs beside
+# them, of the images in ``train_images/``. Only catalogue writers write these names there, so
+# under their lock they are strays. (Other ``.tmp.tiff`` files beside train.csv may be another
+# command's, e.g. segment's label images, and are left alone.)
+_OLD_CSV_TEMPORARY = re.compile(r"^\.train(\.backup)?\.csv\.[0-9a-f]{8}\.tmp$")
+_OLD_IMAGE_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp\.tiff$")
 
 
 class CatalogError(ValueError):
     """A dataset folder or ``train.csv`` that does not follow the format."""
+
+
+class _SizeMismatch(CatalogError):
+    """An image whose size is not its row's (also what a reader sees mid-write)."""
 
 
 def catalog_paths(location: str | os.PathLike) -> tuple[Path, Path]:
@@ -75,6 +92,30 @@ def image_path(location: str | os.PathLike, image_id: str) -> Path | None:
     return None
 
 
+def check_id(image_id: object) -> str:
+    """``image_id`` as text if it can name ``train_images/<id>.tiff`` inside the folder, else
+    a ``CatalogError`` saying why (a path separator, ``..``, a leading dot, ...)."""
+    text = str(image_id)
+    problem = _id_problem(text)
+    if problem:
+        raise CatalogError(f"id {text!r} is not a plain file name: {problem}")
+    return text
+
+
+def _id_problem(text: str) -> str | None:
+    if text.strip() == "":
+        return "it is empty"
+    if text != text.strip():
+        return "it begins or ends with white space"
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "it holds a control character (NUL, newline, ...)"
+    if any(c in text for c in "/\\:"):
+        return "it holds a path or drive separator (/ \\ :)"
+    if text.startswith("."):
+        return "it begins with '.' ('..' or a hidden file)"
+    return None
+
+
 def read_catalog(
     location: str | os.PathLike, *, check_images: bool = True, check_rle: bool = True
 ) -> pd.DataFrame:
@@ -83,8 +124,30 @@ def read_catalog(
     ``id`` is kept as text and ``rle`` as text (``""`` for an empty mask). With ``check_images``,
     every image present in ``train_images/`` must match its row's ``img_height``/``img_width``
     (only the file header is read). With ``check_rle``, every mask must decode at the row's size.
+    A write that was killed after its commit point is finished first.
     """
     csv_path, image_dir = catalog_paths(location)
+    if _journal_path(csv_path).exists():
+        try:
+            with _writer_turn(csv_path, image_dir):
+                pass
+        except OSError as exc:
+            raise CatalogError(
+                f"{csv_path}: a write to this folder was interrupted and cannot be finished "
+                f"here ({exc.strerror or exc}); open it once where the folder can be written"
+            ) from None
+    try:
+        return _read(csv_path, image_dir, check_images, check_rle)
+    except _SizeMismatch:
+        # A writer may have replaced an image between our reading its row and its header; once
+        # no writer is inside, the folder says what it holds.
+        if not os.access(csv_path.parent, os.W_OK):
+            raise
+        with _writer_turn(csv_path, image_dir):
+            return _read(csv_path, image_dir, check_images, check_rle)
+
+
+def _read(csv_path: Path, image_dir: Path, check_images: bool, check_rle: bool) -> pd.DataFrame:
     if not csv_path.is_file():
         raise CatalogError(f"{csv_path}: no such catalogue file")
     try:
@@ -110,11 +173,16 @@ def read_catalog(
 
 def write_catalog(location: str | os.PathLike, frame: pd.DataFrame) -> Path:
     """Validate ``frame`` and write it as ``train.csv``, replacing the old file atomically."""
-    csv_path, _ = catalog_paths(location)
+    csv_path, image_dir = catalog_paths(location)
     frame = _ordered(frame)
     _validate(frame, csv_path)
-    with exclusive_lock(_lock_path(csv_path)):
-        _atomic_write_csv(frame, csv_path)
+    with _writer_turn(csv_path, image_dir):
+        group = FileGroup(_journal_path(csv_path))
+        try:
+            _stage_csv(group, csv_path, frame)
+            group.commit()
+        finally:
+            group.discard()
     return csv_path
 
 
@@ -126,13 +194,19 @@ def upsert_row(
     Other rows are left as they are. A replaced row is appended to ``train.backup.csv`` with a
     ``replaced_at`` time stamp. With ``image`` (``(H, W, C)``), it is written as
     ``train_images/<id>.tiff`` (pyramidal, pixel size from the row) and ``img_height``/
-    ``img_width`` are taken from it; a replaced image is kept under ``train_images/.backup/``.
+    ``img_width`` are taken from it; a replaced image is kept under ``train_images/.backup/``
+    (named in the backup row's ``image_backup``). Without ``image``, a row whose size is not
+    that of the id's image already in the folder is refused. Row and image change together:
+    a kill at any point leaves the old row and image or the new ones.
     """
     csv_path, image_dir = catalog_paths(location)
     record = dict(row)
     if "id" not in record or str(record["id"]).strip() == "":
         raise CatalogError(f"{csv_path}: the row to add has no 'id'")
-    record["id"] = str(record["id"])
+    try:
+        record["id"] = check_id(record["id"])
+    except CatalogError as exc:
+        raise CatalogError(f"{csv_path}: the row to add, column 'id': {exc}") from None
     if image is not None:
         image = np.asarray(image)
         record["img_height"], record["img_width"] = int(image.shape[0]), int(image.shape[1])
@@ -144,27 +218,60 @@ def upsert_row(
         raise CatalogError(f"{csv_path}: row {record['id']!r}, column 'rle': {exc}") from None
     # Read, change and write under the folder's lock: ranks of a torchrun job (or two exports)
     # adding rows at the same time would otherwise each write back a file without the other's.
+    with _writer_turn(csv_path, image_dir):
+        group = FileGroup(_journal_path(csv_path))
+        try:
+            frame = _merge_row(group, csv_path, image_dir, record, image)
+            group.commit()
+        finally:
+            group.discard()
+    return frame
+
+
+@contextmanager
+def _writer_turn(csv_path: Path, image_dir: Path) -> Iterator[None]:
+    """The folder's lock, with whatever a killed writer left finished or removed."""
     with exclusive_lock(_lock_path(csv_path)):
-        return _merge_row(csv_path, image_dir, record, image)
+        try:
+            recover(_journal_path(csv_path), [csv_path.parent, image_dir, _backup_dir(image_dir)])
+        except ValueError as exc:
+            raise CatalogError(str(exc)) from None
+        for folder, pattern in (
+            (csv_path.parent, _OLD_CSV_TEMPORARY),
+            (image_dir, _OLD_IMAGE_TEMPORARY),
+        ):
+            for entry in folder.iterdir() if folder.is_dir() else ():
+                if pattern.match(entry.name) and entry.is_file():
+                    entry.unlink(missing_ok=True)
+        yield
 
 
 def _merge_row(
-    csv_path: Path, image_dir: Path, record: dict[str, object], image: np.ndarray | None
+    group: FileGroup,
+    csv_path: Path,
+    image_dir: Path,
+    record: dict[str, object],
+    image: np.ndarray | None,
 ) -> pd.DataFrame:
+    """Stage the new CSV, backup CSV and image in ``group``; return the new catalogue."""
     new_row = pd.DataFrame([record])
     if csv_path.exists():
-        frame = read_catalog(csv_path, check_images=False, check_rle=False)
+        frame = _read(csv_path, image_dir, check_images=False, check_rle=False)
     else:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(columns=list(COLUMNS))
-    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
     existing = frame.index[frame["id"] == record["id"]]
+    kept_image = ""
     if image is not None:
-        _write_image(image_dir, record, image, stamp)
+        kept_image = _stage_image(group, csv_path, image_dir, record, image)
+    else:
+        _check_row_fits_image(csv_path, image_dir, record)
     if len(existing):
         old = frame.loc[existing].copy()
         old["replaced_at"] = stamp
-        _append_backup(csv_path.parent / BACKUP_NAME, old)
+        old["image_backup"] = kept_image
+        _stage_backup_rows(group, csv_path.parent / BACKUP_NAME, old)
         for column in new_row.columns:
             if column not in frame.columns:
                 frame[column] = ""
@@ -174,7 +281,7 @@ def _merge_row(
         frame = pd.concat([frame, new_row], ignore_index=True)
     frame = _ordered(frame.fillna(""))
     _validate(frame, csv_path)
-    _atomic_write_csv(frame, csv_path)
+    _stage_csv(group, csv_path, frame)
     return frame
 
 
@@ -185,8 +292,11 @@ def _validate(frame: pd.DataFrame, csv_path: Path, *, partial: bool = False) -> 
         raise CatalogError(f"{csv_path}: missing column(s) {', '.join(missing)}")
     for index, row in frame.iterrows():
         where = _where(csv_path, index, row["id"], "")
-        if str(row["id"]).strip() == "":
-            raise CatalogError(f"{where}column 'id': empty id")
+        problem = _id_problem(str(row["id"]))
+        if problem:
+            raise CatalogError(
+                f"{where}column 'id': {row['id']!r} is not a plain file name: {problem}"
+            )
         if row["organ"] not in ORGANS:
             raise CatalogError(
                 f"{where}column 'organ': unknown organ {row['organ']!r} "
@@ -240,7 +350,7 @@ def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[known + extra].reset_index(drop=True)
 
 
-def _check_image_size(path: Path, row: pd.Series, where: str) -> None:
+def _check_image_size(path: Path, row: Mapping[str, object], where: str) -> None:
     from training.slides import SlideError, open_slide
 
     try:
@@ -249,38 +359,63 @@ def _check_image_size(path: Path, row: pd.Series, where: str) -> None:
     except SlideError as exc:
         raise CatalogError(f"{where}image {path.name} cannot be read: {exc}") from None
     if (height, width) != (row["img_height"], row["img_width"]):
-        raise CatalogError(
+        raise _SizeMismatch(
             f"{where}image {path.name} is {height}x{width} (HxW) but the row says "
             f"{row['img_height']}x{row['img_width']}"
         )
+
+
+def _check_row_fits_image(csv_path: Path, image_dir: Path, record: Mapping[str, object]) -> None:
+    # A row without its image must still describe the image on disk, or the folder it leaves
+    # is one that read_catalog and training refuse.
+    path = image_path(csv_path, str(record["id"]))
+    if path is not None:
+        where = f"{csv_path}: row {record['id']!r}, column 'img_height': "
+        _check_image_size(path, record, where)
 
 
 def _lock_path(csv_path: Path) -> Path:
     return csv_path.parent / f".{csv_path.name}.lock"
 
 
-def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+def _journal_path(csv_path: Path) -> Path:
+    return csv_path.parent / f".{csv_path.name}.journal"
+
+
+def _backup_dir(image_dir: Path) -> Path:
+    return image_dir / IMAGE_BACKUP_DIR
+
+
+def _stage_csv(group: FileGroup, path: Path, frame: pd.DataFrame) -> None:
+    with open(group.stage(path), "w", newline="") as handle:
         frame.to_csv(handle, index=False, quoting=csv.QUOTE_MINIMAL)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
-def _append_backup(path: Path, rows: pd.DataFrame) -> None:
+def _stage_backup_rows(group: FileGroup, path: Path, rows: pd.DataFrame) -> None:
     if path.exists():
         previous = pd.read_csv(path, dtype=str, keep_default_na=False)
         rows = pd.concat([previous, rows.astype(str)], ignore_index=True)
-    _atomic_write_csv(rows, path)
+    _stage_csv(group, path, rows.fillna(""))
 
 
-def _write_image(
-    image_dir: Path, record: Mapping[str, object], image: np.ndarray, stamp: str
-) -> None:
+def _stage_image(
+    group: FileGroup,
+    csv_path: Path,
+    image_dir: Path,
+    record: Mapping[str, object],
+    image: np.ndarray,
+) -> str:
+    """Stage the image and, when it replaces one, the old image's backup; return the backup's
+    path relative to the folder (``""`` when there was no image)."""
     from training.slides import write_pyramid
 
     target = image_dir / f"{record['id']}.tiff"
+    kept = ""
     if target.exists():
-        backup_dir = image_dir / ".backup"
-        backup_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(target, backup_dir / f"{record['id']}.{stamp.replace(':', '')}.tiff")
-    write_pyramid(target, image, as_number(record.get("pixel_size", ""), float))
+        backup = backup_path(_backup_dir(image_dir), target.name)
+        group.stage_copy(target, backup)
+        kept = backup.relative_to(csv_path.parent).as_posix()
+    write_pyramid(
+        group.stage(target, ".tiff"), image, as_number(record.get("pixel_size", ""), float)
+    )
+    return kept

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from training.data import rle
-from training.data.catalog import ORGANS, catalog_paths, read_catalog, upsert_row
+from training.data.catalog import (
+    ORGANS,
+    CatalogError,
+    catalog_paths,
+    check_id,
+    read_catalog,
+    upsert_row,
+)
 
 __all__ = [
     "ExportError",
@@ -91,6 +97,15 @@ def safe_id(name: str) -> str:
     return cleaned or "image"
 
 
+def _check_export_id(image_id: str) -> None:
+    # safe_id makes the plugin's ids; anything else that reaches an export must still name a
+    # file inside the folder.
+    try:
+        check_id(image_id)
+    except CatalogError as exc:
+        raise ExportError(f"{exc}; safe_id() makes one from any name") from None
+
+
 def level0_box(box: Box, downsample: float, shape: Sequence[int]) -> Box:
     """The level-0 pixels a working box covers: its edges times ``downsample``, rounded to the
     nearest pixel (so neighbouring boxes share their edge), clipped to the slide's ``shape``."""
@@ -125,6 +140,7 @@ def region_pieces(
 
 def piece_row(piece: Piece, info: ExportInfo) -> dict[str, Any]:
     """The ``train.csv`` row of a piece, its mask as RLE at the image's level 0."""
+    _check_export_id(piece.image_id)
     if info.organ not in ORGANS:
         raise ExportError(f"unknown organ {info.organ!r}; expected one of {', '.join(ORGANS)}")
     if not (np.isfinite(info.pixel_size_um) and info.pixel_size_um > 0):
@@ -190,17 +206,14 @@ def pieces_geojson(pieces: Sequence[Piece], organ: str) -> dict[str, Any]:
 
 def write_geojson(path: str | os.PathLike, collection: dict[str, Any]) -> Path:
     """Write a FeatureCollection atomically; a file it replaces is kept in ``.backup/`` beside
-    it with a time stamp."""
+    it under a name no other backup has (UTC time to the nanosecond)."""
     import json
 
-    from training.atomic import atomic_path
+    from training.atomic import atomic_path, keep_backup
 
     path = Path(path)
     if path.exists():
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        backup = path.parent / ".backup" / f"{path.stem}.{stamp}{path.suffix}"
-        backup.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, backup)
+        keep_backup(path, path.parent / ".backup")
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         json.dump(collection, handle)
     return path
@@ -235,6 +248,8 @@ def export_job(
     """
     if not pieces:
         raise ExportError("nothing to export")
+    if geojson_id is not None:
+        _check_export_id(geojson_id)
     folder = check_writable(folder)
     rows = [piece_row(piece, info) for piece in pieces] if dataset else []
     collection = pieces_geojson(pieces, info.organ) if geojson_id is not None else None

@@ -9,8 +9,9 @@ With folders, every ``GEOJSON_DIR/<stem>.geojson`` (or ``.json``) is paired with
 same stem in ``IMAGE_DIR``; images without a GeoJSON are left alone. Each pair becomes the row
 ``<stem>`` (or ``--id``) of ``DIR/train.csv`` with the mask as RLE, and the image is copied to
 ``DIR/train_images/<id>.tiff``. A row with the same id is replaced and kept in
-``train.backup.csv``. Every pair is checked (image readable, pixel size known, outlines
-rasterised) before anything is written; bad input exits with status 2 and a one-line error.
+``train.backup.csv``. Every pair is checked (id a plain file name, image readable, pixel size
+known, outlines rasterised) before anything is written; bad input exits with status 2 and a
+one-line error.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data.catalog import ORGANS, CatalogError, catalog_paths, read_catalog, upsert_row
+from training.data.catalog import (
+    ORGANS,
+    CatalogError,
+    catalog_paths,
+    check_id,
+    read_catalog,
+    upsert_row,
+)
 from training.data.geojson import GeoJSONError, rasterize
 from training.data.polygon_fill import CONVENTIONS
 from training.data.rle import encode
@@ -107,7 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         existing = _existing_ids(args.out)
-        checked = [_check(args, *pair) for pair in _pairs(args.image, args.geojson, args.image_id)]
+        pairs = _pairs(args.image, args.geojson, args.image_id)
+        for image_id, _, _ in pairs:
+            check_id(image_id)  # an id such as ../../x would write outside DIR
+        checked = [_check(args, *pair) for pair in pairs]
     except (BadInput, GeoJSONError, SlideError, CatalogError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return BAD_INPUT
