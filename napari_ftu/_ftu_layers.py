@@ -237,4 +237,17 @@ def saved_session(image: Any) -> Any:
     if not location.exists():
         return None
     store = MaskStore.open(location, slide_identity(path))
+    _check_covers(store, level0_shape(image))
     return FTUSession.restore(image.name, store) if store.has_model else None
+
+
+def _check_covers(store: Any, shape: tuple[int, int]) -> None:
+    """``ValueError`` unless the store's grid covers the slide's level 0 (``shape``): a store
+    written by a region run of napari-ftu 0.x described the region's grid, not the slide's."""
+    covered = [side * store.downsample for side in store.shape]
+    if any(not s <= c < s + store.downsample for s, c in zip(shape, covered, strict=True)):
+        raise ValueError(
+            f"the mask store {store.location} was made for another grid ({store.shape} pixels "
+            f"of {store.downsample:g} level-0 pixels each, the slide is {shape}); remove it to "
+            "segment the slide again"
+        )

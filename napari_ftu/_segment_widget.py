@@ -334,12 +334,10 @@ class SegmentWidget(Container):
 
     def _show_result(self, job: JobResult) -> None:
         from napari_ftu._ftu_layers import new_session
-        from napari_ftu._session import Grid
 
-        result, name = job.result, self._image_name
+        result, name, grid = job.result, self._image_name, job.grid
         layer = self.viewer.layers[name]
         session = self.session(name)
-        grid = Grid(job.full_shape, result.pixel_size_um, result.downsample)
         if session is None or session.grid != grid:
             if session is not None and _has_work(session):  # never replaced silently
                 _show_error(

@@ -157,8 +157,15 @@ class FTUSession:
         ``labels``: the run's objects at the session's threshold and minimum area, already
         found (off the GUI thread); used as they are when the run covers a new session."""
         y, x = origin
-        self.imported = False  # a model's probability from now on: the threshold applies
         block = np.asarray(probability, np.float32)
+        if min(y, x) < 0 or y + block.shape[0] > self.grid.shape[0] or (
+            x + block.shape[1] > self.grid.shape[1]
+        ):  # numpy would clip the paste silently, shifting nothing but losing the overhang
+            raise ValueError(
+                f"a run's map of {block.shape} at {origin} does not fit the working grid "
+                f"{self.grid.shape} of {self.name!r}"
+            )
+        self.imported = False  # a model's probability from now on: the threshold applies
         if self.store is not None:
             self.flush()  # the store's probability is written after the saves before it
             self.store.write_probability(y, x, block)

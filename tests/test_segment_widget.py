@@ -281,3 +281,67 @@ def test_out_of_memory_is_a_notification_with_no_partial_layers(qtbot, opened, e
     assert "out of memory" in errors[-1] and "smaller region" in errors[-1]
     assert [existing.name for existing in viewer.layers] == names_before
     assert widget.run_button.enabled and widget.status.value == "failed"
+
+
+def world_box(layer, data_box):
+    """The world (um) extent of a layer's pixels ``(y0, x0, y1, x1)`` (end exclusive)."""
+    scale, translate = np.asarray(layer.scale)[-2:], np.asarray(layer.translate)[-2:]
+    y0, x0, y1, x1 = data_box
+    start = (np.array([y0, x0]) - 0.5) * scale + translate
+    stop = (np.array([y1, x1]) - 0.5) * scale + translate
+    return (*start, *stop)
+
+
+def test_a_region_run_overlays_the_slide_and_shares_the_whole_slide_store(
+    qtbot, opened, kidney_slide, errors
+):
+    """0.4 um/px slide, model at 1 um/px: a drawn rectangle's result lies on the whole slide's
+    working grid (2.5 level-0 px per mask px), exactly over the rectangle, and whole-slide and
+    field-of-view runs after it paste into the same store and keep the layers."""
+    from napari_ftu._session import Grid
+    from training.review.store import MaskStore, store_location
+
+    viewer, widget, layer = opened
+    widget.organ.value = "kidney"
+    top, left, bottom, right = 200.0, 40.0, 300.0, 120.0  # um (the slide is 409.6 um a side)
+    viewer.add_shapes([[[top, left], [top, right], [bottom, right], [bottom, left]]])
+    widget.region.value = "drawn rectangle"
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert not errors
+    mask = viewer.layers[mask_name(layer.name)]
+    probability = viewer.layers[probability_name(layer.name)]
+    for shown in (mask, probability):
+        np.testing.assert_allclose(shown.scale, (1.0, 1.0))  # um per working pixel
+        np.testing.assert_allclose(shown.translate, (0.4 * 0.75, 0.4 * 0.75))
+    assert mask.data.shape == (410, 410)  # ceil(1024 * 0.4 / 1.0): the whole slide's grid
+    # the run's map covers the level-0 pixels under the rectangle, whole working pixels out
+    rows, cols = np.nonzero(np.asarray(probability.data))
+    wy0, wx0, wy1, wx1 = world_box(mask, (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1))
+    assert top - 1.0 <= wy0 <= top and left - 1.0 <= wx0 <= left
+    assert bottom <= wy1 <= bottom + 1.0 and right <= wx1 <= right + 1.0
+    store = MaskStore.open(store_location(kidney_slide[0]))
+    assert (store.shape, store.pixel_size_um, store.downsample) == ((410, 410), 1.0, 2.5)
+
+    for region in ("whole slide", "field of view"):
+        widget.region.value = region
+        widget.start()
+        wait_for_run(qtbot, widget)
+        assert not errors, region
+        assert viewer.layers[mask_name(layer.name)] is mask, region
+        session = mask.metadata[_segment_widget.SESSION_KEY]
+        assert session.grid == Grid((410, 410), 1.0, 2.5) and mask.data.shape == (410, 410)
+    assert np.asarray(session.probability)[:150].max() > 0.5  # the whole slide was segmented
+
+
+def test_a_store_for_another_grid_is_not_restored(make_napari_viewer, kidney_slide, errors):
+    """What a region run wrote before the fix: the working grid's shape with a downsample of
+    1; reopening the slide says so instead of drawing it at 40% of the slide's size."""
+    from training.review.store import MaskStore, slide_identity, store_location
+
+    path = kidney_slide[0]
+    store = MaskStore.create(store_location(path), (410, 410), 1.0, 1.0, slide_identity(path))
+    store.set_model(np.ones((410, 410), np.int32))
+    viewer, _, layer = open_in_viewer(make_napari_viewer, path)
+    assert mask_name(layer.name) not in viewer.layers
+    assert "made for another grid" in errors[-1] and "remove it" in errors[-1]
