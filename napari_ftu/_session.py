@@ -307,12 +307,15 @@ class FTUSession:
             "reviewed_regions": [list(box) for box in self.reviewed_regions],
         }
 
-    def _checksum(self) -> tuple[int, int, float, float]:
+    def _checksum(self) -> tuple[Any, ...]:
+        # the settings too: a re-run for another organ may leave the labels as they were
         return (
             zlib.crc32(self.labels),
             zlib.crc32(self.reference),
             self.threshold,
             self.min_area_um2,
+            self.organ,
+            self.model,
         )
 
     def counts(self) -> Counts:

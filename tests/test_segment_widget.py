@@ -39,11 +39,14 @@ def kidney_slide(kidney_phantom, tmp_path):
     return path, kidney_phantom[1]
 
 
-def open_in_viewer(make_napari_viewer, path):
+def open_in_viewer(make_napari_viewer, path, organ="kidney"):
+    """The slide in a viewer with the widget docked; ``organ`` picked (nothing beside these
+    slides says which organ they are)."""
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin="napari-ftu")
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment FTUs")
+    widget.organ.value = organ
     return viewer, widget, layer
 
 
@@ -238,6 +241,9 @@ def test_bad_inputs_show_notifications_and_leave_no_layers(
     widget.start()
     assert "pixel size" in errors[-1] and "unknown" in errors[-1]
     widget.pixel_size.value = "0.5"
+    widget.start()
+    assert "choose the organ of 'no size'" in errors[-1]
+    widget.organ.value = "kidney"
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     widget.add_model(broken)
@@ -302,7 +308,6 @@ def test_a_region_run_overlays_the_slide_and_shares_the_whole_slide_store(
     from training.review.store import MaskStore, store_location
 
     viewer, widget, layer = opened
-    widget.organ.value = "kidney"
     top, left, bottom, right = 200.0, 40.0, 300.0, 120.0  # um (the slide is 409.6 um a side)
     viewer.add_shapes([[[top, left], [top, right], [bottom, right], [bottom, left]]])
     widget.region.value = "drawn rectangle"
@@ -345,3 +350,40 @@ def test_a_store_for_another_grid_is_not_restored(make_napari_viewer, kidney_sli
     viewer, _, layer = open_in_viewer(make_napari_viewer, path)
     assert mask_name(layer.name) not in viewer.layers
     assert "made for another grid" in errors[-1] and "remove it" in errors[-1]
+
+
+def test_an_unknown_organ_is_asked_for_and_a_rerun_exports_its_own(
+    qtbot, make_napari_viewer, kidney_slide, errors, tmp_path
+):
+    """No train.csv beside the slide: no organ until the user picks one; segmented as kidney,
+    then again as lung, the store and the export (row and GeoJSON class) say lung."""
+    import json
+
+    from napari_ftu._export_widget import ExportWidget
+    from training.data.catalog import read_catalog
+    from training.review.store import MaskStore, store_location
+
+    viewer, widget, layer = open_in_viewer(make_napari_viewer, kidney_slide[0], organ=None)
+    assert widget.organ.value is None
+    widget.start()
+    assert "choose the organ" in errors[-1] and not widget.running
+    assert mask_name(layer.name) not in viewer.layers
+    for organ in ("kidney", "lung"):
+        widget.organ.value = organ
+        widget.start()
+        wait_for_run(qtbot, widget)
+    assert len(errors) == 1
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    assert session.organ == "lung" and session.threshold == 0.7  # the lung run's
+    session.flush()
+    assert MaskStore.open(store_location(kidney_slide[0])).settings["organ"] == "lung"
+    export = ExportWidget(viewer)
+    export.folder.value, export.annotator.value = tmp_path / "out", "dr test"
+    export.export()
+    qtbot.waitUntil(lambda: not export.running, timeout=60_000)
+    assert read_catalog(tmp_path / "out").iloc[0]["organ"] == "lung"
+    (geojson,) = (tmp_path / "out" / "geojson").glob("*.geojson")
+    features = json.loads(geojson.read_text())["features"]
+    assert features and {f["properties"]["classification"]["name"] for f in features} == {
+        "alveolus"
+    }
