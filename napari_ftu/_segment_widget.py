@@ -400,6 +400,9 @@ class SegmentWidget(Container):
             return False
         show_session(self.viewer, layer, session)
         if layer.name == self.image.value:
+            # a slide opened after the widget was prefilled (without this session): the controls
+            # show what the mask was made with, so a nudge re-derives from those values
+            self._show_settings(session)
             self._update_status(session)
         return True
 

@@ -387,3 +387,33 @@ def test_an_unknown_organ_is_asked_for_and_a_rerun_exports_its_own(
     assert features and {f["properties"]["classification"]["name"] for f in features} == {
         "alveolus"
     }
+
+
+def test_a_slide_reopened_shows_and_nudges_the_settings_its_mask_was_made_with(
+    qtbot, make_napari_viewer, opened, kidney_slide, errors
+):
+    """The widget docked first, the slide opened after (File > Open): the controls show the
+    saved threshold and minimum area (the default kidney model's 0.65 and 4000 um²), and a
+    nudge of one re-derives with the other as saved."""
+    from training.inference import probability_to_labels
+
+    viewer, widget, layer = opened
+    widget.start()
+    wait_for_run(qtbot, widget)
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    assert (session.threshold, session.min_area_um2) == (0.65, 4000.0)
+    session.flush()
+
+    reopened = make_napari_viewer()
+    again = SegmentWidget(reopened)
+    reopened.window.add_dock_widget(again, name="Segment FTUs")
+    (slide,) = reopened.open(str(kidney_slide[0]), plugin="napari-ftu")
+    restored = reopened.layers[mask_name(slide.name)]
+    assert again.image.value == slide.name and again.organ.value == "kidney"
+    assert again.threshold.value == pytest.approx(0.65) and again.min_area.value == 4000.0
+    again.min_area.value = 4100.0  # a nudge: the threshold stays the saved one
+    stored = restored.metadata[_segment_widget.SESSION_KEY]
+    assert (stored.threshold, stored.min_area_um2) == (0.65, 4100.0)
+    expected = probability_to_labels(stored.probability, 0.65, 4100.0)  # 1 um/px: px = um²
+    np.testing.assert_array_equal(restored.data > 0, expected > 0)
+    assert not errors
