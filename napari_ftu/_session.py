@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.inference.postprocess import probability_to_labels
-from training.review.edits import rederive
+from training.review.edits import match_ids, rederive
 from training.review.store import ERASED, MaskStore, painted_ids, renumber
 
 EDIT_LIMIT_PIXELS = 8192 * 8192  # above this, the mask is edited region by region
@@ -199,8 +199,10 @@ class FTUSession:
         )
         if unedited:  # the model's labels as they are
             new_labels = probability_to_labels(self.probability, threshold, min_area_px)
+            count = int(new_labels.max())  # numbered 1..N (until matched)
+            # objects that persist keep their ids, so their colours do not change as it moves
+            match_ids(new_labels, self._model_labels())
             reference = new_labels if not self.grid.direct_edit else new_labels.copy()
-            count = int(new_labels.max())  # numbered 1..N
         else:
             labels, reference = self._arrays()
             erased = (labels == 0) & (reference != 0)  # earlier erasures and new ones
@@ -221,6 +223,10 @@ class FTUSession:
             self._save_settings()
         # what a status line can show at once, without counting (None: count them)
         self.derived_counts = Counts(count, 0, 0) if count is not None else None
+
+    def _model_labels(self) -> Any:
+        """The model's labels as they are (the reference), lazily for a stored mask."""
+        return self.reference if self.grid.direct_edit else self.store.model_array_lazy()
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self.grid.direct_edit:

@@ -417,3 +417,30 @@ def test_a_slide_reopened_shows_and_nudges_the_settings_its_mask_was_made_with(
     expected = probability_to_labels(stored.probability, 0.65, 4100.0)  # 1 um/px: px = um²
     np.testing.assert_array_equal(restored.data > 0, expected > 0)
     assert not errors
+
+
+def test_objects_keep_their_ids_and_colours_as_the_sliders_move(qtbot, opened_wide, errors):
+    """Each object that persists across a slider move keeps its id (napari colours by id).
+    At 0.2 and no minimum area an object appears above two of the three in raster order
+    (renumbered 1..N they would all change colour), at 0.05 another between them."""
+    viewer, widget, layer = opened_wide
+    widget.start()
+    wait_for_run(qtbot, widget)
+    mask = viewer.layers[mask_name(layer.name)]
+    for threshold, min_area in ((0.2, 4000.0), (0.2, 0.0), (0.05, 0.0), (0.9, 100.0)):
+        before = np.array(mask.data)
+        widget.threshold.value, widget.min_area.value = threshold, min_area
+        after = np.asarray(mask.data)
+        kept = 0
+        for old_id in np.unique(before[before > 0]):
+            under = after[before == old_id]
+            ids, counts = np.unique(under[under > 0], return_counts=True)
+            if len(ids):
+                new_id = ids[np.argmax(counts)]
+                # the same object: its largest overlap both ways
+                back, back_counts = np.unique(before[after == new_id], return_counts=True)
+                if back[np.argmax(back_counts)] == old_id:
+                    assert new_id == old_id, (threshold, min_area, old_id)
+                    kept += 1
+        assert kept, (threshold, min_area)
+    assert not errors

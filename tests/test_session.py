@@ -66,3 +66,22 @@ def test_stored_counts_band_by_band_equal_the_whole_array_counts(
     counts = session.counts()
     assert counts == _session._counts(store.labels_array(), store.model_array())
     assert (counts.objects, counts.edited, counts.erased) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_objects_keep_their_ids_when_the_threshold_moves(
+    probability, tmp_path, monkeypatch, stored
+):
+    """At 0.2 the faint disc joins, before the 0.9 disc in raster order: the two others keep
+    their ids (their colours), in memory and in a stored mask."""
+    store = None
+    if stored:
+        store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+        monkeypatch.setattr(_session, "EDIT_LIMIT_PIXELS", 50 * 50)
+    session = session_of(probability, store)
+    before = store.labels_array() if stored else np.array(session.labels)
+    session.rederive(0.2, 0.0)
+    after = store.labels_array() if stored else np.array(session.labels)
+    assert (after[30, 30], after[90, 90]) == (before[30, 30], before[90, 90])
+    assert after[30, 60] not in (0, after[30, 30], after[90, 90])
+    assert session.counts().objects == 3
