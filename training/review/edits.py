@@ -146,6 +146,8 @@ def match_ids(new: np.ndarray, old: Any, reserved: np.ndarray | None = None) -> 
         lut[unmatched] = np.setdiff1d(candidates, np.fromiter(taken, np.int64))[: len(unmatched)]
     if lut.max() > np.iinfo(new.dtype).max:
         raise OverflowError(f"object id {int(lut.max())} does not fit labels of {new.dtype}")
+    if np.array_equal(lut, np.arange(top + 1)):  # every id is already the one to keep
+        return new
     lut = lut.astype(new.dtype)
     for y in range(0, new.shape[0], ROWS):  # in place, a band at a time
         new[y : y + ROWS] = lut[new[y : y + ROWS]]
@@ -161,11 +163,11 @@ def _overlaps(new: np.ndarray, old: Any) -> tuple[np.ndarray, np.ndarray, np.nda
         b = np.asarray(old[y : y + ROWS])
         both = (a > 0) & (b > 0)
         if both.any():
-            band_keys, band_counts = np.unique(
-                (a[both].astype(np.int64) << 32) | b[both].astype(np.int64), return_counts=True
-            )
-            keys.append(band_keys)
-            counts.append(band_counts)
+            pairs = (a[both].astype(np.int64) << 32) | b[both].astype(np.int64)
+            # runs of one pair along the rows: far fewer than pixels, so cheaper to sort
+            starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+            keys.append(pairs[starts])
+            counts.append(np.diff(np.r_[starts, len(pairs)]))
     if not keys:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
