@@ -243,9 +243,14 @@ def saved_session(image: Any) -> Any:
 
 def _check_covers(store: Any, shape: tuple[int, int]) -> None:
     """``ValueError`` unless the store's grid covers the slide's level 0 (``shape``): a store
-    written by a region run of napari-ftu 0.x described the region's grid, not the slide's."""
+    written by a region run before issue 21 was fixed had the working grid's shape with a
+    downsample of 1, and would be drawn at the image's scale."""
     covered = [side * store.downsample for side in store.shape]
-    if any(not s <= c < s + store.downsample for s, c in zip(shape, covered, strict=True)):
+    slack = 1e-6 * max(shape)  # the downsample is a ratio of pixel sizes, rounded
+    if any(
+        not s - slack <= c < s + store.downsample + slack
+        for s, c in zip(shape, covered, strict=True)
+    ):
         raise ValueError(
             f"the mask store {store.location} was made for another grid ({store.shape} pixels "
             f"of {store.downsample:g} level-0 pixels each, the slide is {shape}); remove it to "
