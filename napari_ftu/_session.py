@@ -81,7 +81,7 @@ class FTUSession:
     def __init__(
         self,
         name: str,
-        organ: str,
+        organ: str | None,
         grid: Grid,
         threshold: float,
         min_area_um2: float = 0.0,
@@ -116,7 +116,7 @@ class FTUSession:
         grid = Grid(store.shape, float(store.pixel_size_um), store.downsample)
         session = cls(
             name,
-            settings.get("organ", "kidney"),
+            settings.get("organ"),  # none saved: unknown (an export refuses), never a guess
             grid,
             float(settings.get("threshold", 0.5)),
             float(settings.get("min_area_um2", 0.0)),

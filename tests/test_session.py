@@ -85,3 +85,11 @@ def test_objects_keep_their_ids_when_the_threshold_moves(
     assert (after[30, 30], after[90, 90]) == (before[30, 30], before[90, 90])
     assert after[30, 60] not in (0, after[30, 30], after[90, 90])
     assert session.counts().objects == 3
+
+
+def test_a_store_with_no_organ_saved_restores_none_not_kidney(probability, tmp_path):
+    store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+    store.set_model((probability > 0.5).astype(np.int32))
+    assert FTUSession.restore("img", store).organ is None
+    store.settings["organ"] = "lung"
+    assert FTUSession.restore("img", store).organ == "lung"
