@@ -116,6 +116,7 @@ def region_review(viewer, app, side: int) -> dict:
     from napari_ftu._review_widget import ReviewWidget
     from napari_ftu._segment_job import JobResult
     from napari_ftu._segment_widget import SegmentWidget, mask_name
+    from napari_ftu._session import Grid
     from training.inference import SegmentationResult
     from training.review.store import store_location
     from training.synthetic import make_phantom
@@ -136,7 +137,8 @@ def region_review(viewer, app, side: int) -> dict:
     result = SegmentationResult(probability, 1.0, 2.0, (side, side), "kidney", 0.5, 0, 0)
     segment._image_name = layer.name
     begin = time.perf_counter()
-    segment._show_result(JobResult(result, (0, 0), (working, working), Path("simulated")))
+    job = JobResult(result, (0, 0), Grid((working, working), 1.0, 2.0), Path("simulated"))
+    segment._show_result(job)
     while segment.running:  # the mask layer comes in a later turn of the event loop
         app.processEvents()
         time.sleep(0.005)

@@ -239,6 +239,7 @@ def saved_session(image: Any) -> Any:
     if not location.exists():
         return None
     store = open_checked(location, slide_identity(path))
+    _check_covers(store, level0_shape(image))
     return FTUSession.restore(image.name, store) if store.has_model else None
 
 
@@ -259,3 +260,20 @@ def open_checked(location: Path, identity: dict[str, Any]) -> Any:
             aside = f"it could not be moved aside ({error}); move it away by hand"
         raise MaskStoreError(f"{exc}; {aside}; segment the slide again to start afresh") from exc
     return store
+
+
+def _check_covers(store: Any, shape: tuple[int, int]) -> None:
+    """``ValueError`` unless the store's grid covers the slide's level 0 (``shape``): a store
+    written by a region run before issue 21 was fixed had the working grid's shape with a
+    downsample of 1, and would be drawn at the image's scale."""
+    covered = [side * store.downsample for side in store.shape]
+    slack = 1e-6 * max(shape)  # the downsample is a ratio of pixel sizes, rounded
+    if any(
+        not s - slack <= c < s + store.downsample + slack
+        for s, c in zip(shape, covered, strict=True)
+    ):
+        raise ValueError(
+            f"the mask store {store.location} was made for another grid ({store.shape} pixels "
+            f"of {store.downsample:g} level-0 pixels each, the slide is {shape}); remove it to "
+            "segment the slide again"
+        )

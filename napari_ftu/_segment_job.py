@@ -37,11 +37,14 @@ class SegmentRequest:
 
 @dataclass
 class JobResult:
-    """The engine's result, where its map sits in the whole slide's working grid, and the model."""
+    """The engine's result, where its map sits in the whole slide's working grid, and the model.
+
+    ``grid`` is the whole slide's, whatever the region: a region's result alone would describe
+    its own crop (level 0 = the crop at the working scale, a downsample of 1)."""
 
     result: Any  # training.inference.SegmentationResult
     origin: tuple[int, int]  # the map's top-left in the whole slide's working-scale pixels
-    full_shape: tuple[int, int]  # the whole slide at the working scale
+    grid: Any  # napari_ftu._session.Grid: the whole slide at the working scale
     model: Path
     labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
 
@@ -62,6 +65,7 @@ def segment_job(
 ) -> Generator[Any, None, JobResult | None]:
     """Yield the engine's progress; return the result, or ``None`` once ``cancel`` is set (the
     engine's partial output is removed before returning)."""
+    from napari_ftu._session import Grid
     from training.inference import segment
     from training.models.ensemble import load_ensemble
     from training.slides import Slide, open_slide
@@ -80,6 +84,8 @@ def segment_job(
         to_working = slide.pixel_size_um / working
         height, width = slide.shape[:2]
         full = (max(1, math.ceil(height * to_working)), max(1, math.ceil(width * to_working)))
+        # computed as the engine computes a whole-slide run's, so the two grids compare equal
+        grid = Grid(full, working, 1 / to_working)
         origin, source = (0, 0), slide
         if request.region is not None:
             y, x, h, w = working_box(request.region, to_working, full)
@@ -101,7 +107,7 @@ def segment_job(
                 result = stop.value
                 # the objects are found here, off the GUI thread, ready for a new mask layer
                 labels = result.labels()
-                return JobResult(result, origin, full, request.model, labels)
+                return JobResult(result, origin, grid, request.model, labels)
             if cancel.is_set():
                 engine.close()  # removes the partial output, restores torch's threads
                 return None

@@ -47,6 +47,9 @@ from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slid
 __all__ = ["SESSION_KEY", "SegmentWidget", "mask_name", "probability_name"]
 
 ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
+# no organ until something says which (the slide's train.csv or metadata, its saved mask, the
+# user): a guess would label exported training data wrongly without a word
+ORGAN_CHOICES = [("choose...", None), *((organ, organ) for organ in ORGANS)]
 REGIONS = ("whole slide", "field of view", "drawn rectangle")
 AUTOSAVE_MS = 2000
 THRESHOLD_STEP = 0.01
@@ -67,7 +70,7 @@ class SegmentWidget(Container):
         self._models: dict[str, Path] = {"default model (bundled)": default_model_path()}
         self._models.update(_registered_models())  # the models a user trained, oldest first
         self.image = ComboBox(label="image", choices=self._image_choices)
-        self.organ = ComboBox(label="organ", choices=ORGANS)
+        self.organ = ComboBox(label="organ", choices=ORGAN_CHOICES, value=None)
         self.pixel_size = LineEdit(label="pixel size (um)", tooltip="um per level-0 pixel")
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_file = FileEdit(
@@ -179,13 +182,12 @@ class SegmentWidget(Container):
         meta = layer.metadata or {}
         hints = slide_hints(meta.get("path"))
         organ = meta.get("organ") or hints.get("organ")
-        if organ in ORGANS:
-            self.organ.value = organ
+        self.organ.value = organ if organ in ORGANS else None
         size = meta.get("pixel_size_um") or hints.get("pixel_size_um")
         self.pixel_size.value = f"{size:g}" if size else ""
         session = self.session()
         if session is not None:
-            self._show_settings(session)
+            self._show_settings(session)  # its organ: the one its mask was last made for
 
     def _image_layer(self) -> Any:
         name = self.image.value
@@ -245,6 +247,11 @@ class SegmentWidget(Container):
             ) from None
         if not (math.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"Segment FTUs: the pixel size must be positive; got {text}")
+        if self.organ.value not in ORGANS:
+            raise ValueError(
+                f"Segment FTUs: choose the organ of {layer.name!r} (neither a train.csv beside "
+                "the slide nor its metadata says which)"
+            )
         model = Path(self.model.value)
         if not model.is_file():
             raise ValueError(f"Segment FTUs: the model file {model} does not exist")
@@ -334,12 +341,10 @@ class SegmentWidget(Container):
 
     def _show_result(self, job: JobResult) -> None:
         from napari_ftu._ftu_layers import new_session
-        from napari_ftu._session import Grid
 
-        result, name = job.result, self._image_name
+        result, name, grid = job.result, self._image_name, job.grid
         layer = self.viewer.layers[name]
         session = self.session(name)
-        grid = Grid(job.full_shape, result.pixel_size_um, result.downsample)
         if session is None or session.grid != grid:
             if session is not None and _has_work(session):  # never replaced silently
                 _show_error(
@@ -357,9 +362,10 @@ class SegmentWidget(Container):
             except ValueError as exc:  # e.g. a saved mask store made for another slide
                 _show_error(f"Segment FTUs: {exc}")
                 return
-        # a run's objects are the model's: its threshold and minimum area, as the job found them
+        # a run's objects are the model's: its threshold and minimum area, as the job found them;
+        # the organ is the latest run's (an export labels the mask with it)
         session.threshold, session.min_area_um2 = result.threshold, result.min_area_um2
-        session.model = str(job.model)
+        session.model, session.organ = str(job.model), result.organ
         session.add_result(np.asarray(result.probability), job.origin, job.labels)
         self._save(session)  # on disk as soon as it is shown (the saving runs in the background)
         show_probability(self.viewer, layer, session, self._preview)
@@ -394,6 +400,9 @@ class SegmentWidget(Container):
             return False
         show_session(self.viewer, layer, session)
         if layer.name == self.image.value:
+            # a slide opened after the widget was prefilled (without this session): the controls
+            # show what the mask was made with, so a nudge re-derives from those values
+            self._show_settings(session)
             self._update_status(session)
         return True
 
@@ -426,8 +435,10 @@ class SegmentWidget(Container):
         return changed or self.status.value.startswith("NOT SAVED")  # saved since: the counts
 
     def _show_settings(self, session: Any) -> None:
-        """Show a session's threshold and minimum area on the slider and the spin box, without
-        re-deriving its objects from a half-updated pair on the way."""
+        """Show a session's organ, threshold and minimum area, without re-deriving its objects
+        from a half-updated pair on the way."""
+        if session.organ in ORGANS:
+            self.organ.value = session.organ
         with self.threshold.changed.blocked(), self.min_area.changed.blocked():
             self.threshold.value = round(session.threshold, 2)
             self.min_area.value = session.min_area_um2

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.inference.postprocess import probability_to_labels
-from training.review.edits import rederive
+from training.review.edits import match_ids, rederive
 from training.review.store import ERASED, MaskStore, MaskStoreError, painted_ids, renumber
 
 EDIT_LIMIT_PIXELS = 8192 * 8192  # above this, the mask is edited region by region
@@ -81,7 +81,7 @@ class FTUSession:
     def __init__(
         self,
         name: str,
-        organ: str,
+        organ: str | None,
         grid: Grid,
         threshold: float,
         min_area_um2: float = 0.0,
@@ -117,7 +117,7 @@ class FTUSession:
         grid = Grid(store.shape, float(store.pixel_size_um), store.downsample)
         session = cls(
             name,
-            settings.get("organ", "kidney"),
+            settings.get("organ"),  # none saved: unknown (an export refuses), never a guess
             grid,
             float(settings.get("threshold", 0.5)),
             float(settings.get("min_area_um2", 0.0)),
@@ -158,8 +158,15 @@ class FTUSession:
         ``labels``: the run's objects at the session's threshold and minimum area, already
         found (off the GUI thread); used as they are when the run covers a new session."""
         y, x = origin
-        self.imported = False  # a model's probability from now on: the threshold applies
         block = np.asarray(probability, np.float32)
+        if min(y, x) < 0 or y + block.shape[0] > self.grid.shape[0] or (
+            x + block.shape[1] > self.grid.shape[1]
+        ):  # numpy would clip the paste silently, shifting nothing but losing the overhang
+            raise ValueError(
+                f"a run's map of {block.shape} at {origin} does not fit the working grid "
+                f"{self.grid.shape} of {self.name!r}"
+            )
+        self.imported = False  # a model's probability from now on: the threshold applies
         if self.store is not None:
             self.flush()  # the store's probability is written after the saves before it
             self.store.write_probability(y, x, block)
@@ -193,8 +200,10 @@ class FTUSession:
         )
         if unedited:  # the model's labels as they are
             new_labels = probability_to_labels(self.probability, threshold, min_area_px)
+            count = int(new_labels.max())  # numbered 1..N (until matched)
+            # objects that persist keep their ids, so their colours do not change as it moves
+            match_ids(new_labels, self._model_labels())
             reference = new_labels if not self.grid.direct_edit else new_labels.copy()
-            count = int(new_labels.max())  # numbered 1..N
         else:
             labels, reference = self._arrays()
             erased = (labels == 0) & (reference != 0)  # earlier erasures and new ones
@@ -215,6 +224,10 @@ class FTUSession:
             self._save_settings()
         # what a status line can show at once, without counting (None: count them)
         self.derived_counts = Counts(count, 0, 0) if count is not None else None
+
+    def _model_labels(self) -> Any:
+        """The model's labels as they are (the reference), lazily for a stored mask."""
+        return self.reference if self.grid.direct_edit else self.store.model_array_lazy()
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self.grid.direct_edit:
@@ -323,12 +336,15 @@ class FTUSession:
             "reviewed_regions": [list(box) for box in self.reviewed_regions],
         }
 
-    def _checksum(self) -> tuple[int, int, float, float]:
+    def _checksum(self) -> tuple[Any, ...]:
+        # the settings too: a re-run for another organ may leave the labels as they were
         return (
             zlib.crc32(self.labels),
             zlib.crc32(self.reference),
             self.threshold,
             self.min_area_um2,
+            self.organ,
+            self.model,
         )
 
     def counts(self) -> Counts:

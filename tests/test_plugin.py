@@ -185,3 +185,46 @@ def test_a_bif_slide_is_refused_with_the_reason(make_napari_viewer, tmp_path, mo
     monkeypatch.setattr(notifications, "show_error", shown.append)
     assert open_slides(viewer, [path]) == [str(path)]
     assert "overlap" in shown[0] and "OME-TIFF" in shown[0] and not len(viewer.layers)
+
+
+def test_a_region_job_pastes_what_the_whole_slide_job_has_there(monkeypatch):
+    """The job of a drawn rectangle reads its region on the whole slide's working grid: with a
+    model that sees each pixel alone, its map equals the whole slide's at its origin, and both
+    jobs name the same grid (so they share one mask store)."""
+    import threading
+
+    import torch
+    from helpers import member
+    from torch import nn
+
+    import training.models.ensemble
+    from napari_ftu._segment_job import SegmentRequest, segment_job
+    from training.models.ensemble import Ensemble
+    from training.synthetic import make_phantom
+
+    class Pointwise(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x[:, :1] - x[:, 1:2]) / 32
+
+    ensemble = Ensemble([member(Pointwise(), pixel_size=1.0, tile=64)])
+    monkeypatch.setattr(training.models.ensemble, "load_ensemble", lambda *_: ensemble)
+    image = make_phantom("kidney", size=500, seed=2, pixel_size_um=0.4, tissue_fraction=1.0)[0]
+
+    def job(region):
+        request = SegmentRequest(image, 0.4, "kidney", Path("pointwise"), "cpu", region)
+        steps = segment_job(request, threading.Event())
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    whole, part = job(None), job((101, 37, 203, 150))  # level-0 pixels, 0.4 um each
+    assert whole.grid == part.grid and whole.grid.shape == (200, 200)
+    assert whole.grid.downsample == pytest.approx(2.5) and whole.grid.pixel_size_um == 1.0
+    assert part.origin == (40, 14)  # floor(101 / 2.5), floor(37 / 2.5)
+    got = np.asarray(part.result.probability)
+    assert got.shape == (82, 61)  # up to ceil(304 / 2.5) = 122 and ceil(187 / 2.5) = 75
+    y, x = part.origin
+    expected = np.asarray(whole.result.probability)[y : y + got.shape[0], x : x + got.shape[1]]
+    np.testing.assert_allclose(got, expected, atol=1e-5)

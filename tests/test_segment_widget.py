@@ -39,11 +39,14 @@ def kidney_slide(kidney_phantom, tmp_path):
     return path, kidney_phantom[1]
 
 
-def open_in_viewer(make_napari_viewer, path):
+def open_in_viewer(make_napari_viewer, path, organ="kidney"):
+    """The slide in a viewer with the widget docked; ``organ`` picked (nothing beside these
+    slides says which organ they are)."""
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin="napari-ftu")
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment FTUs")
+    widget.organ.value = organ
     return viewer, widget, layer
 
 
@@ -238,6 +241,9 @@ def test_bad_inputs_show_notifications_and_leave_no_layers(
     widget.start()
     assert "pixel size" in errors[-1] and "unknown" in errors[-1]
     widget.pixel_size.value = "0.5"
+    widget.start()
+    assert "choose the organ of 'no size'" in errors[-1]
+    widget.organ.value = "kidney"
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     widget.add_model(broken)
@@ -281,3 +287,160 @@ def test_out_of_memory_is_a_notification_with_no_partial_layers(qtbot, opened, e
     assert "out of memory" in errors[-1] and "smaller region" in errors[-1]
     assert [existing.name for existing in viewer.layers] == names_before
     assert widget.run_button.enabled and widget.status.value == "failed"
+
+
+def world_box(layer, data_box):
+    """The world (um) extent of a layer's pixels ``(y0, x0, y1, x1)`` (end exclusive)."""
+    scale, translate = np.asarray(layer.scale)[-2:], np.asarray(layer.translate)[-2:]
+    y0, x0, y1, x1 = data_box
+    start = (np.array([y0, x0]) - 0.5) * scale + translate
+    stop = (np.array([y1, x1]) - 0.5) * scale + translate
+    return (*start, *stop)
+
+
+def test_a_region_run_overlays_the_slide_and_shares_the_whole_slide_store(
+    qtbot, opened, kidney_slide, errors
+):
+    """0.4 um/px slide, model at 1 um/px: a drawn rectangle's result lies on the whole slide's
+    working grid (2.5 level-0 px per mask px), exactly over the rectangle, and whole-slide and
+    field-of-view runs after it paste into the same store and keep the layers."""
+    from napari_ftu._session import Grid
+    from training.review.store import MaskStore, store_location
+
+    viewer, widget, layer = opened
+    top, left, bottom, right = 200.0, 40.0, 300.0, 120.0  # um (the slide is 409.6 um a side)
+    viewer.add_shapes([[[top, left], [top, right], [bottom, right], [bottom, left]]])
+    widget.region.value = "drawn rectangle"
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert not errors
+    mask = viewer.layers[mask_name(layer.name)]
+    probability = viewer.layers[probability_name(layer.name)]
+    for shown in (mask, probability):
+        np.testing.assert_allclose(shown.scale, (1.0, 1.0))  # um per working pixel
+        np.testing.assert_allclose(shown.translate, (0.4 * 0.75, 0.4 * 0.75))
+    assert mask.data.shape == (410, 410)  # ceil(1024 * 0.4 / 1.0): the whole slide's grid
+    # the run's map covers the level-0 pixels under the rectangle, whole working pixels out
+    rows, cols = np.nonzero(np.asarray(probability.data))
+    wy0, wx0, wy1, wx1 = world_box(mask, (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1))
+    assert top - 1.0 <= wy0 <= top and left - 1.0 <= wx0 <= left
+    assert bottom <= wy1 <= bottom + 1.0 and right <= wx1 <= right + 1.0
+    store = MaskStore.open(store_location(kidney_slide[0]))
+    assert (store.shape, store.pixel_size_um, store.downsample) == ((410, 410), 1.0, 2.5)
+
+    for region in ("whole slide", "field of view"):
+        widget.region.value = region
+        widget.start()
+        wait_for_run(qtbot, widget)
+        assert not errors, region
+        assert viewer.layers[mask_name(layer.name)] is mask, region
+        session = mask.metadata[_segment_widget.SESSION_KEY]
+        assert session.grid == Grid((410, 410), 1.0, 2.5) and mask.data.shape == (410, 410)
+    assert np.asarray(session.probability)[:150].max() > 0.5  # the whole slide was segmented
+
+
+def test_a_store_for_another_grid_is_not_restored(make_napari_viewer, kidney_slide, errors):
+    """What a region run wrote before the fix: the working grid's shape with a downsample of
+    1; reopening the slide says so instead of drawing it at 40% of the slide's size."""
+    from training.review.store import MaskStore, slide_identity, store_location
+
+    path = kidney_slide[0]
+    store = MaskStore.create(store_location(path), (410, 410), 1.0, 1.0, slide_identity(path))
+    store.set_model(np.ones((410, 410), np.int32))
+    viewer, _, layer = open_in_viewer(make_napari_viewer, path)
+    assert mask_name(layer.name) not in viewer.layers
+    assert "made for another grid" in errors[-1] and "remove it" in errors[-1]
+
+
+def test_an_unknown_organ_is_asked_for_and_a_rerun_exports_its_own(
+    qtbot, make_napari_viewer, kidney_slide, errors, tmp_path
+):
+    """No train.csv beside the slide: no organ until the user picks one; segmented as kidney,
+    then again as lung, the store and the export (row and GeoJSON class) say lung."""
+    import json
+
+    from napari_ftu._export_widget import ExportWidget
+    from training.data.catalog import read_catalog
+    from training.review.store import MaskStore, store_location
+
+    viewer, widget, layer = open_in_viewer(make_napari_viewer, kidney_slide[0], organ=None)
+    assert widget.organ.value is None
+    widget.start()
+    assert "choose the organ" in errors[-1] and not widget.running
+    assert mask_name(layer.name) not in viewer.layers
+    for organ in ("kidney", "lung"):
+        widget.organ.value = organ
+        widget.start()
+        wait_for_run(qtbot, widget)
+    assert len(errors) == 1
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    assert session.organ == "lung" and session.threshold == 0.7  # the lung run's
+    session.flush()
+    assert MaskStore.open(store_location(kidney_slide[0])).settings["organ"] == "lung"
+    export = ExportWidget(viewer)
+    export.folder.value, export.annotator.value = tmp_path / "out", "dr test"
+    export.export()
+    qtbot.waitUntil(lambda: not export.running, timeout=60_000)
+    assert read_catalog(tmp_path / "out").iloc[0]["organ"] == "lung"
+    (geojson,) = (tmp_path / "out" / "geojson").glob("*.geojson")
+    features = json.loads(geojson.read_text())["features"]
+    assert features and {f["properties"]["classification"]["name"] for f in features} == {
+        "alveolus"
+    }
+
+
+def test_a_slide_reopened_shows_and_nudges_the_settings_its_mask_was_made_with(
+    qtbot, make_napari_viewer, opened, kidney_slide, errors
+):
+    """The widget docked first, the slide opened after (File > Open): the controls show the
+    saved threshold and minimum area (the default kidney model's 0.65 and 4000 um²), and a
+    nudge of one re-derives with the other as saved."""
+    from training.inference import probability_to_labels
+
+    viewer, widget, layer = opened
+    widget.start()
+    wait_for_run(qtbot, widget)
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    assert (session.threshold, session.min_area_um2) == (0.65, 4000.0)
+    session.flush()
+
+    reopened = make_napari_viewer()
+    again = SegmentWidget(reopened)
+    reopened.window.add_dock_widget(again, name="Segment FTUs")
+    (slide,) = reopened.open(str(kidney_slide[0]), plugin="napari-ftu")
+    restored = reopened.layers[mask_name(slide.name)]
+    assert again.image.value == slide.name and again.organ.value == "kidney"
+    assert again.threshold.value == pytest.approx(0.65) and again.min_area.value == 4000.0
+    again.min_area.value = 4100.0  # a nudge: the threshold stays the saved one
+    stored = restored.metadata[_segment_widget.SESSION_KEY]
+    assert (stored.threshold, stored.min_area_um2) == (0.65, 4100.0)
+    expected = probability_to_labels(stored.probability, 0.65, 4100.0)  # 1 um/px: px = um²
+    np.testing.assert_array_equal(restored.data > 0, expected > 0)
+    assert not errors
+
+
+def test_objects_keep_their_ids_and_colours_as_the_sliders_move(qtbot, opened_wide, errors):
+    """Each object that persists across a slider move keeps its id (napari colours by id).
+    At 0.2 and no minimum area an object appears above two of the three in raster order
+    (renumbered 1..N they would all change colour), at 0.05 another between them."""
+    viewer, widget, layer = opened_wide
+    widget.start()
+    wait_for_run(qtbot, widget)
+    mask = viewer.layers[mask_name(layer.name)]
+    for threshold, min_area in ((0.2, 4000.0), (0.2, 0.0), (0.05, 0.0), (0.9, 100.0)):
+        before = np.array(mask.data)
+        widget.threshold.value, widget.min_area.value = threshold, min_area
+        after = np.asarray(mask.data)
+        kept = 0
+        for old_id in np.unique(before[before > 0]):
+            under = after[before == old_id]
+            ids, counts = np.unique(under[under > 0], return_counts=True)
+            if len(ids):
+                new_id = ids[np.argmax(counts)]
+                # the same object: its largest overlap both ways
+                back, back_counts = np.unique(before[after == new_id], return_counts=True)
+                if back[np.argmax(back_counts)] == old_id:
+                    assert new_id == old_id, (threshold, min_area, old_id)
+                    kept += 1
+        assert kept, (threshold, min_area)
+    assert not errors

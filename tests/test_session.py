@@ -109,3 +109,30 @@ def test_a_failed_background_save_raises_in_flush_and_in_the_next_save(probabili
     with pytest.raises(MaskStoreError, match="not saved"):
         session.flush()
     assert not (tmp_path / "m.ftu.zarr").exists()  # the writes never recreate a half store
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_objects_keep_their_ids_when_the_threshold_moves(
+    probability, tmp_path, monkeypatch, stored
+):
+    """At 0.2 the faint disc joins, before the 0.9 disc in raster order: the two others keep
+    their ids (their colours), in memory and in a stored mask."""
+    store = None
+    if stored:
+        store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+        monkeypatch.setattr(_session, "EDIT_LIMIT_PIXELS", 50 * 50)
+    session = session_of(probability, store)
+    before = store.labels_array() if stored else np.array(session.labels)
+    session.rederive(0.2, 0.0)
+    after = store.labels_array() if stored else np.array(session.labels)
+    assert (after[30, 30], after[90, 90]) == (before[30, 30], before[90, 90])
+    assert after[30, 60] not in (0, after[30, 30], after[90, 90])
+    assert session.counts().objects == 3
+
+
+def test_a_store_with_no_organ_saved_restores_none_not_kidney(probability, tmp_path):
+    store = MaskStore.create(tmp_path / "m.ftu.zarr", (120, 120), 1.0, 1.0, {})
+    store.set_model((probability > 0.5).astype(np.int32))
+    assert FTUSession.restore("img", store).organ is None
+    store.settings["organ"] = "lung"
+    assert FTUSession.restore("img", store).organ == "lung"

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+ROWS = 1024  # rows per band when overlaps are counted (a stored mask is read a band at a time)
+
 
 @dataclass
 class EditSummary:
@@ -67,13 +69,16 @@ def rederive(
     are a copy of the model's. Otherwise:
 
     - edited objects of ``current`` (those touching a changed pixel) are kept exactly, under
-      fresh ids above ``model_labels.max()``;
+      their own ids, which no new model object takes;
     - changed pixels that are background in ``current`` (the pathologist's erasures) stay
       background;
     - new model objects that share a pixel with either of those (the protected pixels) are
       dropped whole, since a part of one would be a sliver beside or around the edit;
     - every other new model object is taken as is, with its model id, so unedited objects
       follow the threshold.
+
+    Given ``model``, the new model objects are renumbered by :func:`match_ids`: an object that
+    persists keeps its id (and so its colour) however the threshold moves.
 
     The result keeps the edits visible to :func:`changed_pixels` against ``model_labels``: kept
     objects carry ids the model does not, and an erased area differs wherever the new model
@@ -96,9 +101,11 @@ def rederive(
     _check_shapes(current, model_labels)
     changed = np.not_equal(current, model)
     if not changed.any():
+        match_ids(model_labels, model)
         return model_labels.copy(), model_labels
 
     edited = edited_ids(current, model, changed)
+    match_ids(model_labels, model, reserved=edited)
     kept = _pixels_of(current, edited)
     protected = changed | kept
     dropped = _nonzero_ids(model_labels[protected])
@@ -106,13 +113,67 @@ def rederive(
     if len(dropped):
         labels[_pixels_of(model_labels, dropped)] = 0
     labels[changed & (current == 0)] = 0  # already 0 unless the new model found nothing there
-    if len(edited):
-        fresh = np.arange(1, len(edited) + 1, dtype=np.int64) + int(model_labels.max())
-        if fresh[-1] > np.iinfo(labels.dtype).max:
-            raise OverflowError("no free label ids left for the edited objects")
-        values = current[kept]
-        labels[kept] = fresh[np.searchsorted(edited, values)]
+    labels[kept] = current[kept]  # ids the new model objects were kept off (reserved)
     return labels, model_labels
+
+
+def match_ids(new: np.ndarray, old: Any, reserved: np.ndarray | None = None) -> np.ndarray:
+    """Renumber the objects of ``new`` in place so that those that persist from ``old`` keep
+    their ids; returns ``new``.
+
+    ``new``: integer labels (e.g. :func:`probability_to_labels` at a new threshold); ``old``:
+    the labels before, a numpy or zarr array of the same shape (negative values, a reference's
+    erasures, are background). Pairs of overlapping objects are matched one to one, the largest
+    overlap first; an object of ``new`` left unmatched takes the smallest id that no matched
+    object and none of ``reserved`` has, so the ids stay as small as the object count allows.
+    ``reserved``: ids no object of ``new`` may take (edited objects shown beside them).
+    """
+    _check_shapes(new, old)
+    top = int(new.max(initial=0))
+    if top <= 0:
+        return new
+    news, olds, overlaps = _overlaps(new, old)
+    taken = set() if reserved is None else {int(i) for i in np.asarray(reserved).ravel()}
+    lut = np.zeros(top + 1, np.int64)
+    for index in np.lexsort((olds, news, -overlaps)):  # the largest overlap first
+        n, o = int(news[index]), int(olds[index])
+        if not lut[n] and o not in taken:
+            lut[n] = o
+            taken.add(o)
+    unmatched = np.flatnonzero(lut[1:] == 0) + 1
+    if len(unmatched):
+        candidates = np.arange(1, len(unmatched) + len(taken) + 1, dtype=np.int64)
+        lut[unmatched] = np.setdiff1d(candidates, np.fromiter(taken, np.int64))[: len(unmatched)]
+    if lut.max() > np.iinfo(new.dtype).max:
+        raise OverflowError(f"object id {int(lut.max())} does not fit labels of {new.dtype}")
+    if np.array_equal(lut, np.arange(top + 1)):  # every id is already the one to keep
+        return new
+    lut = lut.astype(new.dtype)
+    for y in range(0, new.shape[0], ROWS):  # in place, a band at a time
+        new[y : y + ROWS] = lut[new[y : y + ROWS]]
+    return new
+
+
+def _overlaps(new: np.ndarray, old: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(new ids, old ids, pixels)`` of every overlapping pair of objects, counted a band of
+    rows at a time (``old`` may be a zarr array: never read whole)."""
+    keys, counts = [], []
+    for y in range(0, new.shape[0], ROWS):
+        a = np.asarray(new[y : y + ROWS])
+        b = np.asarray(old[y : y + ROWS])
+        both = (a > 0) & (b > 0)
+        if both.any():
+            pairs = (a[both].astype(np.int64) << 32) | b[both].astype(np.int64)
+            # runs of one pair along the rows: far fewer than pixels, so cheaper to sort
+            starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+            keys.append(pairs[starts])
+            counts.append(np.diff(np.r_[starts, len(pairs)]))
+    if not keys:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    total = np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
+    return unique >> 32, unique & 0xFFFFFFFF, total
 
 
 def edited_ids(
