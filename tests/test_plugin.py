@@ -185,3 +185,24 @@ def test_a_bif_slide_is_refused_with_the_reason(make_napari_viewer, tmp_path, mo
     monkeypatch.setattr(notifications, "show_error", shown.append)
     assert open_slides(viewer, [path]) == [str(path)]
     assert "overlap" in shown[0] and "OME-TIFF" in shown[0] and not len(viewer.layers)
+
+
+@pytest.mark.gui
+def test_launcher_shows_the_segment_tab_first_with_readable_titles(make_napari_viewer):
+    from qtpy.QtWidgets import QApplication, QTabBar
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 900)
+    build_viewer(viewer, [])
+    for _ in range(10):  # the tab bar is laid out from posted events
+        QApplication.processEvents()
+    (bar,) = [
+        bar
+        for bar in viewer.window._qt_window.findChildren(QTabBar)
+        if bar.isVisible() and bar.count() == len(widget_names())
+    ]
+    titles = [bar.tabText(i) for i in range(bar.count())]
+    assert titles == ["Segment", "Review", "Export", "Import", "Train", "Stain"]
+    assert bar.tabText(bar.currentIndex()) == "Segment"
+    for i, title in enumerate(titles):  # wide enough for the whole title: not elided
+        assert bar.tabRect(i).width() > bar.fontMetrics().horizontalAdvance(title), title
