@@ -320,3 +320,28 @@ def test_a_real_kidney_images_expert_geojson_round_trips(
     assert dice(decode(row["rle"], shape), truth) >= 0.99
     collection = json.loads((tmp_path / "out" / "geojson" / f"{image_id}.geojson").read_text())
     assert dice(rasterize(collection, shape), truth) >= 0.99
+
+
+def test_an_empty_or_relative_folder_and_a_failed_export_write_nothing_and_say_so(
+    make_napari_viewer, qtbot, slide, tmp_path, monkeypatch
+):
+    started = tmp_path / "napari started here"
+    started.mkdir()
+    monkeypatch.chdir(started)
+    viewer = make_napari_viewer()
+    open_with_session(viewer, slide)
+    widget = export_widget(viewer, tmp_path / "out")
+    run_export(widget, qtbot)
+    assert widget.status.value.startswith("wrote 1 row(s)")
+    for typed in ("", "out"):  # cleared, or a name alone: relative to where napari started
+        widget.folder.line_edit.value = typed
+        start = notes()
+        widget.export()
+        shown = errors_since(start)
+        assert not widget.running and any("choose an output folder" in m for m in shown)
+        assert "wrote" not in widget.status.value and "nothing written" in widget.status.value
+    assert list(started.iterdir()) == []
+    widget.folder.value = tmp_path / "out"
+    widget.thickness.value = "thick"
+    widget.export()
+    assert widget.status.value == "nothing written: the tissue thickness 'thick' is not a number"
