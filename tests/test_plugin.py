@@ -206,3 +206,16 @@ def test_launcher_shows_the_segment_tab_first_with_readable_titles(make_napari_v
     assert bar.tabText(bar.currentIndex()) == "Segment"
     for i, title in enumerate(titles):  # wide enough for the whole title: not elided
         assert bar.tabRect(i).width() > bar.fontMetrics().horizontalAdvance(title), title
+
+
+@pytest.mark.gui
+def test_a_slide_without_a_pixel_size_shares_the_micrometre_units(make_napari_viewer, tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "plain.tiff", np.full((64, 64, 3), 200, np.uint8))
+    write_pyramid(tmp_path / "slide.tiff", np.full((64, 64, 3), 200, np.uint8), 0.5)
+    viewer = make_napari_viewer()
+    (plain,) = viewer.open(str(tmp_path / "plain.tiff"), plugin="napari-ftu")
+    viewer.open(str(tmp_path / "slide.tiff"), plugin="napari-ftu")
+    assert plain.metadata["pixel_size_um"] is None and tuple(plain.scale) == (1.0, 1.0)
+    assert viewer.layers.extent.units is not None  # None: napari's "Inconsistent units"
