@@ -93,6 +93,7 @@ class TrainWidget(Container):
         self._job: Any = None
         self._previous: Path | None = None  # the model selected before the last training
         self._warned: Any = None  # the request whose validation warning the user has seen
+        self._plan: Any = None  # the running job's plan
 
         self.add_earlier.changed.connect(self.add_earlier_folder)
         self.start_from.changed.connect(self._show_start)
@@ -228,7 +229,7 @@ class TrainWidget(Container):
             self.status.value = f"not started: {plan.warning}; click {TRAIN_ANYWAY!r} to train"
             _show_warning(f"Train on corrections: {plan.warning}")
             return
-        self._warned = None
+        self._warned, self._plan = None, plan
         self._job = RetrainJob(request)
         self._previous = request.previous
         worker = thread_worker(self._job.run, start_thread=False, ignore_errors=True)()
@@ -276,6 +277,9 @@ class TrainWidget(Container):
             self.status.value = event.text.strip()[:120]
         else:
             self.log.native.append(event.text)
+            left = self._plan.left(event.text) if self._plan is not None else ""
+            if left:  # the plan's minutes were at the rate the model trained at elsewhere
+                self.plan_note.value = f"plan: {self._plan.describe()}. {left}."
 
     def _on_result(self, result: Any) -> None:
         if result.status == "failed":

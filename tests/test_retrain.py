@@ -255,6 +255,10 @@ def test_the_plan_sizes_the_epoch_to_the_images_and_counts_validation(tmp_path):
     assert "only 1 validation image" in plan.warning and "about 2 min" in plan.describe()
     argv = train_command(request)
     assert argv[argv.index("--samples-per-epoch") + 1] == "50"
+    # during the run: the time left at the rate measured here
+    left = plan.left("21:04:35 epoch 1/4 done: loss 0.4264, 0.4 samples/s")
+    assert left.startswith("epoch 1/4 done at 0.4 crops/s here: about 7 min of training left")
+    assert plan.left("21:04:35 validation Dice 0.8") == ""
     # earlier folders count; many images keep the default epoch's pixels (2000 crops of 256)
     more = phantom_dataset(tmp_path / "more", ("kidney", "lung", "spleen", "prostate"), 64)
     many = RetrainRequest(three, wide, tmp_path / "r", earlier=((more, 1.0),) * 7)

@@ -122,6 +122,7 @@ def test_training_offers_the_new_model_and_switches_back(
     assert version.val_images == 1 and version.init == str(start_checkpoint)
     assert version.before_val_dice == 0 and "not selected" not in train.status.value
     assert train.progress.value == 100 and "epoch 1/1 done" in train.log.value
+    assert "1/1 done at" in train.plan_note.value and "crops/s here" in train.plan_note.value
     # listed in the versions table, and in any Segment FTUs made later
     assert train.versions.shape[0] == 1
     assert version.label in SegmentWidget(segment.viewer)._models

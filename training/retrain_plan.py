@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ BASE_TILE = 256  # the tile the training command's default epoch (2000 crops) is
 CROPS_PER_IMAGE = 100  # 256 px crops per training image and epoch (25 of 512 px)
 MIN_CROPS = 8  # one default batch
 VAL_FRACTION = 0.2  # the training command's --val-fraction default
+_EPOCH_RATE = re.compile(r"epoch (\d+)/(\d+) done: .*?([\d.]+) samples/s")
 # flags after which the plan cannot tell the validation images
 _OWN_SPLIT = ("--val-data", "--fold", "--config")
 
@@ -84,8 +86,27 @@ class RunPlan:
         minutes = self.minutes
         if minutes is None:
             return text + "; duration unknown (set a time limit to bound it)"
-        rate = f" at the {self.crops_per_s:g} crops/s it trained at" if self.crops_per_s else ""
+        rate = (
+            f" at the {self.crops_per_s:g} crops/s it trained at (this machine may be slower)"
+            if self.crops_per_s
+            else ""
+        )
         return text + f"; about {math.ceil(minutes)} min of training{rate}, plus validation"
+
+    def left(self, line: str) -> str:
+        """From the trainer's ``epoch N/M done: ..., R samples/s`` line, the time left at the
+        rate measured on this machine, or "" for any other line."""
+        match = _EPOCH_RATE.search(line)
+        if match is None or self.crops is None:
+            return ""
+        epoch, epochs, rate = int(match[1]), int(match[2]), float(match[3])
+        if rate <= 0:
+            return ""
+        minutes = (epochs - epoch) * self.crops / rate / 60
+        return (
+            f"epoch {epoch}/{epochs} done at {rate:g} crops/s here: about "
+            f"{math.ceil(minutes)} min of training left, plus validation"
+        )
 
 
 def count_split(folders: Sequence[Path], val_fraction: float = VAL_FRACTION) -> tuple[int, int]:
