@@ -16,6 +16,7 @@ images, so slightly optimistic); the previous model is scored with its own.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -171,10 +172,20 @@ def _crops_per_epoch(request: RetrainRequest) -> list[str]:
 def _trained_at(checkpoint: Path) -> tuple[int | None, float | None]:
     """The tile size a checkpoint runs at and the crops per second it trained at; None for
     what it does not record or when it cannot be read (the training command then says why)."""
+    try:
+        stat = Path(checkpoint).stat()
+    except OSError:
+        return None, None
+    return _recorded(str(checkpoint), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None]:
+    # cached per file version: the widget re-plans on every edit of its form
     from training.models.checkpoint import CheckpointError, read_checkpoint
 
     try:
-        meta = read_checkpoint(checkpoint)["meta"]
+        meta = read_checkpoint(path)["meta"]
     except (CheckpointError, OSError):
         return None, None
     size = meta.get("tile_size")
