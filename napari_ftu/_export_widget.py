@@ -109,10 +109,12 @@ class ExportWidget(Container):
         try:
             plan = self._plan()
         except ValueError as exc:  # ExportError, CatalogError, a bad field
+            self.status.value = f"nothing written: {exc}"  # not the last export's "wrote ..."
             _show_error(f"Export corrections: {exc}")
             return
         if plan is None:
             return
+        self.status.value = "writing..."
         from napari.qt.threading import thread_worker
 
         worker = thread_worker(_write, start_thread=False, ignore_errors=True)(plan)
@@ -144,6 +146,8 @@ class ExportWidget(Container):
         folder_text = str(self.folder.value).strip()
         if folder_text in ("", "."):
             raise ValueError("choose an output folder")
+        if not Path(folder_text).expanduser().is_absolute():  # would land where napari started
+            raise ValueError(f"choose an output folder by its full path (not {folder_text!r})")
         image_id = safe_id(str(self.image_id.value) or session.name)
         info = ExportInfo(
             organ=session.organ,

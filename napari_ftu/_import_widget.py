@@ -4,7 +4,9 @@ correction helpers, export).
 
 The mask is an *imported* session (``FTUSession.from_labels``): on the image's level-0 grid when
 it fits the direct-edit limit, else on the finest whole-number downsample that does. It is kept
-in memory, never written over the mask store of the slide: export it to keep it.
+in memory, never written over the mask store of the slide: export it to keep it. Onto an image
+that already has an FTU mask (a model's, say) the annotations come as a second, plain Labels
+layer in outlines, to compare; the FTU mask stays the one reviewed and exported.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["ORGANS", "SOURCES", "ImportWidget"]
 
 ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 SOURCES = ("QuPath GeoJSON", "dataset row")
+COMPARED_KEY = "compared_with"  # a comparison layer's metadata: the FTU mask it sits beside
 
 
 class ImportWidget(Container):
@@ -114,25 +117,51 @@ class ImportWidget(Container):
         except (ValueError, OSError, CatalogError, GeoJSONError) as exc:
             _show_error(f"Import annotations: {exc}")
             return None
-        objects = layer.metadata[SESSION_KEY].counts().objects
-        self.status.value = f"{objects} object(s) in {layer.name!r}"
+        session = layer.metadata.get(SESSION_KEY)
+        if session is not None:
+            self.status.value = f"{session.counts().objects} object(s) in {layer.name!r}"
+        else:
+            import numpy as np
+
+            objects = len(np.unique(layer.data)) - 1
+            self.status.value = (
+                f"{objects} object(s) in {layer.name!r}, a second layer to compare with "
+                f"{layer.metadata[COMPARED_KEY]!r}, which stays the mask reviewed and exported"
+            )
         return layer
 
     def _import(self) -> Any:
         image = self._image_layer()
         if image is None:
             raise ValueError("open an image first (there is no image layer)")
-        if mask_name(image.name) in self.viewer.layers:
-            raise ValueError(
-                f"{image.name!r} already has the layer {mask_name(image.name)!r}; remove it (its "
-                "saved edits stay on disk) or import onto another image layer"
-            )
         grid = import_grid_of(image)
         if self.source.value == SOURCES[0]:
             labels, source = self._from_geojson(grid)
         else:
             labels, source = self._from_row(image, grid)
+        if mask_name(image.name) in self.viewer.layers:  # e.g. the expert's beside the model's
+            return self._show_to_compare(image, labels, grid, source)
         return show_imported(self.viewer, image, labels, grid, self.organ.value, source)
+
+    def _show_to_compare(self, image: Any, labels: Any, grid: Any, source: str) -> Any:
+        """Lay ``labels`` over the image as a plain Labels layer (outlines), beside the FTU
+        mask the image already has, which stays the one the review and export tools use."""
+        from napari_ftu._placement import overlay
+
+        scale, translate = overlay(image.scale, image.translate, grid.downsample)
+        name = f"{image.name} imported ({Path(source.split('#')[0]).name})"
+        layer = self.viewer.add_labels(
+            labels,
+            name=name,
+            scale=scale,
+            translate=translate,
+            units=image.units,
+            opacity=0.8,
+            metadata={"source": source, "organ": self.organ.value,
+                      COMPARED_KEY: mask_name(image.name)},
+        )  # fmt: skip
+        layer.contour = 2  # outlines: the mask under it stays visible
+        return layer
 
     def _from_geojson(self, grid: Any) -> tuple[Any, str]:
         from training.data.geojson import rasterize_labels

@@ -36,13 +36,17 @@ def slide_layer_data(path: str | os.PathLike) -> LayerData:
     rgb = slide.shape[2] in (3, 4)
     if not rgb:
         levels = [level[..., 0] for level in levels]
+    # a slide without a pixel size is shown at 1 um per pixel, as the plugin's tools measure it
+    # (image_pixel_size), and in micrometres like every other layer: napari gives up units
+    # with an "Inconsistent units" warning when a pixel-unit layer sits beside one in um; its
+    # metadata keeps pixel_size_um None, so "Segment FTUs" still asks for the real one
     pixel_size = slide.pixel_size_um or 1.0
     kwargs = {
         "name": Path(path).stem,
         "rgb": rgb,
         "multiscale": len(levels) > 1,
         "scale": (pixel_size, pixel_size),
-        "units": ("um", "um") if slide.pixel_size_um else ("pixel", "pixel"),
+        "units": ("um", "um"),
         "metadata": {
             "path": str(Path(path).resolve()),
             "pixel_size_um": slide.pixel_size_um,

@@ -67,6 +67,7 @@ class ReviewWidget(Container):
         )  # fmt: skip
         self.queue: Any = None
         self.editor: Any = None  # the open region review, if any
+        self.mask.changed.connect(self._min_area_of_mask)
         self.build_button.changed.connect(self.build_queue)
         self.next_button.changed.connect(self.next)
         self.previous_button.changed.connect(self.previous)
@@ -78,6 +79,7 @@ class ReviewWidget(Container):
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._layers_changed)
         self._layers_changed()
+        self._min_area_of_mask()
 
     # ------------------------------------------------------------------ layers
     def _mask_choices(self, _: Any = None) -> list[str]:
@@ -88,6 +90,16 @@ class ReviewWidget(Container):
         for layer in self.viewer.layers:
             if layer._type_string == "labels" and SESSION_KEY in (layer.metadata or {}):
                 self._bind_shortcuts(layer)
+                layer.events.set_data.connect(self._objects_back)  # once: napari dedups
+
+    def _min_area_of_mask(self, _: Any = None) -> None:
+        """Start "Remove small" at the mask's minimum area (at 0 it removed nothing): the one
+        its objects were derived with, else (an imported mask) the default model's for the
+        organ."""
+        session = self.session()
+        if session is not None:
+            area = session.min_area_um2 or _default_min_area(session.organ)
+            self.min_area.value = min(area, self.min_area.max)
 
     def _bind_shortcuts(self, layer: Any) -> None:
         for key, method, _ in SHORTCUTS:
@@ -163,8 +175,19 @@ class ReviewWidget(Container):
         layer.refresh()
         self._say(f"removed object {candidate.label} (saved)")
 
+    def _objects_back(self, _: Any = None) -> None:
+        """After an undo (napari emits no paint event for it, only ``set_data``): a rejected
+        object whose pixels are back in the mask is undecided again, and the queue says so."""
+        layer, queue = self.mask_layer(), self.queue
+        if queue is None or layer is None or not layer.editable:
+            return
+        back = [c.label for c in queue.rejected() if _in_mask(layer.data, c)]
+        for label in back:
+            queue.undecide(label)
+        if back:
+            self._show_position(queue.current)
+
     def _go(self, candidate: Any) -> None:
-        queue = self.queue
         if candidate is None:
             self.position.value = "no objects to review"
             return
@@ -175,6 +198,13 @@ class ReviewWidget(Container):
         camera_of(self.viewer).center = tuple(layer.data_to_world(candidate.centroid))
         camera_of(self.viewer).zoom = float(min(self.viewer.canvas.size)) / max(size, 1e-6)
         layer.selected_label = candidate.label
+        self._show_position(candidate)
+
+    def _show_position(self, candidate: Any) -> None:
+        queue = self.queue
+        if candidate is None:
+            self.position.value = "no objects to review"
+            return
         decision = queue.decisions.get(candidate.label, "undecided")
         self.position.value = (
             f"{queue.position + 1}/{len(queue)} · label {candidate.label} · {decision} · "
@@ -295,3 +325,19 @@ class ReviewWidget(Container):
 
     def _say(self, text: str) -> None:
         self.message.value = text
+
+
+def _in_mask(labels: Any, candidate: Any) -> bool:
+    """Whether ``candidate``'s object has pixels in ``labels`` (looked for in its box)."""
+    y0, x0, y1, x1 = candidate.bbox
+    return bool((np.asarray(labels[y0:y1, x0:x1]) == candidate.label).any())
+
+
+def _default_min_area(organ: str) -> float:
+    """The bundled default model's minimum object area for ``organ`` (um²; 0 if it names none)."""
+    import yaml
+
+    from training.models.default import default_model_path
+
+    manifest = yaml.safe_load(default_model_path().read_text()) or {}
+    return float((manifest.get("min_area_um2") or {}).get(organ, 0.0))

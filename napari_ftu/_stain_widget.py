@@ -178,9 +178,16 @@ class StainPreviewWidget(QWidget):
         else:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
+            layers = self.viewer.layers
+            source = layers[job.name] if job.name in layers else None  # noqa: SIM401
             layer = self.viewer.add_image(
-                pixels, name=name, rgb=True, scale=region.scale, translate=region.translate
-            )
+                pixels,
+                name=name,
+                rgb=True,
+                scale=region.scale,
+                translate=region.translate,
+                units=None if source is None else source.units,  # pixel units beside um: napari
+            )  # warns "Inconsistent units" and drops the units
         layer.metadata.update(stain_method=job.fit.method, pyramid_level=region.level)
         height, width = pixels.shape[:2]
         self.status.setText(f"{name}: {width} x {height} px from level {region.level}")

@@ -8,6 +8,7 @@ on the main thread, the new model offered in "Segment FTUs". It never imports to
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from napari_ftu._segment_widget import SegmentWidget, default_model_path
 __all__ = ["TrainWidget"]
 
 SELECTED, FILE = "selected", "file"
+TRAIN, TRAIN_ANYWAY = "Train", "Train anyway"
 LOG_LINES = 5000  # the log keeps this many lines
 
 
@@ -63,7 +65,8 @@ class TrainWidget(Container):
             tooltip="further flags of python -m training.train, e.g. --lr 1e-4 "
             "--samples-per-epoch 500 (docs/training.md)",
         )
-        self.train_button = PushButton(text="Train")
+        self.plan_note = Label(value="")
+        self.train_button = PushButton(text=TRAIN)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(value="")
@@ -76,21 +79,28 @@ class TrainWidget(Container):
             widgets=[
                 self.corrections, self.earlier, self.add_earlier, self.start_from,
                 self.checkpoint, self.start_note, self.epochs, self.time_limit, self.device,
-                self.out, self.flags, self.train_button, self.cancel_button, self.progress,
-                self.status, self.log, self.comparison, self.comparison_note, self.switch_back,
+                self.out, self.flags, self.plan_note, self.train_button, self.cancel_button,
+                self.progress, self.status, self.log, self.comparison, self.comparison_note,
+                self.switch_back,
                 self.versions,
             ]
         )  # fmt: skip
+        for note in (self.start_note, self.plan_note, self.status, self.comparison_note):
+            wrap_label(note.native)
         self.log.native.setReadOnly(True)
         self.log.native.document().setMaximumBlockCount(LOG_LINES)
         self.worker: Any = None
         self._job: Any = None
         self._previous: Path | None = None  # the model selected before the last training
+        self._warned: Any = None  # the request whose validation warning the user has seen
+        self._plan: Any = None  # the running job's plan
 
         self.add_earlier.changed.connect(self.add_earlier_folder)
         self.start_from.changed.connect(self._show_start)
         self.corrections.changed.connect(self._show_start)
         self.checkpoint.changed.connect(self._show_start)
+        for field in (self.epochs, self.time_limit, self.flags):
+            field.changed.connect(self._show_plan)
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.switch_back.changed.connect(self.use_previous)
@@ -148,6 +158,24 @@ class TrainWidget(Container):
             self.start_note.value = str(exc)
             return
         self.start_note.value = note or f"starts from {path.name}"
+        self._show_plan()
+
+    def plan(self) -> Any:
+        """The size of the run the form describes (:func:`training.retrain.plan_run`);
+        ``ValueError`` naming what is missing."""
+        from training.retrain import plan_run
+
+        return plan_run(self.request())
+
+    def _show_plan(self, _: Any = None) -> None:
+        self.train_button.text = TRAIN
+        try:
+            plan = self.plan()
+        except ValueError:
+            self.plan_note.value = ""
+            return
+        warning = f" Warning: {plan.warning}" if plan.warning else ""
+        self.plan_note.value = f"plan: {plan.describe()}.{warning}"
 
     def request(self) -> Any:
         """The run the form describes; ``ValueError`` naming what is missing."""
@@ -191,20 +219,27 @@ class TrainWidget(Container):
             return
         from napari.qt.threading import thread_worker
 
-        from training.retrain import RetrainJob
+        from training.retrain import RetrainJob, plan_run
 
         self._show_start()
+        plan = plan_run(request)
+        if plan.warning and self._warned != request:  # the next click on the same form trains
+            self._warned = request
+            self.train_button.text = TRAIN_ANYWAY
+            self.status.value = f"not started: {plan.warning}; click {TRAIN_ANYWAY!r} to train"
+            _show_warning(f"Train on corrections: {plan.warning}")
+            return
+        self._warned, self._plan = None, plan
         self._job = RetrainJob(request)
         self._previous = request.previous
         worker = thread_worker(self._job.run, start_thread=False, ignore_errors=True)()
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
+        for signal, slot in self._slots(worker):
+            signal.connect(slot)
         self.worker = worker
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value, self.status.value = 0, "training..."
         self.log.native.clear()
+        self.log.native.append(f"plan: {plan.describe()}")
         worker.start()
 
     def cancel(self, _: Any = None) -> None:
@@ -214,8 +249,26 @@ class TrainWidget(Container):
             self.status.value = "cancelling..."
 
     def _stop_job(self, *_: Any) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        """The widget is being deleted (napari closes): stop the child, and let the worker end
+        on its own without calling back into widgets Qt has deleted (a slot raising there
+        aborts the process while Qt keeps running)."""
+        worker, job = self.worker, self._job
+        self.worker, self._job = None, None
+        if worker is not None:
+            for signal, slot in self._slots(worker):
+                with contextlib.suppress(TypeError, RuntimeError):  # already disconnected
+                    signal.disconnect(slot)
+            worker.quit()
+        if job is not None:
+            job.cancel()
+
+    def _slots(self, worker: Any) -> list[tuple[Any, Any]]:
+        return [
+            (worker.yielded, self._on_event),
+            (worker.returned, self._on_result),
+            (worker.errored, self._on_error),
+            (worker.finished, self._on_finished),
+        ]
 
     def _on_event(self, event: Any) -> None:
         if event.fraction is not None:
@@ -224,6 +277,9 @@ class TrainWidget(Container):
             self.status.value = event.text.strip()[:120]
         else:
             self.log.native.append(event.text)
+            left = self._plan.left(event.text) if self._plan is not None else ""
+            if left:  # the plan's minutes were at the rate the model trained at elsewhere
+                self.plan_note.value = f"plan: {self._plan.describe()}. {left}."
 
     def _on_result(self, result: Any) -> None:
         if result.status == "failed":
@@ -253,17 +309,25 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ results
     def _offer(self, result: Any) -> None:
+        from training.models.versions import why_not_selected
+
         version = result.version
+        veto = why_not_selected(version)
         self.progress.value = 100
-        self.status.value = f"done: {version.label}"
-        self.log.native.append(f"new model: {version.path}")
+        self.status.value = f"done: {version.label}" + (f"; {veto}" if veto else "")
+        self.log.native.append(f"new model: {version.path}" + (f" ({veto})" if veto else ""))
         self._show_comparison(result)
         self.refresh_versions()
         segment = self.segment_widget()
         if segment is None:
             self.log.native.append('open "Segment FTUs": the new model is listed there')
             return
+        kept = segment.model.value
         segment.add_model(version.path, _label_of(Path(version.path), version.label))
+        if veto:  # offered in the list, the model used before stays selected
+            segment.model.value = kept
+            self.switch_back.enabled = False
+            return
         previous = self._previous
         self.switch_back.text = f"switch back to {previous.name}" if previous else "switch back"
         self.switch_back.enabled = previous is not None
@@ -311,14 +375,22 @@ class TrainWidget(Container):
         try:
             rows = [describe(v) for v in reversed(list_versions())]
         except VersionsError as exc:
-            self.versions.value = {"data": [], "columns": ["problem"]}
+            self.versions.value = {"problem": [str(exc)]}
             _show_error(f"napari-ftu: {exc}")
             return
         columns = ["created", "val Dice", "before", "data", "started from", "checkpoint"]
-        if not rows:  # magicgui reads {"data": [], "columns": ...} as two columns named so
-            self.versions.value = {column: [] for column in columns}
-            return
-        self.versions.value = {"data": [[r[c] for c in columns] for r in rows], "columns": columns}
+        # a dict of columns: magicgui reads {"data": ..., "columns": ...} without "index" as two
+        # columns named "data" and "columns"
+        self.versions.value = {column: [row[column] for row in rows] for column in columns}
+
+
+def wrap_label(label: Any) -> None:
+    """Let a QLabel's long text wrap to the dock's width instead of widening the dock (an
+    unwrapped line, or a wrapped label's preferred width, pushes the canvas off the screen)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
 
 def _label_of(path: Path, label: str) -> str:
@@ -336,3 +408,9 @@ def _show_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
     show_error(message)
+
+
+def _show_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)

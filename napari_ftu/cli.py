@@ -58,11 +58,22 @@ def build_viewer(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
     fails to load) are napari error notifications: the viewer stays up and usable."""
     from napari.utils.notifications import show_error
 
+    docks = []
     for index, name in enumerate(widget_names()):
         try:  # one dock with a tab per widget: five stacked docks do not fit a laptop screen
-            viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=index > 0)
+            dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=index > 0)
         except Exception as exc:  # one broken widget must not cost the others or the slides
             show_error(f"napari-ftu cannot load the widget {name!r}: {exc}")
+            continue
+        # six tabs titled "Segment FTUs (napari-ftu)" ... are elided to "Seg...", "R...":
+        # the first word names each widget (the dock's own title bar keeps the whole name)
+        dock.setWindowTitle(name.split()[0])
+        docks.append(dock)
+    if docks:  # show the first tab (Segment), not the last one tabified (Stain), once the
+        # main window has laid out its tab bar (raising before that selects nothing)
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, docks[0].raise_)
     paths = [str(path) for path in paths]
     missing = [path for path in paths if not Path(path).exists()]
     if missing:

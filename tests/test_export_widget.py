@@ -235,7 +235,8 @@ def test_imported_geojson_is_an_editable_mask_that_exports_back(
     review = ReviewWidget(viewer)
     review.build_queue()  # the review tools work on it
     assert len(review.queue.candidates) == 4
-    assert widget.import_annotations() is None  # a second import onto it is refused
+    second = widget.import_annotations()  # a second import: a layer to compare, beside it
+    assert SESSION_KEY not in second.metadata and viewer.layers[mask_name(image.name)] is layer
 
     layer.data_setitem((np.arange(300, 310).repeat(10), np.tile(np.arange(300, 310), 10)), 9)
     assert session.counts().edited == 1
@@ -320,3 +321,53 @@ def test_a_real_kidney_images_expert_geojson_round_trips(
     assert dice(decode(row["rle"], shape), truth) >= 0.99
     collection = json.loads((tmp_path / "out" / "geojson" / f"{image_id}.geojson").read_text())
     assert dice(rasterize(collection, shape), truth) >= 0.99
+
+
+def test_an_empty_or_relative_folder_and_a_failed_export_write_nothing_and_say_so(
+    make_napari_viewer, qtbot, slide, tmp_path, monkeypatch
+):
+    started = tmp_path / "napari started here"
+    started.mkdir()
+    monkeypatch.chdir(started)
+    viewer = make_napari_viewer()
+    open_with_session(viewer, slide)
+    widget = export_widget(viewer, tmp_path / "out")
+    run_export(widget, qtbot)
+    assert widget.status.value.startswith("wrote 1 row(s)")
+    for typed in ("", "out"):  # cleared, or a name alone: relative to where napari started
+        widget.folder.line_edit.value = typed
+        start = notes()
+        widget.export()
+        shown = errors_since(start)
+        assert not widget.running and any("choose an output folder" in m for m in shown)
+        assert "wrote" not in widget.status.value and "nothing written" in widget.status.value
+    assert list(started.iterdir()) == []
+    widget.folder.value = tmp_path / "out"
+    widget.thickness.value = "thick"
+    widget.export()
+    assert widget.status.value == "nothing written: the tissue thickness 'thick' is not a number"
+
+
+def test_expert_geojson_onto_an_image_with_a_mask_is_a_second_layer_to_compare(
+    make_napari_viewer, slide, tmp_path
+):
+    viewer = make_napari_viewer()
+    image, _, mask = open_with_session(viewer, slide)  # the model's mask, at downsample 2
+    model_mask = np.array(mask.data)
+    expert = make_annotations((SIZE, SIZE))
+    path = tmp_path / "expert.geojson"
+    path.write_text(json.dumps(labels_to_geojson(expert, 1.0, "kidney")))
+    widget = ImportWidget(viewer)
+    widget.geojson_file.value = path
+    layer = widget.import_annotations()
+    assert layer is not None and layer.name == f"{image.name} imported (expert.geojson)"
+    assert "4 object(s)" in widget.status.value and "to compare" in widget.status.value
+    # on the image's level-0 grid, placed over it, in outlines; the FTU mask is untouched and
+    # stays the one the review and export tools list
+    np.testing.assert_array_equal(layer.data > 0, expert > 0)
+    scale, translate = _placement.overlay(image.scale, image.translate, 1.0)
+    np.testing.assert_allclose(layer.scale, scale)
+    np.testing.assert_allclose(layer.translate, translate)
+    assert layer.contour > 0 and SESSION_KEY not in layer.metadata
+    np.testing.assert_array_equal(mask.data, model_mask)
+    assert ExportWidget(viewer).mask.choices == (mask.name,)

@@ -228,3 +228,37 @@ def test_a_region_job_pastes_what_the_whole_slide_job_has_there(monkeypatch):
     y, x = part.origin
     expected = np.asarray(whole.result.probability)[y : y + got.shape[0], x : x + got.shape[1]]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.gui
+def test_launcher_shows_the_segment_tab_first_with_readable_titles(make_napari_viewer):
+    from qtpy.QtWidgets import QApplication, QTabBar
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 900)
+    build_viewer(viewer, [])
+    for _ in range(10):  # the tab bar is laid out from posted events
+        QApplication.processEvents()
+    (bar,) = [
+        bar
+        for bar in viewer.window._qt_window.findChildren(QTabBar)
+        if bar.isVisible() and bar.count() == len(widget_names())
+    ]
+    titles = [bar.tabText(i) for i in range(bar.count())]
+    assert titles == ["Segment", "Review", "Export", "Import", "Train", "Stain"]
+    assert bar.tabText(bar.currentIndex()) == "Segment"
+    for i, title in enumerate(titles):  # wide enough for the whole title: not elided
+        assert bar.tabRect(i).width() > bar.fontMetrics().horizontalAdvance(title), title
+
+
+@pytest.mark.gui
+def test_a_slide_without_a_pixel_size_shares_the_micrometre_units(make_napari_viewer, tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "plain.tiff", np.full((64, 64, 3), 200, np.uint8))
+    write_pyramid(tmp_path / "slide.tiff", np.full((64, 64, 3), 200, np.uint8), 0.5)
+    viewer = make_napari_viewer()
+    (plain,) = viewer.open(str(tmp_path / "plain.tiff"), plugin="napari-ftu")
+    viewer.open(str(tmp_path / "slide.tiff"), plugin="napari-ftu")
+    assert plain.metadata["pixel_size_um"] is None and tuple(plain.scale) == (1.0, 1.0)
+    assert viewer.layers.extent.units is not None  # None: napari's "Inconsistent units"

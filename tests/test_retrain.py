@@ -234,3 +234,57 @@ def test_a_bad_dataset_fails_with_the_trainers_line(tmp_path):
     result = stop.value.value
     assert result.status == "failed" and "no such checkpoint" in result.message
     assert list_versions(tmp_path / "models") == []
+
+
+def test_the_plan_sizes_the_epoch_to_the_images_and_counts_validation(tmp_path):
+    from helpers import phantom_dataset
+
+    from training.models import build_model, save_checkpoint
+    from training.retrain import plan_run
+
+    wide = save_checkpoint(
+        tmp_path / "wide.pt",
+        build_model("coat_micro_daformer", input_size=512),
+        {"tile_size": 512, "training": {"samples_per_s": 2.0}},
+    )
+    three = phantom_dataset(tmp_path / "three", ("kidney",), 64)  # 2 training, 1 validation
+    request = RetrainRequest(three, wide, tmp_path / "run", epochs=4)
+    plan = plan_run(request)
+    assert (plan.train_images, plan.val_images, plan.crops, plan.tile) == (2, 1, 50, 512)
+    assert plan.minutes == pytest.approx(4 * 50 / 2.0 / 60)  # at the rate it trained at
+    assert "only 1 validation image" in plan.warning and "about 2 min" in plan.describe()
+    argv = train_command(request)
+    assert argv[argv.index("--samples-per-epoch") + 1] == "50"
+    # during the run: the time left at the rate measured here
+    left = plan.left("21:04:35 epoch 1/4 done: loss 0.4264, 0.4 samples/s")
+    assert left.startswith("epoch 1/4 done at 0.4 crops/s here: about 7 min of training left")
+    assert plan.left("21:04:35 validation Dice 0.8") == ""
+    # earlier folders count; many images keep the default epoch's pixels (2000 crops of 256)
+    more = phantom_dataset(tmp_path / "more", ("kidney", "lung", "spleen", "prostate"), 64)
+    many = RetrainRequest(three, wide, tmp_path / "r", earlier=((more, 1.0),) * 7)
+    assert plan_run(many).crops == 500 and plan_run(many).warning == ""
+    assert plan_run(RetrainRequest(three, wide, tmp_path / "r", time_limit_min=1)).minutes == 1
+    # the user's own epoch wins; a split the flags choose is not guessed
+    own = RetrainRequest(three, wide, tmp_path / "r", extra=("--samples-per-epoch", "7"))
+    assert plan_run(own).crops == 7
+    fold = RetrainRequest(three, wide, tmp_path / "r", extra=("--fold", "0"))
+    assert plan_run(fold).val_images is None and plan_run(fold).warning == ""
+    one = tmp_path / "one"
+    one.mkdir()
+    lines = (three / "train.csv").read_text().splitlines()
+    (one / "train.csv").write_text(f"{lines[0]}\n{lines[1]}\n")
+    assert "no validation image" in plan_run(RetrainRequest(one, wide, tmp_path / "r")).warning
+
+
+def test_only_a_model_no_worse_than_the_previous_is_selected(tmp_path):
+    from training.models.versions import why_not_selected
+
+    def version(after, before):
+        return ModelVersion(str(tmp_path), "2026-12-04T20:00:00", "i.pt", [], after, before, "", 3)
+
+    assert why_not_selected(version(0.8, 0.8)) == "" and why_not_selected(version(0.9, 0.8)) == ""
+    assert "below the previous model's 0.800 on the same 3 validation image" in why_not_selected(
+        version(0.79, 0.8)
+    )
+    assert "not validated" in why_not_selected(version(None, None))
+    assert "could not be scored" in why_not_selected(version(0.9, None))

@@ -192,3 +192,39 @@ def test_direct_edits_are_saved_as_made_and_come_back(make_napari_viewer, qtbot,
         widget.threshold.value = threshold
         assert (restored.data[gone] == 0).all(), threshold
         assert (restored.data[5:9, 5:9] > 0).all(), threshold
+
+
+def test_undoing_a_rejection_makes_the_object_undecided_again(reviewed):
+    _, review, mask = reviewed
+    review.build_queue()
+    first = review.queue.current
+    review.reject()
+    assert review.queue.decisions == {first.label: "rejected"}
+    review.previous()
+    assert "rejected" in review.position.value
+    mask.undo()  # Ctrl+Z
+    assert (mask.data == first.label).any() and review.queue.decisions == {}
+    assert "undecided" in review.position.value and "rejected" not in review.position.value
+    assert f"{len(review.queue)} left" in review.position.value
+
+
+def test_remove_small_starts_at_the_masks_minimum_area(make_napari_viewer):
+    viewer = make_napari_viewer()
+    probability = np.zeros((200, 200), np.float32)
+    probability[disc(probability.shape, (50, 50), 20)] = 0.9  # about 1250 um²
+    probability[disc(probability.shape, (150, 150), 5)] = 0.9  # about 80 um²
+    masks = {}
+    for name, min_area in (("imported", 0.0), ("segmented", 500.0)):
+        image = viewer.add_image(np.full((200, 200, 3), 200, np.uint8), name=name, rgb=True)
+        session = FTUSession(name, "kidney", Grid((200, 200), 1.0, 1.0), 0.5, min_area_um2=0.0)
+        session.add_result(probability, (0, 0))
+        session.min_area_um2 = min_area  # the objects are kept, as after a later edit
+        masks[name] = show_session(viewer, image, session)
+    review = ReviewWidget(viewer)
+    review.mask.value = mask_name("imported")  # derived without one: the default model's
+    assert review.min_area.value == 4000.0
+    review.mask.value = mask_name("segmented")
+    assert review.min_area.value == 500.0
+    review.remove_small()
+    mask = masks["segmented"]
+    assert len(np.unique(mask.data)) == 2 and mask.data[50, 50] > 0

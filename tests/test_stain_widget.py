@@ -176,3 +176,15 @@ def test_active_normaliser_only_when_checked(make_napari_viewer, qtbot, phantom)
     assert active_normaliser(viewer).method == "reinhard"
     widget.segment_normalised.setChecked(False)
     assert active_normaliser(viewer) is None
+
+
+@pytest.mark.gui
+def test_the_preview_shares_the_slides_units(make_napari_viewer, qtbot, phantom):
+    viewer = make_napari_viewer()
+    viewer.add_image(phantom, name="tissue", rgb=True, scale=(0.5, 0.5), units=("um", "um"))
+    widget = _widget(viewer)
+    widget.method.setCurrentText("Reinhard")
+    widget.preview()
+    qtbot.waitUntil(lambda: "tissue stain preview" in viewer.layers, timeout=60000)
+    assert viewer.layers["tissue stain preview"].units == viewer.layers["tissue"].units
+    assert viewer.layers.extent.units is not None  # None: napari's "Inconsistent units"

@@ -16,6 +16,7 @@ images, so slightly optimistic); the previous model is scored with its own.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -29,6 +30,14 @@ from pathlib import Path
 
 from training.models.versions import ModelVersion, register
 from training.process import ChildProcess
+from training.retrain_plan import (
+    VAL_FRACTION,
+    RunPlan,
+    count_split,
+    crops_per_epoch,
+    flag_value,
+    own_split,
+)
 
 __all__ = [
     "RetrainEvent",
@@ -40,6 +49,7 @@ __all__ = [
     "evaluate_command",
     "folder_organ",
     "parse_progress",
+    "plan_run",
     "read_scores",
     "start_checkpoint",
     "train_command",
@@ -117,45 +127,71 @@ def train_command(request: RetrainRequest, python: str = sys.executable) -> list
     return argv
 
 
-# The training command's default epoch, 2000 crops, is sized for 256 px tiles.
-BASE_TILE = 256
+def plan_run(request: RetrainRequest) -> RunPlan:
+    """The size of ``request``'s run: its images, validation images, crops per epoch and the
+    training time at the rate the starting checkpoint trained at (see
+    :mod:`training.retrain_plan`). A ``--samples-per-epoch`` of the user's own wins."""
+    from training.config import build_parser
+
+    flags = request.extra
+    tile_flag = flag_value(flags, "--tile")
+    tile, rate = _trained_at(request.init)
+    tile = int(tile_flag) if tile_flag and tile_flag.isdigit() else tile
+    folders = [request.corrections, *(path for path, _ in request.earlier)]
+    fraction = flag_value(flags, "--val-fraction")
+    try:
+        train, val = count_split(folders, float(fraction) if fraction else VAL_FRACTION)
+    except (OSError, ValueError):
+        train = val = None
+    own = flag_value(flags, "--samples-per-epoch")
+    if own is not None:
+        crops = int(own) if own.isdigit() else None
+    else:
+        default = build_parser().get_default("samples_per_epoch")
+        crops = crops_per_epoch(train, tile, default)
+    return RunPlan(
+        train_images=train,
+        val_images=None if own_split(flags) or train is None else val,
+        epochs=request.epochs,
+        crops=crops,
+        tile=tile,
+        crops_per_s=rate,
+        time_limit_min=request.time_limit_min,
+    )
 
 
 def _crops_per_epoch(request: RetrainRequest) -> list[str]:
-    """``--samples-per-epoch`` for a model on tiles above 256 px (the default model's kidney
-    specialist takes 512): the default epoch's pixels in fewer, larger crops (512 px: 500), so an
-    epoch takes about as long as on 256 px tiles. None when the flags name one themselves."""
-    from training.config import build_parser
-
-    if any(flag.split("=")[0] == "--samples-per-epoch" for flag in request.extra):
+    """``--samples-per-epoch`` of the plan (none when the flags name one themselves, or the
+    command's default is right as it is)."""
+    if flag_value(request.extra, "--samples-per-epoch") is not None:
         return []
-    tile = _flag_number(request.extra, "--tile") or _tile_size(request.init)
-    if tile is None or tile <= BASE_TILE:
-        return []
-    default = build_parser().get_default("samples_per_epoch")
-    return ["--samples-per-epoch", str(round(default * (BASE_TILE / tile) ** 2))]
+    crops = plan_run(request).crops
+    return [] if crops is None else ["--samples-per-epoch", str(crops)]
 
 
-def _flag_number(flags: Sequence[str], name: str) -> int | None:
-    for i, flag in enumerate(flags):
-        value = flag.split("=", 1)[1] if flag.startswith(f"{name}=") else None
-        if flag == name and i + 1 < len(flags):
-            value = flags[i + 1]
-        if value is not None:
-            return int(value) if value.isdigit() else None
-    return None
+def _trained_at(checkpoint: Path) -> tuple[int | None, float | None]:
+    """The tile size a checkpoint runs at and the crops per second it trained at; None for
+    what it does not record or when it cannot be read (the training command then says why)."""
+    try:
+        stat = Path(checkpoint).stat()
+    except OSError:
+        return None, None
+    return _recorded(str(checkpoint), stat.st_mtime_ns, stat.st_size)
 
 
-def _tile_size(checkpoint: Path) -> int | None:
-    """The tile size a checkpoint runs at; None when it cannot be read (the training command
-    then says why)."""
+@functools.lru_cache(maxsize=16)
+def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None]:
+    # cached per file version: the widget re-plans on every edit of its form
     from training.models.checkpoint import CheckpointError, read_checkpoint
 
     try:
-        size = read_checkpoint(checkpoint)["meta"].get("tile_size")
+        meta = read_checkpoint(path)["meta"]
     except (CheckpointError, OSError):
-        return None
-    return size if isinstance(size, int) else None
+        return None, None
+    size = meta.get("tile_size")
+    rate = (meta.get("training") or {}).get("samples_per_s")
+    rate = float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
+    return (size if isinstance(size, int) else None), rate
 
 
 def evaluate_command(request: RetrainRequest, python: str = sys.executable) -> list[str]:

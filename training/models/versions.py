@@ -29,6 +29,7 @@ __all__ = [
     "models_dir",
     "next_run_dir",
     "register",
+    "why_not_selected",
 ]
 
 MODELS_ENV = "NAPARI_FTU_MODELS"
@@ -150,3 +151,23 @@ def describe(version: ModelVersion) -> dict[str, Any]:
         "started from": Path(version.init).name,
         "checkpoint": "missing: " + version.path if version.missing else version.path,
     }
+
+
+def why_not_selected(version: ModelVersion) -> str:
+    """Why ``version`` must not replace the model in use on its own, or "" when it may: only a
+    model that scored at least as well as the previous one on the same validation images is
+    selected automatically; any other is offered, and this says why it was not selected."""
+    after, before = version.best_val_dice, version.before_val_dice
+    if after is None:
+        return "not selected: it was not validated (no validation image), so it may be worse"
+    if before is None:
+        return (
+            f"not selected: val Dice {after:.3f}, but the previous model could not be scored "
+            "on the same images to compare"
+        )
+    if after < before:
+        return (
+            f"not selected: val Dice {after:.3f} is below the previous model's {before:.3f} "
+            f"on the same {version.val_images} validation image(s)"
+        )
+    return ""

@@ -129,6 +129,14 @@ class ReviewQueue:
         candidate rejected (the caller deletes its object)."""
         return self._decide(REJECTED)
 
+    def rejected(self) -> list[Candidate]:
+        """The candidates rejected so far, in queue order."""
+        return [c for c in self.candidates if self.decisions.get(c.label) == REJECTED]
+
+    def undecide(self, label: int) -> None:
+        """Forget the decision on ``label`` (its object is back: the rejection was undone)."""
+        self.decisions.pop(label, None)
+
     def _decide(self, decision: str) -> Candidate | None:
         decided = self.current
         if decided is None:

@@ -1,0 +1,156 @@
+"""How long a "Train on corrections" run will be and what it will validate on, before it starts.
+
+The training command's default epoch (2000 crops of 256 px) is sized for a dataset of dozens of
+images; a pathologist's first corrections are a few. An epoch here draws
+:data:`CROPS_PER_IMAGE` crops' worth of 256 px pixels per training image, never more than the
+default epoch, so a few images train for minutes, not an hour. The validation images are counted
+with the trainer's own rule (:func:`training.data.records.split_records`: per organ, a fraction of
+the images, at least one when the organ has two or more), so a run with no or one validation
+image is announced before it starts. No torch, no pandas, no Qt.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CROPS_PER_IMAGE",
+    "RunPlan",
+    "count_split",
+    "crops_per_epoch",
+    "flag_value",
+    "own_split",
+]
+
+BASE_TILE = 256  # the tile the training command's default epoch (2000 crops) is sized for
+CROPS_PER_IMAGE = 100  # 256 px crops per training image and epoch (25 of 512 px)
+MIN_CROPS = 8  # one default batch
+VAL_FRACTION = 0.2  # the training command's --val-fraction default
+_EPOCH_RATE = re.compile(r"epoch (\d+)/(\d+) done: .*?([\d.]+) samples/s")
+# flags after which the plan cannot tell the validation images
+_OWN_SPLIT = ("--val-data", "--fold", "--config")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's size: images, epochs, crops per epoch and, when known, its training time."""
+
+    train_images: int | None  # None: train.csv could not be read (the trainer will say why)
+    val_images: int | None  # None: the flags choose the validation images themselves
+    epochs: int
+    crops: int | None  # per epoch; None: the training command's default
+    tile: int | None
+    crops_per_s: float | None = None  # the rate the starting checkpoint trained at
+    time_limit_min: float | None = None
+
+    @property
+    def minutes(self) -> float | None:
+        """Training minutes at the starting checkpoint's recorded rate (validation apart)."""
+        if self.crops is None or not self.crops_per_s:
+            return self.time_limit_min
+        minutes = self.epochs * self.crops / self.crops_per_s / 60
+        return min(minutes, self.time_limit_min) if self.time_limit_min else minutes
+
+    @property
+    def warning(self) -> str:
+        """Why the new model's score would mean little (no or one validation image), or ""."""
+        if self.val_images is None or self.val_images > 1:
+            return ""
+        if self.val_images == 0:
+            return (
+                "no validation image: the new model cannot be scored against the previous one "
+                "(export at least two images per organ, or add earlier data)"
+            )
+        return (
+            "only 1 validation image: the before/after Dice rests on one image "
+            "(export more images, or add earlier data)"
+        )
+
+    def describe(self) -> str:
+        """One line for the widget: images, epochs, crops and the expected duration."""
+        if self.train_images is None:
+            return "the corrections' train.csv cannot be read"
+        val = "validation as the flags say" if self.val_images is None else (
+            f"{self.val_images} validation"
+        )
+        size = "the training command's default epoch" if self.crops is None else (
+            f"{self.crops} crops of {self.tile or BASE_TILE} px"
+        )
+        text = f"{self.train_images} training + {val} image(s); {self.epochs} epoch(s) of {size}"
+        minutes = self.minutes
+        if minutes is None:
+            return text + "; duration unknown (set a time limit to bound it)"
+        rate = (
+            f" at the {self.crops_per_s:g} crops/s it trained at (this machine may be slower)"
+            if self.crops_per_s
+            else ""
+        )
+        return text + f"; about {math.ceil(minutes)} min of training{rate}, plus validation"
+
+    def left(self, line: str) -> str:
+        """From the trainer's ``epoch N/M done: ..., R samples/s`` line, the time left at the
+        rate measured on this machine, or "" for any other line."""
+        match = _EPOCH_RATE.search(line)
+        if match is None or self.crops is None:
+            return ""
+        epoch, epochs, rate = int(match[1]), int(match[2]), float(match[3])
+        if rate <= 0:
+            return ""
+        minutes = (epochs - epoch) * self.crops / rate / 60
+        return (
+            f"epoch {epoch}/{epochs} done at {rate:g} crops/s here: about "
+            f"{math.ceil(minutes)} min of training left, plus validation"
+        )
+
+
+def count_split(folders: Sequence[Path], val_fraction: float = VAL_FRACTION) -> tuple[int, int]:
+    """``(training, validation)`` image counts of the trainer's split of ``folders``' rows;
+    ``OSError``/``ValueError`` when a ``train.csv`` cannot be read."""
+    organs: Counter[str] = Counter()
+    for folder in folders:
+        try:
+            with (Path(folder) / "train.csv").open(newline="") as handle:
+                organs.update(row.get("organ") or "" for row in csv.DictReader(handle))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{folder}/train.csv: {exc}") from None
+    val = 0
+    for count in organs.values():
+        held = round(val_fraction * count)
+        if val_fraction > 0 and count >= 2:
+            held = min(max(held, 1), count - 1)
+        val += held
+    return sum(organs.values()) - val, val
+
+
+def crops_per_epoch(train_images: int | None, tile: int | None, default: int) -> int | None:
+    """Crops per epoch for ``train_images`` images on ``tile`` px crops: the default epoch's
+    pixels at most, :data:`CROPS_PER_IMAGE` 256 px crops' worth per image; None when the
+    command's own default (256 px tiles or less, and no count) is right as it is."""
+    scale = (BASE_TILE / tile) ** 2 if tile and tile > BASE_TILE else 1.0
+    full = round(default * scale)
+    if train_images is None:
+        return full if scale < 1 else None
+    sized = max(MIN_CROPS, round(CROPS_PER_IMAGE * train_images * scale))
+    return None if sized >= full and scale == 1 else min(sized, full)
+
+
+def flag_value(flags: Sequence[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` among ``flags`` (the last wins)."""
+    value = None
+    for i, flag in enumerate(flags):
+        if flag.startswith(f"{name}="):
+            value = flag.split("=", 1)[1]
+        elif flag == name and i + 1 < len(flags):
+            value = flags[i + 1]
+    return value
+
+
+def own_split(flags: Sequence[str]) -> bool:
+    """Whether ``flags`` choose the validation images in a way this plan does not follow."""
+    return any(flag.split("=")[0] in _OWN_SPLIT for flag in flags)
