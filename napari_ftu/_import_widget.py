@@ -22,6 +22,9 @@ __all__ = ["ORGANS", "SOURCES", "ImportWidget"]
 
 ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 SOURCES = ("QuPath GeoJSON", "dataset row")
+# no organ until the slide, the GeoJSON classification, the row or the user says which: a guess
+# would label exported training data wrongly without a word (as Segment FTUs)
+ORGAN_CHOICES = [("choose...", None), *((organ, organ) for organ in ORGANS)]
 COMPARED_KEY = "compared_with"  # a comparison layer's metadata: the FTU mask it sits beside
 
 
@@ -35,7 +38,7 @@ class ImportWidget(Container):
         self.geojson_file = FileEdit(label="GeoJSON", mode="r", filter="*.geojson *.json")
         self.dataset = FileEdit(label="dataset folder", mode="d", tooltip="holds train.csv")
         self.row_id = LineEdit(label="row id")
-        self.organ = ComboBox(label="organ", choices=ORGANS)
+        self.organ = ComboBox(label="organ", choices=ORGAN_CHOICES, value=None)
         self.import_button = PushButton(text="Import")
         self.status = Label(value="")
         super().__init__(
@@ -75,8 +78,7 @@ class ImportWidget(Container):
         if layer is None:
             return
         meta = layer.metadata or {}
-        if meta.get("organ") in ORGANS:
-            self.organ.value = meta["organ"]
+        self.organ.value = meta["organ"] if meta.get("organ") in ORGANS else None
         path = meta.get("path")
         if path:
             path = Path(path)
@@ -141,6 +143,11 @@ class ImportWidget(Container):
             labels, source = self._from_row(image, grid)
         if mask_name(image.name) in self.viewer.layers:  # e.g. the expert's beside the model's
             return self._show_to_compare(image, labels, grid, source)
+        if self.organ.value not in ORGANS:
+            raise ValueError(
+                f"choose the organ of {image.name!r} (neither the slide, the annotations' "
+                "classification nor a dataset row says which)"
+            )
         return show_imported(self.viewer, image, labels, grid, self.organ.value, source)
 
     def _show_to_compare(self, image: Any, labels: Any, grid: Any, source: str) -> Any:

@@ -371,3 +371,26 @@ def test_expert_geojson_onto_an_image_with_a_mask_is_a_second_layer_to_compare(
     assert layer.contour > 0 and SESSION_KEY not in layer.metadata
     np.testing.assert_array_equal(mask.data, model_mask)
     assert ExportWidget(viewer).mask.choices == (mask.name,)
+
+
+def test_an_import_onto_a_slide_nothing_names_asks_for_the_organ(
+    make_napari_viewer, slide, tmp_path
+):
+    """Nothing names the organ (no train.csv beside the slide, a GeoJSON class that is no
+    organ's): the import asks for it instead of labelling the mask kidney."""
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="napari-ftu")
+    path = tmp_path / "unclassified.geojson"
+    path.write_text(json.dumps(labels_to_geojson(make_annotations((SIZE, SIZE)), 1.0, "kidney")))
+    collection = json.loads(path.read_text())
+    for feature in collection["features"]:
+        feature["properties"].pop("classification", None)
+    path.write_text(json.dumps(collection))
+    widget = ImportWidget(viewer)
+    widget.geojson_file.value = path
+    assert widget.organ.value is None
+    assert widget.import_annotations() is None  # an error notification, nothing imported
+    assert mask_name(viewer.layers[0].name) not in viewer.layers
+    widget.organ.value = "prostate"
+    layer = widget.import_annotations()
+    assert layer.metadata[SESSION_KEY].organ == "prostate"
