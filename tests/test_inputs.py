@@ -383,3 +383,40 @@ def test_deeply_nested_geojson_is_one_clear_error(tmp_path, capsys):
     assert status == 2
     (line,) = error_lines(capsys)
     assert "deep.geojson: JSON nested too deeply" in line
+
+
+# --- training: numbers checked before any work, from the command line or --config --------------
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (["--lr", "nan"], "--lr must be a positive number up to 10; got nan"),
+        (["--pixel-size", "1e9"], "--pixel-size must be 0.01 to 100 um/px; got 1000000000.0"),
+        (["--tile", "100000"], "--tile must be 32 to 4096 px; got 100000"),
+        (["--val-fraction", "1"], "--val-fraction must be in [0, 1); got 1.0"),
+        (["--dice", "inf"], "--dice must be a finite number >= 0; got inf"),
+        ("lr: .nan\n", "--lr must be a positive number up to 10; got nan"),
+    ],
+)
+def test_training_numbers_are_refused_before_any_work(tmp_path, capsys, given, says):
+    from training.train import main as train
+
+    argv = [
+        "--data",
+        str(tmp_path / "data"),
+        "--model",
+        "swin_micro_upernet",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    if isinstance(given, str):  # a YAML --config, whose values argparse's types never see
+        (tmp_path / "config.yaml").write_text(given)
+        argv += ["--config", str(tmp_path / "config.yaml")]
+    else:
+        argv += given
+    with pytest.raises(SystemExit) as stop:
+        train(argv)
+    assert stop.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
