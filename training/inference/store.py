@@ -143,7 +143,7 @@ class OutputStore:
             self._folder.remove()
 
 
-TEMP_PREFIX = "napari-ftu-"
+TEMP_PREFIX = "napari-ftu-map-"  # the plugin's mask stores use other names: never touched
 OWNER_LOCK = ".owner.lock"
 
 
