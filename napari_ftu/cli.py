@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_ftu._torchrun import Team, rank_device
+from training.arguments import OneLineParser, number, positive_integer
 
 log = logging.getLogger("napari_ftu")
 
@@ -114,9 +119,10 @@ def open_slides(viewer: Any, paths: Sequence[str | os.PathLike]) -> list[str]:
 def segment_parser() -> argparse.ArgumentParser:
     """Arguments of ``napari-ftu segment``."""
     from training.data.catalog import ORGANS
+    from training.slides import PLAUSIBLE_UM_PER_PX
     from training.stain import METHODS as STAIN_METHODS
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="napari-ftu segment",
         description="Segment FTUs in slides without a GUI. Writes OUT/train.csv (one RLE row per "
         "slide at level-0 size, id = file stem, written as each slide finishes) and, on request, "
@@ -141,10 +147,14 @@ def segment_parser() -> argparse.ArgumentParser:
     )
     group = parser.add_argument_group("inference")
     group.add_argument(
-        "--pixel-size", type=float, help="um/px of the slides if their files lack it"
+        "--pixel-size",
+        type=number(*PLAUSIBLE_UM_PER_PX),
+        help="um/px of the slides if their files lack it (0.01 to 100)",
     )
-    group.add_argument("--overlap", type=float, default=0.25)
-    group.add_argument("--batch-size", type=int, default=4)
+    group.add_argument(
+        "--overlap", type=number(0, 1, upper_open=True), default=0.25, help="in [0, 1)"
+    )
+    group.add_argument("--batch-size", type=positive_integer, default=4)
     group.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
     group.add_argument(
         "--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N"
@@ -159,10 +169,12 @@ def segment_parser() -> argparse.ArgumentParser:
         "--stain-reference", type=Path, help="reference image (PNG/JPEG/TIFF) for --stain"
     )
     post = parser.add_argument_group("post-processing and outputs")
-    post.add_argument("--threshold", type=float, help="default: the model's for this organ")
+    post.add_argument(
+        "--threshold", type=number(0, 1), help="in [0, 1]; default: the model's for this organ"
+    )
     post.add_argument(
         "--min-area-um2",
-        type=float,
+        type=number(0, math.inf, upper_open=True),
         help="drop objects smaller than this (um²); default: the model's for this organ",
     )
     post.add_argument("--labels-tiff", action="store_true", help="write OUT/<id>.labels.tiff")
@@ -188,16 +200,18 @@ def segment_command(argv: Sequence[str]) -> int:
     if args.stain and args.stain_reference is None:
         parser.error("--stain needs --stain-reference IMAGE")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with Team() as team:
+    from training.inference.store import remove_stale_folders
+
+    remove_stale_folders()  # the maps on disk of runs killed before they could clean up
+    with _exit_on_sigterm(), Team() as team:
         # Every rank checks its share before any rank writes: the gather is the barrier.
         checks = team.gather(preflight(args, team.share(args.slides)))
         problems = _merged([problem for problem, _ in checks])
         existing = _merged([found for _, found in checks])
         if problems or existing:
             if team.rank == 0:
-                _report(problems + [f"{what} exists" for what in existing])
-                if existing:
-                    print("napari-ftu segment: pass --overwrite to replace them", file=sys.stderr)
+                hint = " (--overwrite replaces it)"
+                _report(problems + [f"{what} exists{hint}" for what in existing])
             return BAD_INPUT
         outcomes = team.gather(_segment_share(args, team))
     status = max(outcome[0] for outcome in outcomes)
@@ -214,10 +228,29 @@ def segment_command(argv: Sequence[str]) -> int:
     if rows:
         log.info("wrote %d row(s) to %s", len(rows), args.out / "train.csv")
     if failures:
-        done = f"{len(rows)} of {len(args.slides)} slide(s) segmented"
-        print(f"napari-ftu segment: {done}; failed:", file=sys.stderr)
+        if rows:
+            log.info("%d of %d slide(s) segmented", len(rows), len(args.slides))
         _report(failures)
     return status
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (``kill``, a batch scheduler's time limit) into ``SystemExit(143)``, which
+    unwinds like Ctrl-C: the engine removes its partial outputs on the way out."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals are not this caller's to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[str], list[str]]:
@@ -225,13 +258,19 @@ def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[st
     an unreadable train.csv) and, unless ``--overwrite``, results of ``slides`` that exist."""
     from training.data.catalog import CSV_NAME, read_catalog
 
-    problems = [f"{path}: no such file" for path in slides if not path.exists()]
+    problems = [
+        f"{path}: is a directory, not a slide file" if path.is_dir() else f"{path}: no such file"
+        for path in slides
+        if not path.is_file()
+    ]
     ids = [path.stem for path in args.slides]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         problems.append(f"slides share an id (file stem): {', '.join(duplicates)}")
     if args.out.exists() and not args.out.is_dir():
         problems.append(f"{args.out}: not a folder")
+    else:
+        problems.extend(_unwritable(args.out))
     if args.overwrite or not args.out.is_dir():
         return problems, []
     existing = [
@@ -248,6 +287,19 @@ def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[st
             return [*problems, str(exc)], []
         existing.extend(f"{csv_path}: row {path.stem}" for path in slides if path.stem in known)
     return problems, existing
+
+
+def _unwritable(out: Path) -> list[str]:
+    """Why results cannot be written in ``out`` (or the folder that would hold it), found by
+    writing a file there: permissions alone do not tell (root, read-only mounts, ACLs)."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return []
+    except OSError as exc:
+        return [f"{out}: cannot write there ({exc.strerror or exc})"]
 
 
 def _result_files(args: argparse.Namespace, image_id: str) -> list[Path]:
@@ -274,8 +326,8 @@ def _segment_share(
             rows.append(_segment_slide(args, path, ensemble, stain, device, team.rank))
         except Exception as exc:  # one bad slide must not cost the others their results
             failures.append(f"{path}: {_reason(exc)}")
-            # bad input explains itself; anything else is a bug, whose traceback is wanted
-            log.error("%s: failed: %s", path, _reason(exc), exc_info=not _is_bad_input(exc))
+            if not _is_bad_input(exc):  # a bug: its traceback is wanted (bad input explains
+                log.exception("%s: failed", path)  # itself, in the one line reported at the end)
     return (SLIDES_FAILED if failures else 0), failures, rows
 
 
@@ -302,6 +354,8 @@ def _segment_slide(
     done. Returns the row."""
     from training.data.catalog import upsert_row
     from training.inference import run
+    from training.inference.engine import working_map
+    from training.inference.limits import describe
     from training.inference.outputs import (
         labels_to_geojson,
         result_row,
@@ -311,6 +365,18 @@ def _segment_slide(
     from training.slides import open_slide, write_pyramid
 
     with open_slide(path, args.pixel_size) as slide:
+        if slide.pixel_size_um is None:
+            raise ValueError(f"{path.name}: the pixel size is unknown; give --pixel-size UM")
+        # said before the tissue thumbnail, whose reading takes long on a slide without a
+        # pyramid; a map that cannot fit is refused here, before any work
+        shape, working_px = working_map(slide, ensemble.for_organ(args.organ), args.overlap)
+        log.info(
+            "%s: %s; map %d x %d px at %g um/px",
+            path.name,
+            describe(slide.shape[:2], slide.pixel_size_um),
+            *shape,
+            working_px,
+        )
         bar = TileBar(path.name, position=rank, disable=args.quiet)
         try:
             result = run(
@@ -331,6 +397,8 @@ def _segment_slide(
         row = result_row(
             path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}
         )
+        if not args.overwrite:
+            _refuse_a_row_written_meanwhile(args.out, path.stem)
         if args.labels_tiff:
             target = args.out / f"{path.stem}.labels.tiff"
             if target.exists() and not args.overwrite:
@@ -381,6 +449,21 @@ class TileBar:
         """Finish the bar, if one was shown."""
         if self.bar is not None:
             self.bar.close()
+
+
+def _refuse_a_row_written_meanwhile(out: Path, image_id: str) -> None:
+    # Preflight found no row for this slide, but another run into the same folder may have
+    # written one since: replacing it would silently swap one run's result for another's.
+    from training.data.catalog import CSV_NAME, read_catalog
+
+    csv_path = out / CSV_NAME
+    if csv_path.exists() and image_id in set(
+        read_catalog(csv_path, check_images=False, check_rle=False)["id"]
+    ):
+        raise FileExistsError(
+            f"{csv_path}: row {image_id} was written by another run after this one started; "
+            "this run's results are not written (--overwrite replaces it)"
+        )
 
 
 def _restore_lost_rows(out: Path, rows: list[dict[str, Any]]) -> None:

@@ -216,9 +216,8 @@ def test_a_bad_slide_costs_only_its_own_results(workspace, tmp_path, capsys):
     bad = root / "broken.tiff"
     assert main(segment_args([bad, *slides], root / "model.pt", tmp_path)) == 1
     assert sorted(read_catalog(tmp_path)["id"]) == ["slide0", "slide1"]
-    err = capsys.readouterr().err
-    assert "2 of 3 slide(s) segmented" in err
-    assert f"error: {bad}: broken.tiff is truncated" in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"error: {bad}: broken.tiff is truncated" in errors[0]
 
 
 @pytest.mark.slow

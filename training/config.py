@@ -9,7 +9,9 @@ live under the YAML key ``augment`` (the fields of ``training.augment.AugmentCon
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,7 +154,29 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be 0 or more")
     if args.time_limit is not None and not args.time_limit > 0:
         parser.error("--time-limit must be positive")
+    for name, low, high, bounds in NUMBER_BOUNDS:
+        value = getattr(args, name)
+        # also a value from --config, which argparse types never see; NaN is never inside
+        if value is not None and not low <= value <= high:
+            parser.error(f"--{name.replace('_', '-')} must be {bounds}; got {value}")
     return args
+
+
+BELOW_ONE = math.nextafter(1.0, 0.0)
+# (setting, lowest, highest, in words): checked before any work, since a NaN learning rate
+# trains silently to nothing and a pixel size a checkpoint refuses fails only at the first save
+NUMBER_BOUNDS = [
+    ("val_fraction", 0.0, BELOW_ONE, "in [0, 1)"),
+    ("ftu_fraction", 0.0, 1.0, "in [0, 1]"),
+    ("pixel_size", 0.01, 100.0, "0.01 to 100 um/px"),
+    ("tile", 32, 4096, "32 to 4096 px"),
+    ("lr", math.ulp(0.0), 10.0, "a positive number up to 10"),
+    ("ema", 0.0, BELOW_ONE, "in [0, 1)"),
+    *(
+        (name, 0.0, sys.float_info.max, "a finite number >= 0")
+        for name in ("weight_decay", "warmup", "clip_grad", "bce", "dice", "focal", "aux")
+    ),
+]
 
 
 def save_config(args: argparse.Namespace, path: Path) -> None:

@@ -298,6 +298,8 @@ def open_slide(path: str | os.PathLike, pixel_size_um: float | None = None) -> S
     path = Path(path)
     if path.suffix.lower() in REFUSED_SUFFIXES:
         raise SlideError(f"{path.name}: {REFUSED_SUFFIXES[path.suffix.lower()]}")
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not a slide file")
     if not path.is_file():
         raise SlideError(f"{path}: no such file")
     size = path.stat().st_size
@@ -322,8 +324,9 @@ def open_slide(path: str | os.PathLike, pixel_size_um: float | None = None) -> S
             f"{MIN_SIDE}x{MIN_SIDE}"
         )
     if pixel_size_um is not None:
-        if not pixel_size_um > 0:
-            raise ValueError(f"pixel_size_um must be positive; got {pixel_size_um}")
+        if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+            slide.close()
+            raise ValueError(f"pixel_size_um must be a positive number; got {pixel_size_um}")
         slide.pixel_size_um = float(pixel_size_um)
     return slide
 

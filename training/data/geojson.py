@@ -249,6 +249,11 @@ def _load(geojson: Any) -> tuple[str, Any]:
         raise GeoJSONError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:  # json nests one Python call per bracket; GeoJSON nests 4 deep
+        raise GeoJSONError(
+            f"{path}: JSON nested too deeply to be GeoJSON (arrays or objects inside each other "
+            "hundreds of levels deep)"
+        ) from None
 
 
 def _features(data: Any, source: str) -> list[tuple[str, dict]]:

@@ -25,16 +25,26 @@ import numpy as np
 import torch
 
 from training.inference.accumulator import BandAccumulator
+from training.inference.limits import check_map_fits, check_pixel_sizes
 from training.inference.postprocess import probability_to_labels
 from training.inference.predictor import TTA_CHOICES, Predictor
 from training.inference.source import TileSource
 from training.inference.store import OutputStore
-from training.inference.tiling import TilePlan, blend_window, plan_tiles
+from training.inference.tiling import TilePlan, blend_window, plan_tiles, tile_grid
 from training.inference.tissue import thumbnail_pixel_size, tile_has_tissue, tissue_mask
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
 
-__all__ = ["TTA_CHOICES", "Band", "Progress", "RunOptions", "SegmentationResult", "run", "segment"]
+__all__ = [
+    "TTA_CHOICES",
+    "Band",
+    "Progress",
+    "RunOptions",
+    "SegmentationResult",
+    "run",
+    "segment",
+    "working_map",
+]
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,32 @@ class RunOptions:
         return 2 if self.device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
+def working_map(
+    slide: Slide, members: Sequence[Member], overlap: float = 0.25
+) -> tuple[tuple[int, int], float]:
+    """The probability map's ``(H, W)`` and pixel size (the finest member's) for ``slide``.
+
+    Refuses (``ValueError``, one line naming the sizes) before anything is allocated: pixel
+    sizes of the slide and a member too far apart, a member grid of too many tiles, and a map
+    whose labelling cannot fit in this process's memory.
+    """
+    name = slide.path.name
+    for member in members:
+        member_px = float(member.meta["pixel_size_um"])
+        check_pixel_sizes(slide.pixel_size_um, member_px, name)
+        to_member = slide.pixel_size_um / member_px
+        try:
+            tile_grid(slide.shape[:2], to_member, int(member.meta["tile_size"]), overlap, member_px)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    working_px = min(float(m.meta["pixel_size_um"]) for m in members)
+    to_working = slide.pixel_size_um / working_px
+    height, width = slide.shape[:2]
+    shape = (max(1, math.ceil(height * to_working)), max(1, math.ceil(width * to_working)))
+    check_map_fits(name, (height, width), slide.pixel_size_um, shape)
+    return shape, working_px
+
+
 class _Run:
     """One segmentation: the slide, its members, their tile plans and the output."""
 
@@ -208,13 +244,8 @@ class _Run:
         self.options = options
         self.stain: Any = None  # the normaliser, fixed to this slide
         self.streams = options.streams_for()  # before the thread share lowers torch's count
-        self.working_px = min(float(m.meta["pixel_size_um"]) for m in members)
+        self.out_shape, self.working_px = working_map(slide, members, options.overlap)
         self.to_working = slide.pixel_size_um / self.working_px
-        height, width = slide.shape[:2]
-        self.out_shape = (
-            max(1, math.ceil(height * self.to_working)),
-            max(1, math.ceil(width * self.to_working)),
-        )
 
     def execute(self, organ: str, threshold: float, min_area_um2: float, stain: Any) -> Generator:
         """Plan, then run every member's tiles; yields progress, returns the result (with the

@@ -4,10 +4,15 @@ An on-disk map that the engine made in a temporary folder lives exactly as long 
 :class:`DiskProbability` object that reads it (or until :meth:`DiskProbability.close`), so
 ``p = run(...).probability`` keeps its storage. Missing chunks read as NaN, never as a plausible
 probability, and reading a map whose folder was deleted raises.
+
+Each temporary folder holds a lock for as long as its process uses it: a process killed before
+it could clean up (SIGKILL, a power cut) leaves a folder whose lock is free, and the next map
+made on disk removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -27,7 +32,7 @@ class DiskProbability:
     when the object is garbage-collected or closed, never while it can still be read.
     """
 
-    def __init__(self, path: Path, owned_folder: Path | None = None) -> None:
+    def __init__(self, path: Path, owned_folder: OwnedFolder | None = None) -> None:
         import zarr
 
         self.path = Path(path)
@@ -36,9 +41,7 @@ class DiskProbability:
         self.dtype = self._array.dtype
         self.ndim = 2
         self._cleanup = (
-            weakref.finalize(self, shutil.rmtree, str(owned_folder), True)
-            if owned_folder is not None
-            else None
+            weakref.finalize(self, owned_folder.remove) if owned_folder is not None else None
         )
 
     def __getitem__(self, index: Any) -> np.ndarray:
@@ -81,7 +84,7 @@ class OutputStore:
         workdir: str | os.PathLike | None = None,
     ) -> None:
         self.shape = shape
-        self._folder: Path | None = None  # a temporary parent this store made
+        self._folder: OwnedFolder | None = None  # a temporary parent this store made
         self._partial: Path | None = None
         self._final: Path | None = None
         if shape[0] * shape[1] * 4 <= memory_limit_mb * 2**20:
@@ -90,8 +93,9 @@ class OutputStore:
         import zarr
 
         if workdir is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="napari-ftu-"))
-            parent = self._folder
+            remove_stale_folders()
+            self._folder = OwnedFolder.make()
+            parent = self._folder.path
         else:
             parent = Path(workdir)
             parent.mkdir(parents=True, exist_ok=True)
@@ -136,4 +140,60 @@ class OutputStore:
         if self._partial is not None:
             shutil.rmtree(self._partial, ignore_errors=True)
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder.remove()
+
+
+TEMP_PREFIX = "napari-ftu-map-"  # the plugin's mask stores use other names: never touched
+OWNER_LOCK = ".owner.lock"
+
+
+class OwnedFolder:
+    """A temporary folder and the lock that says its process still uses it."""
+
+    def __init__(self, path: Path, lock_fd: int | None) -> None:
+        self.path, self._fd = path, lock_fd
+
+    @classmethod
+    def make(cls) -> OwnedFolder:
+        """A new folder in the system's temporary folder, locked by this process."""
+        path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; such a folder is never taken for stale
+            return cls(path, None)
+        # locked before it takes its name, so no other process sees the lock file unlocked
+        staging = path / f"{OWNER_LOCK}.new"
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(staging, path / OWNER_LOCK)
+        return cls(path, fd)
+
+    def remove(self) -> None:
+        """Remove the folder, then release its lock (idempotent)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove_stale_folders(parent: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary folders of processes that died without cleaning up (their lock is
+    free) from ``parent`` (default: the system's temporary folder); returns them."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:  # a folder without the lock file is another program's, or being made: left alone
+            fd = os.open(folder / OWNER_LOCK, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            with contextlib.suppress(OSError):  # held: its process is alive
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed

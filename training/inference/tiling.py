@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.inference.limits import MAX_TILES
+
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets of tiles of ``tile`` px with ``stride`` covering ``length``; the last tile
@@ -17,9 +19,16 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
         raise ValueError(f"tile and stride must be positive; got {tile}, {stride}")
     if length <= tile:
         return [0]
+    if tile_count(length, tile, stride) > MAX_TILES:
+        raise ValueError(f"{length} px in tiles of {tile} px every {stride} px: too many tiles")
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
+
+
+def tile_count(length: int, tile: int, stride: int) -> int:
+    """How many starts :func:`tile_starts` gives, without listing them."""
+    return 1 if length <= tile else math.ceil((length - tile) / stride) + 1
 
 
 def tile_cores(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
@@ -68,6 +77,24 @@ class TilePlan:
                 yield row, y, xs[start : start + size]
 
 
+def tile_grid(
+    shape: tuple[int, int], to_member: float, tile: int, overlap: float, pixel_size_um: float
+) -> tuple[int, int, int]:
+    """``(height, width, stride)`` of the member grid that :func:`plan_tiles` covers;
+    ``ValueError`` naming both pixel sizes when it would hold more than ``MAX_TILES`` tiles."""
+    height = math.ceil(shape[0] * to_member)
+    width = math.ceil(shape[1] * to_member)
+    stride = max(1, round(tile * (1 - overlap)))
+    count = tile_count(height, tile, stride) * tile_count(width, tile, stride)
+    if count > MAX_TILES:  # refused before any list is built: the lists alone would not fit
+        raise ValueError(
+            f"a {shape[0]} x {shape[1]} px slide at {to_member * pixel_size_um:.3g} um/px read "
+            f"at the model's {pixel_size_um:g} um/px is a {height} x {width} px grid of "
+            f"{count:.3g} tiles of {tile} px (at most {MAX_TILES}); check both pixel sizes"
+        )
+    return height, width, stride
+
+
 def plan_tiles(
     shape: tuple[int, int],
     to_member: float,
@@ -80,9 +107,7 @@ def plan_tiles(
     level-0 px. A tile is kept when ``tissue(y, x, h, w)`` (a level-0 box) says its *core*,
     the part no other tile covers more centrally, touches tissue: every tissue pixel is then
     predicted by the tile it is most central in."""
-    height = math.ceil(shape[0] * to_member)
-    width = math.ceil(shape[1] * to_member)
-    stride = max(1, round(tile * (1 - overlap)))
+    height, width, stride = tile_grid(shape, to_member, tile, overlap, pixel_size_um)
     ys_all, xs_all = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
     x_cores = tile_cores(xs_all, tile, width)
     rows, kept = [], 0

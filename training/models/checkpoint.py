@@ -23,11 +23,15 @@ from torch import nn
 from training.atomic import atomic_path
 from training.data.catalog import ORGANS
 from training.models.registry import build_from_config, list_models, resolve_config
+from training.slides import PLAUSIBLE_UM_PER_PX
 
 FORMAT = "napari-ftu-checkpoint"
 FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# A tile's side in px: a batch of TTA views of larger tiles does not fit a GPU, and the
+# engine's blend band is a tile high and a slide wide.
+MAX_TILE_SIZE = 4096
 
 
 class CheckpointError(ValueError):
@@ -210,13 +214,15 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         return CheckpointError(f"{where}: meta.{field} must be {must}; got {meta.get(field)!r}")
 
     size = meta.get("tile_size")
-    if not _is_integer(size) or size <= 0 or size % 32:
-        raise refuse("tile_size", "a positive multiple of 32")
+    if not _is_integer(size) or not 0 < size <= MAX_TILE_SIZE or size % 32:
+        raise refuse("tile_size", f"a positive multiple of 32, at most {MAX_TILE_SIZE}")
     checked["tile_size"] = int(size)
 
     pixel_size = meta.get("pixel_size_um")
-    if not _is_number(pixel_size) or pixel_size <= 0:
-        raise refuse("pixel_size_um", "a positive finite number of micrometres")
+    low, high = PLAUSIBLE_UM_PER_PX
+    if not _is_number(pixel_size) or not low <= pixel_size <= high:
+        must = f"a positive finite number of micrometres, {low:g} to {high:g}"
+        raise refuse("pixel_size_um", must)
     checked["pixel_size_um"] = float(pixel_size)
 
     for field in ("mean", "std"):
