@@ -90,11 +90,19 @@ def run_loop(viewer, qtbot, image, tiny_model, earlier, out: Path, errors) -> No
     trainer.add_earlier_folder(earlier)
     trainer.out.value = out.parent / "run"
     trainer.epochs.value, trainer.device.value, trainer.flags.value = 1, "cpu", TINY
+    trainer.start()  # 3 images leave one to validate on: a warning first, nothing started
+    assert not trainer.running and trainer.train_button.text == "Train anyway"
     trainer.start()
     qtbot.waitUntil(lambda: not trainer.running, timeout=RUN_TIMEOUT_MS)
     assert not errors, trainer.log.value
     new_model = out.parent / "run" / "best.pt"
-    assert segment.model.value == str(new_model)  # offered and selected
+    offered = [value for value in segment.model.choices if value == str(new_model)]
+    assert offered, segment.model.choices  # the new model is offered in "Segment FTUs"
+    if "not selected" in trainer.status.value:  # it scored below the tiny model it started from
+        assert segment.model.value == str(tiny_model), trainer.status.value
+        segment.model.value = str(new_model)  # the pathologist picks it all the same
+    else:  # at least as good on the same validation images: selected
+        assert segment.model.value == str(new_model), trainer.status.value
 
     segment.start()  # segment again, with the new model
     qtbot.waitUntil(lambda: not segment.running, timeout=RUN_TIMEOUT_MS)
