@@ -19,6 +19,7 @@ from napari_ftu._review_widget import ReviewWidget
 from napari_ftu._sample_data import SHARED_DATA_ENV, real_kidney_layers
 from napari_ftu._segment_widget import SegmentWidget, mask_name, probability_name
 from napari_ftu._train_widget import TrainWidget
+from napari_ftu.cli import build_viewer
 
 pytestmark = pytest.mark.gui
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -42,10 +43,11 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
     viewer.window._qt_window.resize(1400, 900)
     (image_data, image_kw, _), (truth, _, _) = kidney_layers
     image = viewer.add_image(image_data, **image_kw)
-    segment = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(segment, name="Segment FTUs", area="right")
-    review = ReviewWidget(viewer)
-    viewer.window.add_dock_widget(review, name="Review FTUs", area="right")
+    build_viewer(viewer, [])  # the widgets docked as the napari-ftu launcher docks them
+    segment, review, exporter, trainer = (
+        _docked(viewer, kind) for kind in (SegmentWidget, ReviewWidget, ExportWidget, TrainWidget)
+    )
+    qtbot.waitUntil(lambda: segment.native.isVisible())  # the launcher shows Segment first
     assert segment.organ.value == "kidney" and float(segment.pixel_size.value) > 0
     segment.start()
     qtbot.waitUntil(lambda: not segment.running, timeout=300_000)
@@ -71,14 +73,31 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
     assert outlined >= 0.6 * len(_objects(truth_on_screen)), "the mask misses the glomeruli"
     assert shown.mean() < 0.2  # and not everything else
 
+    canvas_width = viewer.window._qt_viewer.canvas.native.width()
     review.build_queue()  # (moves the camera to the most doubtful object)
-    qtbot.wait(100)  # the layout follows the new text
-    assert review.native.grab().save(str(out_dir / "plugin_review_widget.png"))
-    exporter, trainer = ExportWidget(viewer), TrainWidget(viewer)
-    for widget, name in ((exporter, "export"), (trainer, "train")):
-        viewer.window.add_dock_widget(widget, name=name, area="right", tabify=True)
-        qtbot.wait(50)
+    for widget, name in ((review, "review"), (exporter, "export"), (trainer, "train")):
+        _show_tab(widget)
+        qtbot.waitUntil(lambda widget=widget: widget.native.isVisible())
+        qtbot.wait(100)  # the layout follows the new text
         assert widget.native.grab().save(str(out_dir / f"plugin_{name}_widget.png"))
+    # no tab's text widens the dock over the canvas (the Train note once left it 10 px wide)
+    assert viewer.window._qt_viewer.canvas.native.width() >= 0.9 * canvas_width
+
+
+def _docked(viewer, kind):
+    """The widget of type ``kind`` that the launcher docked in ``viewer``."""
+    (widget,) = [w for w in viewer.window.dock_widgets.values() if isinstance(w, kind)]
+    return widget
+
+
+def _show_tab(widget) -> None:
+    """Bring the dock tab holding ``widget`` to the front."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.native
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    dock.raise_()
 
 
 def _on_canvas(viewer, layer, values: np.ndarray, canvas_shape) -> np.ndarray:
