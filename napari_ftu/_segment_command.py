@@ -39,8 +39,9 @@ def segment_parser() -> argparse.ArgumentParser:
         description="Segment FTUs in slides without a GUI. Writes OUT/train.csv (one RLE row per "
         "slide at level-0 size, id = file stem, written as each slide finishes) and, on request, "
         "label TIFFs and GeoJSON. Existing outputs are refused before any work unless "
-        "--overwrite. Under torchrun, each rank takes its share of the slides. Exit status: 2 "
-        "for bad input, 1 if a slide failed (the other slides' results are written).",
+        "--overwrite, and a row another run writes meanwhile is never replaced. Under "
+        "torchrun, each rank takes its share of the slides. Exit status: 2 for bad input, 1 if "
+        "a slide failed (the other slides' results are written).",
     )
     parser.add_argument("slides", nargs="+", type=Path)
     parser.add_argument("--organ", required=True, choices=ORGANS)
@@ -264,7 +265,6 @@ def _segment_slide(
 ) -> dict[str, Any]:
     """Segment one slide and write its results; its train.csv row last, as the mark of a slide
     done. Returns the row."""
-    from training.data.catalog import upsert_row
     from training.inference import run
     from training.inference.engine import working_map
     from training.inference.limits import describe
@@ -309,7 +309,7 @@ def _segment_slide(
         row = result_row(
             path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}
         )
-        if not args.overwrite:
+        if not args.overwrite:  # saves writing the files of a run whose row cannot be written
             _refuse_a_row_written_meanwhile(args.out, path.stem)
         if args.labels_tiff:
             target = args.out / f"{path.stem}.labels.tiff"
@@ -331,7 +331,7 @@ def _segment_slide(
             write_overlay(
                 args.out / f"{path.stem}.overlay.png", slide, labels, overwrite=args.overwrite
             )
-    upsert_row(args.out, row)
+    _write_row(args, row)
     log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)
     return row
 
@@ -365,17 +365,37 @@ class TileBar:
 
 def _refuse_a_row_written_meanwhile(out: Path, image_id: str) -> None:
     # Preflight found no row for this slide, but another run into the same folder may have
-    # written one since: replacing it would silently swap one run's result for another's.
+    # written one since. A look, not the guard (_write_row is): it spares that case the
+    # writing of this run's label TIFF, GeoJSON and overlay.
     from training.data.catalog import CSV_NAME, read_catalog
 
     csv_path = out / CSV_NAME
     if csv_path.exists() and image_id in set(
         read_catalog(csv_path, check_images=False, check_rle=False)["id"]
     ):
-        raise FileExistsError(
-            f"{csv_path}: row {image_id} was written by another run after this one started; "
-            "this run's results are not written (--overwrite replaces it)"
-        )
+        raise _row_taken(csv_path, image_id, "results are not written (--overwrite replaces it)")
+
+
+def _write_row(args: argparse.Namespace, row: dict[str, Any]) -> None:
+    # Without --overwrite, a row another run into the same folder wrote since preflight is
+    # refused under the folder's lock, in the same step as the write: replacing it would
+    # silently swap one run's result for another's.
+    from training.data.catalog import CSV_NAME, RowExistsError, upsert_row
+
+    try:
+        upsert_row(args.out, row, replace=args.overwrite)
+    except RowExistsError:
+        written = ", ".join(target.name for target in _result_files(args, row["id"]))
+        also = f", only its {written}" if written else ""
+        outcome = f"row is not written{also} (--overwrite replaces the row)"
+        raise _row_taken(args.out / CSV_NAME, row["id"], outcome) from None
+
+
+def _row_taken(csv_path: Path, image_id: str, outcome: str) -> FileExistsError:
+    return FileExistsError(
+        f"{csv_path}: row {image_id} was written by another run after this one started; "
+        f"this run's {outcome}"
+    )
 
 
 def _restore_lost_rows(out: Path, rows: list[dict[str, Any]]) -> None:
