@@ -204,6 +204,52 @@ def test_concurrent_writers_lose_no_rows(tmp_path):
     assert len(read_catalog(tmp_path)) == 60
 
 
+def test_a_row_not_to_be_replaced_is_refused_and_nothing_is_written(tmp_path):
+    upsert_row(tmp_path, row("a", rle="1 2"))
+    before = {name: (tmp_path / name).read_bytes() for name in folder_files(tmp_path)}
+    image = np.full((40, 50, 3), 7, np.uint8)
+    with pytest.raises(catalog.RowExistsError, match=r"train\.csv: row 'a' exists .*not replaced"):
+        upsert_row(tmp_path, row("a", rle="3 4"), image=image, replace=False)
+    assert {name: (tmp_path / name).read_bytes() for name in folder_files(tmp_path)} == before
+    upsert_row(tmp_path, row("b", rle="3 4"), replace=False)  # a new id is added
+    assert list(read_catalog(tmp_path)["rle"]) == ["1 2", "3 4"]
+
+
+def claim_rows(folder: Path, writer: str, count: int, start: object) -> None:
+    """Add rows ``0``..``count-1`` without replacing any, each marked with ``writer``; append
+    the ids this writer added to ``<folder>/../<writer>.won``."""
+    start.wait()  # the writers set off together, to race for every id
+    won = []
+    for index in range(count):
+        try:
+            upsert_row(folder, {**row(str(index)), "data_source": writer}, replace=False)
+        except catalog.RowExistsError:
+            continue
+        won.append(str(index))
+    (folder.parent / f"{writer}.won").write_text("\n".join(won))
+
+
+def test_of_two_writers_racing_for_each_row_exactly_one_adds_it(tmp_path):
+    """Issue 21, item 12: two runs into one folder each checked for the row, then wrote it;
+    the second silently replaced the first's. The check is now made under the write's lock."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    folder = tmp_path / "out"
+    writers = [
+        context.Process(target=claim_rows, args=(folder, name, 20, start)) for name in "pq"
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    won = {name: (tmp_path / f"{name}.won").read_text().split() for name in "pq"}
+    assert sorted(won["p"] + won["q"], key=int) == [str(i) for i in range(20)]
+    frame = read_catalog(folder).set_index("id")
+    assert all(frame.loc[i, "data_source"] == name for name in "pq" for i in won[name])
+    assert not (folder / "train.backup.csv").exists()  # no row was ever replaced
+
+
 def folder_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 

@@ -190,6 +190,33 @@ def test_a_row_another_run_wrote_meanwhile_is_not_replaced(workspace, tmp_path, 
     assert not (out / "slide.labels.tiff").exists()  # and none of this run's results
 
 
+def test_a_row_written_just_before_this_runs_row_is_not_replaced(
+    workspace, tmp_path, monkeypatch, capsys
+):
+    """The row appears after this run's last look at train.csv, while it writes its GeoJSON:
+    the check and the write of the row are one step under the folder's lock, so nothing can
+    come between them."""
+    root, slide = workspace
+    out = tmp_path / "out"
+    other = {"id": "slide", "organ": "kidney", "img_height": 256, "img_width": 256, "rle": "1 5"}
+    import training.inference.outputs
+
+    real_write_json = training.inference.outputs.write_json
+
+    def write_json_while_another_finishes(*args, **kwargs):
+        upsert_row(out, other)  # the other run, done just before this one writes its row
+        real_write_json(*args, **kwargs)
+
+    monkeypatch.setattr(training.inference.outputs, "write_json", write_json_while_another_finishes)
+    assert main(segment(slide, root / "model.pt", out, "--geojson")) == 1
+    assert list(read_catalog(out, check_images=False)["rle"]) == ["1 5"]  # the other run's row
+    assert not (out / "train.backup.csv").exists()  # was never replaced
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("napari-ftu segment: error: ")
+    for part in ("row slide was written by another run", "only its slide.geojson", "--overwrite"):
+        assert part in line
+
+
 # --- checkpoints and pixel sizes that would exhaust memory -------------------------------------
 
 

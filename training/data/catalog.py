@@ -5,9 +5,10 @@ across files: :func:`upsert_row` changes one row by id and its image together, t
 journal (:class:`training.atomic.FileGroup`), so a write killed at any point leaves the folder
 as it was or as it was to be: the next reader or writer finishes a committed write and removes
 what an uncommitted one left. A replaced row is kept in ``train.backup.csv`` and a replaced
-image in ``train_images/.backup/``, so an export never silently loses an earlier correction.
-Writers take turns through a lock file beside the CSV (``.train.csv.lock``) that exists only
-while one writes.
+image in ``train_images/.backup/``, so an export never silently loses an earlier correction;
+with ``replace=False`` an existing row is refused instead, under the lock, so that two writers
+of one id cannot silently replace each other's row. Writers take turns through a lock file
+beside the CSV (``.train.csv.lock``) that exists only while one writes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "COLUMNS",
     "ORGANS",
     "CatalogError",
+    "RowExistsError",
     "catalog_paths",
     "check_id",
     "image_path",
@@ -68,6 +70,10 @@ _OLD_IMAGE_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp\.tiff$")
 
 class CatalogError(ValueError):
     """A dataset folder or ``train.csv`` that does not follow the format."""
+
+
+class RowExistsError(CatalogError):
+    """``upsert_row(..., replace=False)`` found a row of that id: nothing was written."""
 
 
 class _SizeMismatch(CatalogError):
@@ -187,7 +193,11 @@ def write_catalog(location: str | os.PathLike, frame: pd.DataFrame) -> Path:
 
 
 def upsert_row(
-    location: str | os.PathLike, row: Mapping[str, object], image: np.ndarray | None = None
+    location: str | os.PathLike,
+    row: Mapping[str, object],
+    image: np.ndarray | None = None,
+    *,
+    replace: bool = True,
 ) -> pd.DataFrame:
     """Add or replace the row whose ``id`` matches ``row["id"]``; return the new catalogue.
 
@@ -197,7 +207,9 @@ def upsert_row(
     ``img_width`` are taken from it; a replaced image is kept under ``train_images/.backup/``
     (named in the backup row's ``image_backup``). Without ``image``, a row whose size is not
     that of the id's image already in the folder is refused. Row and image change together:
-    a kill at any point leaves the old row and image or the new ones.
+    a kill at any point leaves the old row and image or the new ones. With ``replace=False``, a
+    row of that id already in the catalogue is a ``RowExistsError`` and nothing is written: the
+    check and the write happen under one lock, so of two such writers exactly one adds the row.
     """
     csv_path, image_dir = catalog_paths(location)
     record = dict(row)
@@ -221,7 +233,7 @@ def upsert_row(
     with _writer_turn(csv_path, image_dir):
         group = FileGroup(_journal_path(csv_path))
         try:
-            frame = _merge_row(group, csv_path, image_dir, record, image)
+            frame = _merge_row(group, csv_path, image_dir, record, image, replace=replace)
             group.commit()
         finally:
             group.discard()
@@ -252,6 +264,8 @@ def _merge_row(
     image_dir: Path,
     record: dict[str, object],
     image: np.ndarray | None,
+    *,
+    replace: bool,
 ) -> pd.DataFrame:
     """Stage the new CSV, backup CSV and image in ``group``; return the new catalogue."""
     new_row = pd.DataFrame([record])
@@ -262,6 +276,10 @@ def _merge_row(
         frame = pd.DataFrame(columns=list(COLUMNS))
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
     existing = frame.index[frame["id"] == record["id"]]
+    if len(existing) and not replace:
+        raise RowExistsError(
+            f"{csv_path}: row {record['id']!r} exists and is not replaced (nothing written)"
+        )
     kept_image = ""
     if image is not None:
         kept_image = _stage_image(group, csv_path, image_dir, record, image)
