@@ -149,3 +149,43 @@ def test_a_region_write_killed_part_way_is_completed_on_reopening(
     assert np.array_equal(reopened.store.labels_array(), expected)
     assert_overview_matches(reopened)
     assert not (reopened.store.location / "region-journal.npz").exists()
+
+
+def test_a_version_2_store_saves_into_a_second_copy_and_reopens(tmp_path):
+    from training.review.store import MaskStore
+
+    location = tmp_path / "m.ftu.zarr"
+    store = MaskStore.create(location, (300, 520), 1.0, 1.0, {})
+    first = np.zeros((300, 520), np.int32)
+    first[10:40, 10:40] = 1
+    store.set_model(first)
+    store._update_attrs(version=2)  # as written before generations: no 'generation' attribute
+    second = first.copy()
+    second[100:130, 400:450] = 2
+    MaskStore.open(location).set_model(first, second)
+
+    reopened = MaskStore.open(location)
+    reopened.verify()
+    assert reopened.generation == 1 and reopened._attrs["version"] == 3
+    assert np.array_equal(reopened.labels_array(), second)
+    assert np.array_equal(reopened.model_array(), first)
+
+
+def test_a_store_from_a_newer_version_or_a_stray_journal_is_a_named_error(tmp_path):
+    from training.review import durable
+    from training.review.store import MaskStore, MaskStoreError
+
+    location = tmp_path / "m.ftu.zarr"
+    store = MaskStore.create(location, (300, 520), 1.0, 1.0, {})
+    store.set_model(np.ones((300, 520), np.int32))
+    crop = np.zeros((10, 10), np.int32)
+    durable.write_journal(location, origin=np.array([0, 0, 1]), crop=crop)  # generation 1
+    with pytest.raises(MaskStoreError, match="region journal for generation 1, not the saved"):
+        MaskStore.open(location)
+    (location / durable.JOURNAL).write_bytes(b"not a journal")
+    with pytest.raises(MaskStoreError, match="unreadable region journal"):
+        MaskStore.open(location)
+    (location / durable.JOURNAL).unlink()
+    store._update_attrs(version=4)
+    with pytest.raises(MaskStoreError, match="format version 4, newer than this napari-ftu"):
+        MaskStore.open(location)
