@@ -189,3 +189,18 @@ def test_a_store_from_a_newer_version_or_a_stray_journal_is_a_named_error(tmp_pa
     store._update_attrs(version=4)
     with pytest.raises(MaskStoreError, match="format version 4, newer than this napari-ftu"):
         MaskStore.open(location)
+
+
+def test_a_save_removes_the_temporary_files_of_a_save_killed_before(tmp_path):
+    from training.review.store import MaskStore
+
+    location = tmp_path / "m.ftu.zarr"
+    store = MaskStore.create(location, (300, 520), 1.0, 1.0, {})
+    labels = np.ones((300, 520), np.int32)
+    store.set_model(labels)
+    store.set_model(labels)  # generation 1 made and in use; the next save writes generation 0
+    stale = location / "labels" / "c" / "0" / "0.5f3e.partial"  # zarr's name for a chunk cut off
+    stale.write_bytes(b"half a chunk")
+    store.set_model(labels * 2)
+    assert not stale.exists()
+    assert np.array_equal(MaskStore.open(location).labels_array(), labels * 2)

@@ -39,6 +39,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ class MaskStore:
         self._group = group
         self._attrs: dict[str, Any] = dict(group.attrs)
         self.settings = _Settings(self)
+        # the autosave's commit (a thread) and a setting changed meanwhile rewrite one zarr.json
+        self._attrs_lock = threading.Lock()
 
     # ---- making and opening --------------------------------------------------------------------
 
@@ -276,6 +279,9 @@ class MaskStore:
         # before any model there is nothing to keep: the current generation is written
         target = 1 - self.generation if self.has_model else self.generation
         self._require_generation(target)
+        for name in [*ARRAYS, *self._overview_names()]:  # files of saves killed before
+            for stale in (self.location / self._path(name, target)).rglob("*.partial"):
+                stale.unlink(missing_ok=True)
         self._get("model", target)[...] = model_labels
         self._get("labels", target)[...] = labels
         for level, name in enumerate(self._overview_names(), start=1):
@@ -412,6 +418,8 @@ class MaskStore:
             raise MaskStoreDamaged(
                 self.location, "", None, f"left an unreadable region journal ({exc})"
             ) from exc
+        for stale in self.location.glob(f".{durable.JOURNAL}.*.partial"):  # killed mid-way
+            stale.unlink(missing_ok=True)
         if journal is None:
             return
         y, x, generation = (int(v) for v in journal["origin"])
@@ -529,8 +537,9 @@ class MaskStore:
             )
 
     def _update_attrs(self, **values: Any) -> None:
-        self._group.attrs.update(values)
-        self._attrs.update(values)
+        with self._attrs_lock:
+            self._group.attrs.update(values)
+            self._attrs.update(values)
 
     def _box(self, y: int, x: int, h: int, w: int) -> tuple[slice, slice]:
         height, width = self.shape
