@@ -183,7 +183,7 @@ def test_a_store_from_a_newer_version_or_a_stray_journal_is_a_named_error(tmp_pa
     with pytest.raises(MaskStoreError, match="region journal for generation 1, not the saved"):
         MaskStore.open(location)
     (location / durable.JOURNAL).write_bytes(b"not a journal")
-    with pytest.raises(MaskStoreError, match="unreadable region journal"):
+    with pytest.raises(MaskStoreError, match="an unreadable region journal"):
         MaskStore.open(location)
     (location / durable.JOURNAL).unlink()
     store._update_attrs(version=4)
@@ -204,3 +204,16 @@ def test_a_save_removes_the_temporary_files_of_a_save_killed_before(tmp_path):
     store.set_model(labels * 2)
     assert not stale.exists()
     assert np.array_equal(MaskStore.open(location).labels_array(), labels * 2)
+
+
+def test_a_save_cut_short_by_an_older_version_is_named_and_set_aside(tmp_path):
+    from training.review.store import MaskStoreError, store_location
+
+    slide, session = saved_slide(tmp_path, 1)
+    store = session.store
+    store._update_attrs(version=2)  # as an older napari-ftu saved it ...
+    store._update_attrs(has_model=False)  # ... and left it, killed in the middle of a save
+    with pytest.raises(MaskStoreError, match="was being saved when napari-ftu stopped"):
+        saved_session(layer_of(slide))
+    aside = store_location(slide).with_name(store_location(slide).name + ".damaged-1")
+    assert aside.is_dir() and not store_location(slide).exists()

@@ -40,6 +40,7 @@ import os
 import secrets
 import shutil
 import threading
+import zipfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ class MaskStore:
             )
         store = cls(location, group)
         store._check_arrays()
+        store._check_not_cut_short()
         store._finish_region_write()
         store._check_chunks()
         if slide_identity is not None:
@@ -410,19 +412,39 @@ class MaskStore:
             for index, _ in chunk_regions(array, box)
         )
 
+    def _check_not_cut_short(self) -> None:
+        """A store written before version 3 marked itself as without a model while a save
+        rewrote its labels in place: one left so with labels on disk was cut short, and may
+        hold a mix of two saves. :class:`MaskStoreDamaged` (it is set aside, never used)."""
+        if self.has_model or int(self._attrs.get("version", 1)) >= 3:
+            return
+        if any((self.location / name / "c").is_dir() for name in ARRAYS):
+            raise MaskStoreDamaged(
+                self.location,
+                "labels",
+                None,
+                "was being saved when napari-ftu stopped (the store, written by an older "
+                "napari-ftu, says it has no labels; those on disk may mix two saves)",
+            )
+
     def _finish_region_write(self) -> None:
         """Write again the crop of a region write that a kill cut short (its journal is left)."""
-        try:
-            journal = durable.read_journal(self.location)
-        except (OSError, ValueError, KeyError) as exc:
-            raise MaskStoreDamaged(
-                self.location, "", None, f"left an unreadable region journal ({exc})"
-            ) from exc
         for stale in self.location.glob(f".{durable.JOURNAL}.*.partial"):  # killed mid-way
             stale.unlink(missing_ok=True)
+        try:
+            journal = durable.read_journal(self.location)
+            if journal is not None:
+                y, x, generation = (int(v) for v in journal["origin"])
+                crop = self._as_labels(journal["crop"], shape=journal["crop"].shape)
+                self._box(y, x, *crop.shape)  # 2-D and inside the labels
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+            raise MaskStoreError(
+                f"the mask store {self.location} has an unreadable region journal "
+                f"({type(exc).__name__}: {exc}); move {durable.JOURNAL} aside to open it (the "
+                "region last applied may be half written)"
+            ) from exc
         if journal is None:
             return
-        y, x, generation = (int(v) for v in journal["origin"])
         if generation != self.generation or not self.has_model:
             raise MaskStoreError(
                 f"the mask store {self.location} has a region journal for generation "
@@ -431,7 +453,7 @@ class MaskStore:
             )
         log.warning("%s: completing a region write cut short at (%d, %d)", self.location, y, x)
         try:
-            self._write_crop(self._array("labels"), y, x, journal["crop"])
+            self._write_crop(self._array("labels"), y, x, crop)
         except OSError as exc:
             raise MaskStoreError(
                 f"the mask store {self.location} has a region write cut short that cannot be "
