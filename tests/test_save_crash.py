@@ -112,6 +112,7 @@ def assert_overview_matches(session) -> None:
 # saves: 1, the second copy is made by the save killed; 2, the older copy is overwritten.
 # kill_after: of 15 chunks (6 of the model, 6 of the labels, 3 of the overview); 15: the
 # arrays written, the save not yet committed
+@pytest.mark.slow  # a child process per case (about 3 s)
 @pytest.mark.parametrize(("saves", "kill_after"), [(1, 7), (2, 1), (2, 7), (2, 15)])
 def test_an_autosave_killed_part_way_reopens_as_the_last_save(tmp_path, saves, kill_after):
     slide, session = saved_slide(tmp_path, saves)
@@ -129,6 +130,7 @@ def test_an_autosave_killed_part_way_reopens_as_the_last_save(tmp_path, saves, k
     assert_overview_matches(reopened)
 
 
+@pytest.mark.slow  # a child process per case (about 3 s)
 @pytest.mark.parametrize("kill_after", [1, 3])  # of 4 chunks of the labels, then the overview
 def test_a_region_write_killed_part_way_is_completed_on_reopening(
     tmp_path, monkeypatch, kill_after
