@@ -133,7 +133,9 @@ def open_session(slide: Path):
     """The slide's saved session, opened as the widget opens it."""
     from napari_ftu._ftu_layers import saved_session
 
-    return saved_session(SimpleNamespace(name="kidney", metadata={"path": str(slide)}))
+    level0 = np.broadcast_to(np.uint8(0), (*SHAPE, 3))  # what _check_covers reads of it
+    layer = SimpleNamespace(name="kidney", metadata={"path": str(slide)}, multiscale=False)
+    return saved_session(SimpleNamespace(**vars(layer), data=level0))
 
 
 def read_session_arrays(session) -> dict[str, np.ndarray]:

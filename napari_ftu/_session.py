@@ -190,8 +190,7 @@ class FTUSession:
         if not self.grid.direct_edit and not self.store.has_model:  # a first run: no edits
             new_labels = probability_to_labels(self.probability, threshold, min_area_px)
             self.threshold, self.min_area_um2 = threshold, min_area_um2
-            self.store.set_model(new_labels, new_labels)
-            self._save_settings()
+            self.store.set_model(new_labels, new_labels, self._settings())
             return
         unedited = (
             np.array_equal(self.labels, self.reference)
@@ -220,8 +219,7 @@ class FTUSession:
             self.labels[...] = _fits(new_labels)  # in place: the layer keeps its data object
             self.reference = reference  # saved by the next save(), off the slider's path
         else:
-            self.store.set_model(reference, new_labels)
-            self._save_settings()
+            self.store.set_model(reference, new_labels, self._settings())
         # what a status line can show at once, without counting (None: count them)
         self.derived_counts = Counts(count, 0, 0) if count is not None else None
 
@@ -319,8 +317,8 @@ class FTUSession:
             raise MaskStoreError(self.save_error) from failed
 
     def _write(self, reference: np.ndarray, labels: np.ndarray, settings: dict) -> None:
-        self.store.set_model(reference, labels)
-        self.store.settings.update(settings)
+        # one commit for labels and settings: a kill leaves the last save whole (MaskStore)
+        self.store.set_model(reference, labels, settings)
         self.save_error = None
 
     def _save_settings(self) -> None:

@@ -9,7 +9,21 @@ longer finds an object), both int32 at the working scale, chunks of 1024 x 1024,
 ``overview/2``, ... the labels downsampled 2x, 4x, ... (nearest neighbour) until the long side
 is at most 1024 px, for a read-only multiscale Labels layer. Attributes: ``format``,
 ``shape``, ``pixel_size_um`` (of the working scale), ``downsample`` (level-0 px per working px),
-``slide_identity``, ``settings`` (threshold, min area, ...), ``next_id`` and ``has_model``.
+``slide_identity``, ``settings`` (threshold, min area, ...), ``next_id``, ``has_model`` and
+``generation``.
+
+A save interrupted by a kill or a power loss never loses the last complete save. Since version 3
+the labels, the model and the overview levels are kept twice: generation 0 at the top of the
+group (where versions 1 and 2 keep them) and generation 1 in the group ``generation1``. The
+attribute ``generation`` names the one that holds the saved labels; :meth:`MaskStore.set_model`
+writes the other one whole, flushes it to the disk and then commits it by one attribute update
+(zarr writes ``zarr.json`` to a temporary file renamed into place: old or new, never torn). A
+kill before the commit leaves the previous save; after it, the new one. A region write
+(:meth:`MaskStore.write_region`, for a slide too large to rewrite whole) changes the saved
+generation in place: the crop it writes is first written, flushed, to a journal
+(``region-journal.npz``), and a store opened with a journal left behind writes that crop again
+before it is used, so a region is never half written. The second generation costs one more
+(compressed) copy of the labels and the model, never of the probability.
 
 A store is never silently applied to the wrong slide (its identity is checked) and never reads
 missing arrays or chunks as background: since version 2 every chunk is written, empty ones too
@@ -25,17 +39,20 @@ import logging
 import os
 import secrets
 import shutil
+import threading
+import zipfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.review import edits
+from training.review import durable, edits
 from training.review.integrity import (
     MaskStoreDamaged,
     MaskStoreError,
     check_present,
+    chunk_regions,
     identity_differences,
     read_checked,
     slide_identity,
@@ -55,7 +72,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "napari-ftu mask store"
-VERSION = 2  # 2: every chunk written (a missing one is damage, not background)
+VERSION = 3  # 2: every chunk written (a missing one is damage, not background); 3: generations
+SECOND = "generation1"  # the group that holds generation 1
 CHUNK = 1024
 OVERVIEW_SIDE = 1024  # the smallest overview level's long side is at most this
 ROWS = 1024  # rows per band when whole arrays are compared
@@ -85,6 +103,8 @@ class MaskStore:
         self._group = group
         self._attrs: dict[str, Any] = dict(group.attrs)
         self.settings = _Settings(self)
+        # the autosave's commit (a thread) and a setting changed meanwhile rewrite one zarr.json
+        self._attrs_lock = threading.Lock()
 
     # ---- making and opening --------------------------------------------------------------------
 
@@ -164,8 +184,15 @@ class MaskStore:
             raise MaskStoreDamaged(location, "", None, problem) from exc
         if group.attrs.get("format") != FORMAT:
             raise MaskStoreError(f"{location} is not a napari-ftu mask store")
+        if int(group.attrs.get("version", 1)) > VERSION:
+            raise MaskStoreError(
+                f"the mask store {location} has format version {group.attrs['version']}, newer "
+                f"than this napari-ftu reads ({VERSION}); update napari-ftu to open it"
+            )
         store = cls(location, group)
         store._check_arrays()
+        store._check_not_cut_short()
+        store._finish_region_write()
         store._check_chunks()
         if slide_identity is not None:
             store._check_identity(slide_identity)
@@ -229,23 +256,49 @@ class MaskStore:
         """Whether :meth:`set_model` has completed (before that there are no labels)."""
         return bool(self._attrs["has_model"])
 
+    @property
+    def generation(self) -> int:
+        """Which copy of the labels and the model holds the last complete save (0 or 1)."""
+        return int(self._attrs.get("generation", 0))
+
     # ---- reading and writing -------------------------------------------------------------------
 
-    def set_model(self, model_labels: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def set_model(
+        self,
+        model_labels: np.ndarray,
+        labels: np.ndarray | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         """Store the model's labels and the current labels (by default the model's), whole,
-        with the overview levels; the attributes are updated after the arrays, so an
-        interrupted write leaves a store that says it has no model."""
+        with the overview levels, and ``settings`` (merged into :attr:`settings`) with them.
+
+        They are written into the generation not in use and committed by one attribute update
+        once on disk, so a save interrupted at any point leaves the previous one (see the
+        module's docstring)."""
         model_labels = self._as_labels(model_labels, erased=True)
         labels = model_labels.clip(0) if labels is None else self._as_labels(labels)
         self._check_arrays()
-        self._update_attrs(has_model=False)
-        self._get("model")[...] = model_labels
-        self._get("labels")[...] = labels
-        for level, array in enumerate(self._overview_arrays(), start=1):
+        # before any model there is nothing to keep: the current generation is written
+        target = 1 - self.generation if self.has_model else self.generation
+        self._require_generation(target)
+        for name in [*ARRAYS, *self._overview_names()]:  # files of saves killed before
+            for stale in (self.location / self._path(name, target)).rglob("*.partial"):
+                stale.unlink(missing_ok=True)
+        self._get("model", target)[...] = model_labels
+        self._get("labels", target)[...] = labels
+        for level, name in enumerate(self._overview_names(), start=1):
             step = 2**level
-            array[...] = labels[::step, ::step]
+            self._get(name, target)[...] = labels[::step, ::step]
+        for name in [*ARRAYS, *self._overview_names()]:
+            durable.sync_tree(self.location / self._path(name, target))
         top = max(int(model_labels.max(initial=0)), int(labels.max(initial=0)))
-        self._update_attrs(has_model=True, next_id=top + 1)
+        commit: dict[str, Any] = {"has_model": True, "next_id": top + 1, "generation": target}
+        if self._every_chunk:  # a version-1 store may lack empty probability chunks: stays 1
+            commit["version"] = VERSION
+        if settings:
+            commit["settings"] = {**self._attrs.get("settings", {}), **settings}
+        self._update_attrs(**commit)
+        durable.sync_files([self.location / "zarr.json"])
 
     def read(self, y: int, x: int, h: int, w: int, which: str = "labels") -> np.ndarray:
         """The ``h`` x ``w`` crop at ``(y, x)`` of ``labels`` or ``model``."""
@@ -276,7 +329,8 @@ class MaskStore:
             names += [*ARRAYS, *self._overview_names()]
         for name in names:
             self._check_present(name)
-            verify_array(self.location, name, self._get(name), present=self._every_chunk)
+            path = self._path(name)
+            verify_array(self.location, path, self._get(name), present=self._every_chunk)
 
     def write_region(self, y: int, x: int, new: np.ndarray, old: np.ndarray) -> np.ndarray:
         """Write the edited crop ``new`` at ``(y, x)`` and return it as written.
@@ -285,7 +339,8 @@ class MaskStore:
         writer changed it and this write would undo their edits). Ids in ``new`` but not in
         ``old`` are objects painted in the crop: they are given fresh ids from ``next_id`` so
         they never collide with objects elsewhere in the slide. The overview levels are updated
-        for this region only.
+        for this region only. The crop is journaled first, so a write cut short is completed
+        when the store is next opened (see the module's docstring).
         """
         new, old = np.asarray(new), np.asarray(old)
         if new.shape != old.shape:
@@ -306,9 +361,10 @@ class MaskStore:
             # reserve the ids before writing: a crash leaves a gap, never a reused id
             self._update_attrs(next_id=first + len(painted))
             renumber(written, painted, first)
-        labels[box] = written
-        for level, array in enumerate(self._overview_arrays(), start=1):
-            _write_downsampled(array, y, x, written, 2**level)
+        origin = np.array([y, x, self.generation], np.int64)
+        durable.write_journal(self.location, origin=origin, crop=written)
+        self._write_crop(labels, y, x, written)
+        durable.clear_journal(self.location)
         return written
 
     def probability(self) -> Any:
@@ -342,6 +398,89 @@ class MaskStore:
 
     # ---- internals -----------------------------------------------------------------------------
 
+    def _write_crop(self, labels: Any, y: int, x: int, crop: np.ndarray) -> None:
+        """Write ``crop`` at ``(y, x)`` into the labels and the overview levels, flushed."""
+        labels[self._box(y, x, *crop.shape)] = crop
+        touched = [("labels", labels, self._box(y, x, *crop.shape))]
+        for level, array in enumerate(self._overview_arrays(), start=1):
+            box = _write_downsampled(array, y, x, crop, 2**level)
+            if box is not None:
+                touched.append((f"overview/{level}", array, box))
+        durable.sync_files(
+            self.location / self._path(name) / array.metadata.encode_chunk_key(index)
+            for name, array, box in touched
+            for index, _ in chunk_regions(array, box)
+        )
+
+    def _check_not_cut_short(self) -> None:
+        """A store written before version 3 marked itself as without a model while a save
+        rewrote its labels in place: one left so with labels on disk was cut short, and may
+        hold a mix of two saves. :class:`MaskStoreDamaged` (it is set aside, never used)."""
+        if self.has_model or int(self._attrs.get("version", 1)) >= 3:
+            return
+        if any((self.location / name / "c").is_dir() for name in ARRAYS):
+            raise MaskStoreDamaged(
+                self.location,
+                "labels",
+                None,
+                "was being saved when napari-ftu stopped (the store, written by an older "
+                "napari-ftu, says it has no labels; those on disk may mix two saves)",
+            )
+
+    def _finish_region_write(self) -> None:
+        """Write again the crop of a region write that a kill cut short (its journal is left)."""
+        for stale in self.location.glob(f".{durable.JOURNAL}.*.partial"):  # killed mid-way
+            stale.unlink(missing_ok=True)
+        try:
+            journal = durable.read_journal(self.location)
+            if journal is not None:
+                y, x, generation = (int(v) for v in journal["origin"])
+                crop = self._as_labels(journal["crop"], shape=journal["crop"].shape)
+                self._box(y, x, *crop.shape)  # 2-D and inside the labels
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+            raise MaskStoreError(
+                f"the mask store {self.location} has an unreadable region journal "
+                f"({type(exc).__name__}: {exc}); move {durable.JOURNAL} aside to open it (the "
+                "region last applied may be half written)"
+            ) from exc
+        if journal is None:
+            return
+        if generation != self.generation or not self.has_model:
+            raise MaskStoreError(
+                f"the mask store {self.location} has a region journal for generation "
+                f"{generation}, not the saved one ({self.generation}); move "
+                f"{durable.JOURNAL} aside to open it without that region's last edit"
+            )
+        log.warning("%s: completing a region write cut short at (%d, %d)", self.location, y, x)
+        try:
+            self._write_crop(self._array("labels"), y, x, crop)
+        except OSError as exc:
+            raise MaskStoreError(
+                f"the mask store {self.location} has a region write cut short that cannot be "
+                f"completed ({exc}); open it where it can be written"
+            ) from exc
+        durable.clear_journal(self.location)
+
+    def _require_generation(self, generation: int) -> None:
+        """Create the arrays of ``generation`` that are not on disk (generation 1 of a store
+        saved before version 3)."""
+        names = [*ARRAYS, *self._overview_names()]
+        for name in names:
+            path = self._path(name, generation)
+            if not (self.location / path / "zarr.json").is_file():
+                shape = (
+                    self.shape
+                    if name in ARRAYS
+                    else overview_shapes(self.shape)[int(name.split("/")[1]) - 1]
+                )
+                _create_int_array(self._group, path, shape, overwrite=True)
+
+    def _path(self, name: str, generation: int | None = None) -> str:
+        """Where an array lies in the group: labels, model and overview levels in the saved
+        generation (or ``generation``)."""
+        generation = self.generation if generation is None else generation
+        return f"{SECOND}/{name}" if generation and name != PROBABILITY else name
+
     def _array(self, which: str) -> Any:
         if which not in ARRAYS:
             raise ValueError(f"which must be one of {ARRAYS}; got {which!r}")
@@ -350,9 +489,9 @@ class MaskStore:
             raise MaskStoreError(f"the mask store {self.location} has no labels yet (no model)")
         return self._get(which)
 
-    def _get(self, name: str) -> Any:
+    def _get(self, name: str, generation: int | None = None) -> Any:
         # the array configuration is not stored: every opening asks again for every chunk
-        return self._group[name].with_config(EVERY_CHUNK)
+        return self._group[self._path(name, generation)].with_config(EVERY_CHUNK)
 
     @property
     def _every_chunk(self) -> bool:
@@ -360,7 +499,8 @@ class MaskStore:
 
     def _read(self, which: str, box: tuple[slice, slice]) -> np.ndarray:
         array = self._array(which)
-        return read_checked(self.location, which, array, box, present=self._every_chunk)
+        path = self._path(which)
+        return read_checked(self.location, path, array, box, present=self._every_chunk)
 
     def _overview_names(self) -> list[str]:
         return [f"overview/{level}" for level in range(1, len(overview_shapes(self.shape)) + 1)]
@@ -373,9 +513,12 @@ class MaskStore:
     def _check_present(self, name: str) -> None:
         # An opened zarr array reads a deleted chunk as its fill value (0, background): look
         # for the array's metadata on disk at every use, so a deleted store raises instead.
-        if not (self.location / name / "zarr.json").is_file():
+        if not (self.location / self._path(name) / "zarr.json").is_file():
             raise MaskStoreDamaged(
-                self.location, name, None, "is missing (deleted?); its labels cannot be read"
+                self.location,
+                self._path(name),
+                None,
+                "is missing (deleted?); its labels cannot be read",
             )
 
     def _check_chunks(self) -> None:
@@ -385,7 +528,7 @@ class MaskStore:
             return
         names = [PROBABILITY, *ARRAYS, *self._overview_names()] if self.has_model else [PROBABILITY]
         for name in names:
-            check_present(self.location, name, self._group[name], None)
+            check_present(self.location, self._path(name), self._group[self._path(name)], None)
 
     def _check_arrays(self) -> None:
         expected = {name: self.shape for name in ARRAYS}
@@ -397,10 +540,10 @@ class MaskStore:
         for name, shape in expected.items():
             self._check_present(name)
             try:
-                array = self._group[name]
+                array = self._group[self._path(name)]
             except (KeyError, ValueError) as exc:
                 problem = f"has unreadable metadata ({type(exc).__name__}: {exc})"
-                raise MaskStoreDamaged(self.location, name, None, problem) from exc
+                raise MaskStoreDamaged(self.location, self._path(name), None, problem) from exc
             if tuple(array.shape) != shape or array.dtype != np.int32:
                 raise MaskStoreError(
                     f"the mask store {self.location} has a malformed {name!r}: "
@@ -416,8 +559,9 @@ class MaskStore:
             )
 
     def _update_attrs(self, **values: Any) -> None:
-        self._group.attrs.update(values)
-        self._attrs.update(values)
+        with self._attrs_lock:
+            self._group.attrs.update(values)
+            self._attrs.update(values)
 
     def _box(self, y: int, x: int, h: int, w: int) -> tuple[slice, slice]:
         height, width = self.shape
@@ -483,23 +627,33 @@ def renumber(labels: np.ndarray, ids: np.ndarray, first: int) -> None:
     labels[mask] = first + np.searchsorted(ids, labels[mask])
 
 
-def _create_int_array(group: Any, name: str, shape: tuple[int, int]) -> Any:
+def _create_int_array(
+    group: Any, name: str, shape: tuple[int, int], overwrite: bool = False
+) -> Any:
     chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
     return group.create_array(
-        name, shape=shape, chunks=chunks, dtype="int32", fill_value=0, config=EVERY_CHUNK
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype="int32",
+        fill_value=0,
+        config=EVERY_CHUNK,
+        overwrite=overwrite,
     )
 
 
-def _write_downsampled(level: Any, y: int, x: int, crop: np.ndarray, step: int) -> None:
+def _write_downsampled(
+    level: Any, y: int, x: int, crop: np.ndarray, step: int
+) -> tuple[slice, slice] | None:
     """Write into an overview level (every ``step``-th pixel of level 0) the pixels it takes
-    from ``crop``, placed at ``(y, x)`` in level 0."""
+    from ``crop``, placed at ``(y, x)`` in level 0; the box written (``None``: none)."""
     rows = (-(-y // step), -(-(y + crop.shape[0]) // step))
     cols = (-(-x // step), -(-(x + crop.shape[1]) // step))
     if rows[1] <= rows[0] or cols[1] <= cols[0]:
-        return
-    level[rows[0] : rows[1], cols[0] : cols[1]] = crop[
-        rows[0] * step - y :: step, cols[0] * step - x :: step
-    ]
+        return None
+    box = slice(*rows), slice(*cols)
+    level[box] = crop[rows[0] * step - y :: step, cols[0] * step - x :: step]
+    return box
 
 
 def _same(a: Any, b: Any) -> bool:
