@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from training.inference.postprocess import probability_to_labels
-from training.review import integrity
+from training.review import integrity, layout
 from training.review import location as review_location
-from training.review import store as review_store
 from training.review.corrections import (
     Change,
     apply_change,
@@ -428,7 +427,7 @@ def test_store_refuses_another_slide_version_and_missing_arrays(slide: Path) -> 
 def chunked_store(location: Path, slide: Path, monkeypatch: pytest.MonkeyPatch) -> MaskStore:
     """A store of 300 x 1100 in chunks of 64 (5 x 18 chunks, most of them empty; an overview
     level of 3 x 9) with a model and an edit."""
-    monkeypatch.setattr(review_store, "CHUNK", 64)
+    monkeypatch.setattr(layout, "CHUNK", 64)
     store = small_store(location, slide, (300, 1100))
     store.set_model(store_labels((300, 1100)))
     old = store.read(64, 320, 64, 64)

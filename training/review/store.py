@@ -1,36 +1,20 @@
 """The slide's mask store: a zarr v3 group on disk, so edits persist and come back when the
-slide is reopened.
+slide is reopened. :class:`MaskStore` makes, opens, checks and reads it; the pieces it is made
+of live beside it:
 
-Layout: ``labels`` (the current labels, with the pathologist's edits) and ``model`` (the
-model's labels, where -1 marks pixels a pathologist erased, remembered even where the model no
-longer finds an object), both int32 at the working scale, chunks of 1024 x 1024, fill 0;
-``probability`` (float32, the model's probability, so thresholds can be tuned after reopening);
-``overview/1``,
-``overview/2``, ... the labels downsampled 2x, 4x, ... (nearest neighbour) until the long side
-is at most 1024 px, for a read-only multiscale Labels layer. Attributes: ``format``,
-``shape``, ``pixel_size_um`` (of the working scale), ``downsample`` (level-0 px per working px),
-``slide_identity``, ``settings`` (threshold, min area, ...), ``next_id``, ``has_model`` and
-``generation``.
-
-A save interrupted by a kill or a power loss never loses the last complete save. Since version 3
-the labels, the model and the overview levels are kept twice: generation 0 at the top of the
-group (where versions 1 and 2 keep them) and generation 1 in the group ``generation1``. The
-attribute ``generation`` names the one that holds the saved labels; :meth:`MaskStore.set_model`
-writes the other one whole, flushes it to the disk and then commits it by one attribute update
-(zarr writes ``zarr.json`` to a temporary file renamed into place: old or new, never torn). A
-kill before the commit leaves the previous save; after it, the new one. A region write
-(:meth:`MaskStore.write_region`, for a slide too large to rewrite whole) changes the saved
-generation in place: the crop it writes is first written, flushed, to a journal
-(``region-journal.npz``), and a store opened with a journal left behind writes that crop again
-before it is used, so a region is never half written. The second generation costs one more
-(compressed) copy of the labels and the model, never of the probability.
+- :mod:`training.review.layout`: the arrays and attributes on disk, the format version;
+- :mod:`training.review.generations`: the two copies of the labels, so a save interrupted by a
+  kill or a power loss never loses the last complete save;
+- :mod:`training.review.regions`: region writes in place through a journal, never half written;
+- :mod:`training.review.settings`: the settings kept in the attributes.
 
 A store is never silently applied to the wrong slide (its identity is checked) and never reads
 missing arrays or chunks as background: since version 2 every chunk is written, empty ones too
 (``probability`` at creation, the labels with the model), so a missing chunk raises
 :class:`~training.review.integrity.MaskStoreDamaged`, as does one that does not decode (see
 :mod:`training.review.integrity`). A version-1 store (empty chunks not written) is read without
-the presence check.
+the presence check. A store written before version 3 and left mid-save by a kill is damage,
+set aside.
 """
 
 from __future__ import annotations
@@ -40,30 +24,43 @@ import os
 import secrets
 import shutil
 import threading
-import zipfile
-from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.review import durable, edits
+from training.review import edits
+from training.review.generations import Generations
 from training.review.integrity import (
     MaskStoreDamaged,
     MaskStoreError,
     check_present,
-    chunk_regions,
     identity_differences,
     read_checked,
     slide_identity,
     verify_array,
 )
+from training.review.layout import (
+    ARRAYS,
+    ERASED,
+    FORMAT,
+    PROBABILITY,
+    ROWS,
+    VERSION,
+    create_group,
+    overview_shapes,
+)
 from training.review.location import set_aside, store_location
+from training.review.regions import RegionWrites, painted_ids, renumber
+from training.review.settings import StoreSettings
 
 __all__ = [
+    "ERASED",
     "MaskStore",
     "MaskStoreDamaged",
     "MaskStoreError",
+    "painted_ids",
+    "renumber",
     "set_aside",
     "slide_identity",
     "store_location",
@@ -71,38 +68,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT = "napari-ftu mask store"
-VERSION = 3  # 2: every chunk written (a missing one is damage, not background); 3: generations
-SECOND = "generation1"  # the group that holds generation 1
-CHUNK = 1024
-OVERVIEW_SIDE = 1024  # the smallest overview level's long side is at most this
-ROWS = 1024  # rows per band when whole arrays are compared
-ARRAYS = ("labels", "model")
-PROBABILITY = "probability"
-ERASED = -1  # in ``model``: a pixel the pathologist erased
-EVERY_CHUNK = {"write_empty_chunks": True}  # zarr skips chunks of fill values by default
 
-
-def overview_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
-    """The shapes of the overview levels 1, 2, ... for labels of ``shape`` (none when its long
-    side is at most :data:`OVERVIEW_SIDE`)."""
-    shapes = []
-    step = 1
-    while max(-(-shape[0] // step), -(-shape[1] // step)) > OVERVIEW_SIDE:
-        step *= 2
-        shapes.append((-(-shape[0] // step), -(-shape[1] // step)))
-    return shapes
-
-
-class MaskStore:
+class MaskStore(Generations, RegionWrites):
     """A slide's labels on disk; make one with :meth:`create`, :meth:`open` or
-    :meth:`open_or_create`."""
+    :meth:`open_or_create`. Whole saves (:meth:`set_model`, :attr:`generation`) come from
+    :class:`~training.review.generations.Generations`, region writes (:meth:`write_region`) from
+    :class:`~training.review.regions.RegionWrites`."""
 
     def __init__(self, location: Path, group: Any) -> None:
         self.location = location
         self._group = group
         self._attrs: dict[str, Any] = dict(group.attrs)
-        self.settings = _Settings(self)
+        self.settings = StoreSettings(self)
         # the autosave's commit (a thread) and a setting changed meanwhile rewrite one zarr.json
         self._attrs_lock = threading.Lock()
 
@@ -119,8 +96,6 @@ class MaskStore:
     ) -> MaskStore:
         """Create an empty store (no model yet) at ``location``; it is built in a temporary
         folder beside it and renamed into place, so a store is never seen half made."""
-        import zarr
-
         location = Path(location)
         if location.exists():
             raise FileExistsError(f"{location} exists; open it instead")
@@ -128,38 +103,16 @@ class MaskStore:
         location.parent.mkdir(parents=True, exist_ok=True)
         partial = location.parent / f".{location.name}.{secrets.token_hex(4)}.partial"
         try:
-            group = zarr.open_group(str(partial), mode="w-")
-            for name in ARRAYS:
-                _create_int_array(group, name, shape)
-            chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
-            probability = group.create_array(
-                PROBABILITY,
-                shape=shape,
-                chunks=chunks,
-                dtype="float32",
-                fill_value=0.0,
-                config=EVERY_CHUNK,
-            )
-            for y in range(0, shape[0], ROWS):  # every chunk on disk from the start
-                probability[y : y + ROWS] = np.zeros(
-                    (min(ROWS, shape[0] - y), shape[1]), np.float32
-                )
-            overview = group.require_group("overview")
-            for level, level_shape in enumerate(overview_shapes(shape), start=1):
-                _create_int_array(overview, str(level), level_shape)
-            group.attrs.update(
-                {
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "shape": list(shape),
-                    "pixel_size_um": pixel_size_um,
-                    "downsample": float(downsample),
-                    "slide_identity": dict(slide_identity),
-                    "settings": {},
-                    "next_id": 1,
-                    "has_model": False,
-                }
-            )
+            attrs = {
+                "shape": list(shape),
+                "pixel_size_um": pixel_size_um,
+                "downsample": float(downsample),
+                "slide_identity": dict(slide_identity),
+                "settings": {},
+                "next_id": 1,
+                "has_model": False,
+            }
+            create_group(partial, shape, attrs)
             os.rename(partial, location)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -256,49 +209,7 @@ class MaskStore:
         """Whether :meth:`set_model` has completed (before that there are no labels)."""
         return bool(self._attrs["has_model"])
 
-    @property
-    def generation(self) -> int:
-        """Which copy of the labels and the model holds the last complete save (0 or 1)."""
-        return int(self._attrs.get("generation", 0))
-
     # ---- reading and writing -------------------------------------------------------------------
-
-    def set_model(
-        self,
-        model_labels: np.ndarray,
-        labels: np.ndarray | None = None,
-        settings: dict[str, Any] | None = None,
-    ) -> None:
-        """Store the model's labels and the current labels (by default the model's), whole,
-        with the overview levels, and ``settings`` (merged into :attr:`settings`) with them.
-
-        They are written into the generation not in use and committed by one attribute update
-        once on disk, so a save interrupted at any point leaves the previous one (see the
-        module's docstring)."""
-        model_labels = self._as_labels(model_labels, erased=True)
-        labels = model_labels.clip(0) if labels is None else self._as_labels(labels)
-        self._check_arrays()
-        # before any model there is nothing to keep: the current generation is written
-        target = 1 - self.generation if self.has_model else self.generation
-        self._require_generation(target)
-        for name in [*ARRAYS, *self._overview_names()]:  # files of saves killed before
-            for stale in (self.location / self._path(name, target)).rglob("*.partial"):
-                stale.unlink(missing_ok=True)
-        self._get("model", target)[...] = model_labels
-        self._get("labels", target)[...] = labels
-        for level, name in enumerate(self._overview_names(), start=1):
-            step = 2**level
-            self._get(name, target)[...] = labels[::step, ::step]
-        for name in [*ARRAYS, *self._overview_names()]:
-            durable.sync_tree(self.location / self._path(name, target))
-        top = max(int(model_labels.max(initial=0)), int(labels.max(initial=0)))
-        commit: dict[str, Any] = {"has_model": True, "next_id": top + 1, "generation": target}
-        if self._every_chunk:  # a version-1 store may lack empty probability chunks: stays 1
-            commit["version"] = VERSION
-        if settings:
-            commit["settings"] = {**self._attrs.get("settings", {}), **settings}
-        self._update_attrs(**commit)
-        durable.sync_files([self.location / "zarr.json"])
 
     def read(self, y: int, x: int, h: int, w: int, which: str = "labels") -> np.ndarray:
         """The ``h`` x ``w`` crop at ``(y, x)`` of ``labels`` or ``model``."""
@@ -332,41 +243,6 @@ class MaskStore:
             path = self._path(name)
             verify_array(self.location, path, self._get(name), present=self._every_chunk)
 
-    def write_region(self, y: int, x: int, new: np.ndarray, old: np.ndarray) -> np.ndarray:
-        """Write the edited crop ``new`` at ``(y, x)`` and return it as written.
-
-        ``old`` is the crop as it was read; it must still be what the store holds (else another
-        writer changed it and this write would undo their edits). Ids in ``new`` but not in
-        ``old`` are objects painted in the crop: they are given fresh ids from ``next_id`` so
-        they never collide with objects elsewhere in the slide. The overview levels are updated
-        for this region only. The crop is journaled first, so a write cut short is completed
-        when the store is next opened (see the module's docstring).
-        """
-        new, old = np.asarray(new), np.asarray(old)
-        if new.shape != old.shape:
-            raise ValueError(f"new {new.shape} and old {old.shape} crops differ in shape")
-        box = self._box(y, x, *new.shape)
-        labels = self._array("labels")
-        if not np.array_equal(self._read("labels", box), old):
-            raise MaskStoreError(
-                f"the region at ({y}, {x}) changed in {self.location} since it was read; "
-                "read it again before writing"
-            )
-        written = self._as_labels(new, shape=new.shape).copy()
-        painted = painted_ids(written, old)
-        if len(painted):
-            first = self.next_id
-            if first + len(painted) > np.iinfo(np.int32).max:
-                raise MaskStoreError("no free label ids left in the mask store")
-            # reserve the ids before writing: a crash leaves a gap, never a reused id
-            self._update_attrs(next_id=first + len(painted))
-            renumber(written, painted, first)
-        origin = np.array([y, x, self.generation], np.int64)
-        durable.write_journal(self.location, origin=origin, crop=written)
-        self._write_crop(labels, y, x, written)
-        durable.clear_journal(self.location)
-        return written
-
     def probability(self) -> Any:
         """The stored probability map (a zarr array: index it to read)."""
         self._check_present(PROBABILITY)
@@ -398,20 +274,6 @@ class MaskStore:
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _write_crop(self, labels: Any, y: int, x: int, crop: np.ndarray) -> None:
-        """Write ``crop`` at ``(y, x)`` into the labels and the overview levels, flushed."""
-        labels[self._box(y, x, *crop.shape)] = crop
-        touched = [("labels", labels, self._box(y, x, *crop.shape))]
-        for level, array in enumerate(self._overview_arrays(), start=1):
-            box = _write_downsampled(array, y, x, crop, 2**level)
-            if box is not None:
-                touched.append((f"overview/{level}", array, box))
-        durable.sync_files(
-            self.location / self._path(name) / array.metadata.encode_chunk_key(index)
-            for name, array, box in touched
-            for index, _ in chunk_regions(array, box)
-        )
-
     def _check_not_cut_short(self) -> None:
         """A store written before version 3 marked itself as without a model while a save
         rewrote its labels in place: one left so with labels on disk was cut short, and may
@@ -427,60 +289,6 @@ class MaskStore:
                 "napari-ftu, says it has no labels; those on disk may mix two saves)",
             )
 
-    def _finish_region_write(self) -> None:
-        """Write again the crop of a region write that a kill cut short (its journal is left)."""
-        for stale in self.location.glob(f".{durable.JOURNAL}.*.partial"):  # killed mid-way
-            stale.unlink(missing_ok=True)
-        try:
-            journal = durable.read_journal(self.location)
-            if journal is not None:
-                y, x, generation = (int(v) for v in journal["origin"])
-                crop = self._as_labels(journal["crop"], shape=journal["crop"].shape)
-                self._box(y, x, *crop.shape)  # 2-D and inside the labels
-        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
-            raise MaskStoreError(
-                f"the mask store {self.location} has an unreadable region journal "
-                f"({type(exc).__name__}: {exc}); move {durable.JOURNAL} aside to open it (the "
-                "region last applied may be half written)"
-            ) from exc
-        if journal is None:
-            return
-        if generation != self.generation or not self.has_model:
-            raise MaskStoreError(
-                f"the mask store {self.location} has a region journal for generation "
-                f"{generation}, not the saved one ({self.generation}); move "
-                f"{durable.JOURNAL} aside to open it without that region's last edit"
-            )
-        log.warning("%s: completing a region write cut short at (%d, %d)", self.location, y, x)
-        try:
-            self._write_crop(self._array("labels"), y, x, crop)
-        except OSError as exc:
-            raise MaskStoreError(
-                f"the mask store {self.location} has a region write cut short that cannot be "
-                f"completed ({exc}); open it where it can be written"
-            ) from exc
-        durable.clear_journal(self.location)
-
-    def _require_generation(self, generation: int) -> None:
-        """Create the arrays of ``generation`` that are not on disk (generation 1 of a store
-        saved before version 3)."""
-        names = [*ARRAYS, *self._overview_names()]
-        for name in names:
-            path = self._path(name, generation)
-            if not (self.location / path / "zarr.json").is_file():
-                shape = (
-                    self.shape
-                    if name in ARRAYS
-                    else overview_shapes(self.shape)[int(name.split("/")[1]) - 1]
-                )
-                _create_int_array(self._group, path, shape, overwrite=True)
-
-    def _path(self, name: str, generation: int | None = None) -> str:
-        """Where an array lies in the group: labels, model and overview levels in the saved
-        generation (or ``generation``)."""
-        generation = self.generation if generation is None else generation
-        return f"{SECOND}/{name}" if generation and name != PROBABILITY else name
-
     def _array(self, which: str) -> Any:
         if which not in ARRAYS:
             raise ValueError(f"which must be one of {ARRAYS}; got {which!r}")
@@ -488,10 +296,6 @@ class MaskStore:
         if not self.has_model:
             raise MaskStoreError(f"the mask store {self.location} has no labels yet (no model)")
         return self._get(which)
-
-    def _get(self, name: str, generation: int | None = None) -> Any:
-        # the array configuration is not stored: every opening asks again for every chunk
-        return self._group[self._path(name, generation)].with_config(EVERY_CHUNK)
 
     @property
     def _every_chunk(self) -> bool:
@@ -582,78 +386,6 @@ class MaskStore:
 
     def __repr__(self) -> str:
         return f"MaskStore({str(self.location)!r}, shape={self.shape})"
-
-
-class _Settings(MutableMapping):
-    """``store.settings``: a dict persisted in the store's attributes on every change."""
-
-    def __init__(self, store: MaskStore) -> None:
-        self._store = store
-
-    def _values(self) -> dict[str, Any]:
-        return dict(self._store._attrs.get("settings", {}))
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._store._update_attrs(settings={**self._values(), key: value})
-
-    def __delitem__(self, key: str) -> None:
-        values = self._values()
-        del values[key]
-        self._store._update_attrs(settings=values)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values())
-
-    def __len__(self) -> int:
-        return len(self._values())
-
-    def __repr__(self) -> str:
-        return repr(self._values())
-
-
-def painted_ids(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """The ids (sorted, nonzero) in an edited crop ``new`` that its original ``old`` lacks: the
-    objects painted in the crop."""
-    painted = np.setdiff1d(np.unique(new), np.unique(old))
-    return painted[painted != 0]
-
-
-def renumber(labels: np.ndarray, ids: np.ndarray, first: int) -> None:
-    """Give ``ids`` (sorted) the ids ``first``, ``first + 1``, ... in ``labels``, in place."""
-    mask = np.isin(labels, ids)
-    labels[mask] = first + np.searchsorted(ids, labels[mask])
-
-
-def _create_int_array(
-    group: Any, name: str, shape: tuple[int, int], overwrite: bool = False
-) -> Any:
-    chunks = (min(shape[0], CHUNK), min(shape[1], CHUNK))
-    return group.create_array(
-        name,
-        shape=shape,
-        chunks=chunks,
-        dtype="int32",
-        fill_value=0,
-        config=EVERY_CHUNK,
-        overwrite=overwrite,
-    )
-
-
-def _write_downsampled(
-    level: Any, y: int, x: int, crop: np.ndarray, step: int
-) -> tuple[slice, slice] | None:
-    """Write into an overview level (every ``step``-th pixel of level 0) the pixels it takes
-    from ``crop``, placed at ``(y, x)`` in level 0; the box written (``None``: none)."""
-    rows = (-(-y // step), -(-(y + crop.shape[0]) // step))
-    cols = (-(-x // step), -(-(x + crop.shape[1]) // step))
-    if rows[1] <= rows[0] or cols[1] <= cols[0]:
-        return None
-    box = slice(*rows), slice(*cols)
-    level[box] = crop[rows[0] * step - y :: step, cols[0] * step - x :: step]
-    return box
 
 
 def _same(a: Any, b: Any) -> bool:
