@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 ROWS = 1024  # rows per band when overlaps are counted (a stored mask is read a band at a time)
+OVERLAP_STEP = 2  # overlaps are counted on every other row and column (ROWS is a multiple)
 
 
 @dataclass
@@ -149,18 +150,24 @@ def match_ids(new: np.ndarray, old: Any, reserved: np.ndarray | None = None) -> 
     if np.array_equal(lut, np.arange(top + 1)):  # every id is already the one to keep
         return new
     lut = lut.astype(new.dtype)
-    for y in range(0, new.shape[0], ROWS):  # in place, a band at a time
-        new[y : y + ROWS] = lut[new[y : y + ROWS]]
+    for y in range(0, new.shape[0], ROWS):  # in place, a band at a time, objects only
+        band = new[y : y + ROWS]
+        inside = band > 0
+        band[inside] = lut[band[inside]]
     return new
 
 
 def _overlaps(new: np.ndarray, old: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(new ids, old ids, pixels)`` of every overlapping pair of objects, counted a band of
-    rows at a time (``old`` may be a zarr array: never read whole)."""
+    """``(new ids, old ids, pixels)`` of every pair of objects that overlap on the sampled
+    pixels (every :data:`OVERLAP_STEP`-th row and column), counted a band of rows at a time
+    (``old`` may be a zarr array: never read whole). An object no sampled pixel of the other
+    mask overlaps, a speck of a few pixels, takes a new id."""
     keys, counts = [], []
     for y in range(0, new.shape[0], ROWS):
-        a = np.asarray(new[y : y + ROWS])
-        b = np.asarray(old[y : y + ROWS])
+        # every other row and column: the overlaps only rank the pairs, and a quarter of the
+        # pixels keeps a slider move on a 3000 x 3000 map within its 100 ms
+        a = np.asarray(new[y : y + ROWS])[::OVERLAP_STEP, ::OVERLAP_STEP]
+        b = np.asarray(old[y : y + ROWS])[::OVERLAP_STEP, ::OVERLAP_STEP]
         both = (a > 0) & (b > 0)
         if both.any():
             pairs = (a[both].astype(np.int64) << 32) | b[both].astype(np.int64)
