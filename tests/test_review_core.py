@@ -493,15 +493,19 @@ def two_saves(location: Path, slide: Path) -> tuple[MaskStore, np.ndarray, np.nd
     return store, first, first_model
 
 
-@pytest.mark.parametrize("how", ["deleted", "garbage"])
+@pytest.mark.parametrize("how", ["deleted", "garbage", "metadata"])
 def test_a_damaged_latest_save_offers_the_save_before_it(
     tmp_path: Path, slide: Path, how: str
 ) -> None:
     location = store_location(slide)
     store, first, first_model = two_saves(location, slide)
     assert store.previous_complete
-    damage(location / layout.array_path("labels", store.generation) / "c" / "0" / "0", how)
-    with pytest.raises(MaskStoreError, match=r"chunk \(0, 0\) of '.*labels'"):
+    labels = location / layout.array_path("labels", store.generation)
+    if how == "metadata":
+        (labels / "zarr.json").write_text("{not json")
+    else:
+        damage(labels / "c" / "0" / "0", how)
+    with pytest.raises(MaskStoreError, match=r"damaged: .*'generation1/labels'"):
         MaskStore.open(location, slide_identity(slide)).verify()
 
     assert MaskStore.previous_save(location, {**slide_identity(slide), "size": 1}) is None
@@ -514,6 +518,11 @@ def test_a_damaged_latest_save_offers_the_save_before_it(
     assert np.array_equal(restored.model_array(), first_model)
     assert not restored.previous_complete  # the damaged generation is never offered back
     assert MaskStore.previous_save(location, slide_identity(slide)) is None
+
+    restored.set_model(first_model, first * 2)  # the next save writes over the damaged one
+    again = MaskStore.open(location, slide_identity(slide))
+    again.verify()
+    assert np.array_equal(again.labels_array(), first * 2) and again.previous_complete
 
 
 def test_no_earlier_save_is_offered_without_a_complete_one(

@@ -155,11 +155,12 @@ class Generations:
 
     def _require_generation(self, generation: int) -> None:
         """Create the arrays of ``generation`` that are not on disk (generation 1 of a store
-        saved before version 3)."""
+        saved before version 3) or whose metadata does not read (a damaged generation left by
+        :meth:`restore_previous`: it is about to be written whole)."""
         names = [*ARRAYS, *self._overview_names()]
         for name in names:
             path = self._path(name, generation)
-            if not (self.location / path / "zarr.json").is_file():
+            if not _readable(self._group, path):
                 shape = (
                     self.shape
                     if name in ARRAYS
@@ -175,3 +176,12 @@ class Generations:
     def _get(self, name: str, generation: int | None = None) -> Any:
         # the array configuration is not stored: every opening asks again for every chunk
         return self._group[self._path(name, generation)].with_config(EVERY_CHUNK)
+
+
+def _readable(group: Any, path: str) -> bool:
+    """Whether the array at ``path`` in ``group`` is there and its metadata reads."""
+    try:
+        group[path]
+    except (KeyError, ValueError):  # a JSONDecodeError is a ValueError
+        return False
+    return True
