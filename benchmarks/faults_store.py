@@ -6,12 +6,17 @@ A store is made through ``FTUSession`` and ``MaskStore`` as the plugin makes one
 probability pasted in, objects derived, some erased and some painted, saved. Two stores: one
 edited in place (a small mask, saved whole in the background) and one edited region by region
 (a mask above the direct-edit limit, written through ``write_region``). Then, for each array
-(labels, model, probability, every overview level) and each of its chunks: the chunk deleted,
+(labels, model, probability, every overview level, in both generations) and each of its
+chunks: the chunk deleted,
 overwritten with random bytes of its size, or cut to half its length; the slide's saved session
 opened with ``napari_ftu._ftu_layers.saved_session`` (what the widget does when a slide is
 opened); the outcome:
 
 - named: ``MaskStoreError`` whose message names the array and the chunk;
+- named, previous save offered: the user was asked, naming the array and the chunk, whether to
+  restore the save before the latest one (answered yes), and the session came back exactly as
+  that save was (labels, model, probability, overview levels), with a warning naming the copy
+  of the damaged store; any difference counts as silent loss;
 - error: another exception (loud, but the user is not told what is damaged);
 - silent loss: a session came back, and its labels, model or probability differ from what was
   saved (read whole from the session, or from its store for a region-by-region mask, with the
@@ -42,6 +47,7 @@ import numpy as np
 
 SHAPE = (1500, 2300)
 DAMAGES = ("deleted", "garbage", "truncated")
+OFFERED = "named, previous save offered"
 
 
 def main() -> None:
@@ -55,13 +61,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="faults-store-") as tmp:
         for mode in ("in place", "by region"):
             with edit_limit(region=mode == "by region"):
-                slide, pristine = make_store(Path(tmp) / mode.replace(" ", "-"))
-                saved = read_session_arrays(open_session(slide))
+                slide, pristine, previous = make_store(Path(tmp) / mode.replace(" ", "-"))
+                saves = {"latest": read_session_arrays(open_session(slide)), "previous": previous}
                 for name, chunk in chunks_of(pristine):
                     for how in DAMAGES:
                         rows.append(
                             {"mode": mode, "array": name, "chunk": chunk, "damage": how}
-                            | run_case(slide, pristine, saved, name, chunk, how)
+                            | run_case(slide, pristine, saves, name, chunk, how)
                         )
     print_table(rows)
     timing = check_seconds(args.timing_side)
@@ -86,9 +92,9 @@ def edit_limit(region: bool) -> Iterator[None]:
         _session.EDIT_LIMIT_PIXELS = limit
 
 
-def make_store(folder: Path) -> tuple[Path, Path]:
-    """A slide file and its saved store, made as the plugin makes them; the slide's path and
-    a pristine copy of the store."""
+def make_store(folder: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """A slide file and its saved store, made as the plugin makes them; the slide's path, a
+    pristine copy of the store and the arrays of the first save."""
     from napari_ftu._ftu_layers import new_session
     from napari_ftu._session import Grid
     from training.review.store import store_location
@@ -101,6 +107,9 @@ def make_store(folder: Path) -> tuple[Path, Path]:
     result = SimpleNamespace(organ="kidney", threshold=0.5, min_area_um2=0.0)
     session = new_session(layer, result, Grid(SHAPE, 1.0, 1.0))
     session.add_result(probability, (0, 0))
+    session.save()  # a first save (an autosave) before the edits: the in-place store keeps it
+    session.flush()
+    previous = read_session_arrays(session)
     old = session.read_labels((1000, 1100, 300, 300))
     new = old.copy()
     new[new == new.max()] = 0  # an object erased ...
@@ -110,7 +119,7 @@ def make_store(folder: Path) -> tuple[Path, Path]:
     session.flush()
     pristine = folder / "pristine.ftu.zarr"
     shutil.copytree(store_location(slide), pristine)
-    return slide, pristine
+    return slide, pristine, previous
 
 
 def discs(shape: tuple[int, int]) -> np.ndarray:
@@ -123,7 +132,8 @@ def discs(shape: tuple[int, int]) -> np.ndarray:
 def chunks_of(store: Path) -> list[tuple[str, tuple[int, int]]]:
     """Every chunk file of the store: the array's name and the chunk's grid index."""
     found = []
-    for name in ("labels", "model", "probability", "overview/1", "overview/2"):
+    names = ("labels", "model", "probability", "overview/1", "overview/2")
+    for name in [*names, *(f"generation1/{n}" for n in names if n != "probability")]:
         for path in sorted((store / name / "c").glob("*/*")):
             found.append((name, (int(path.parent.name), int(path.name))))
     return found
@@ -151,7 +161,8 @@ def read_session_arrays(session) -> dict[str, np.ndarray]:
     return {k: np.array(a) for k, a in zip(names[: len(arrays)], arrays, strict=True)}
 
 
-def run_case(slide, pristine, saved, name, chunk, how) -> dict:
+def run_case(slide, pristine, saves, name, chunk, how) -> dict:
+    from napari_ftu import _ftu_layers
     from training.review.store import MaskStoreError, store_location
 
     location = store_location(slide)
@@ -167,13 +178,23 @@ def run_case(slide, pristine, saved, name, chunk, how) -> dict:
         path.write_bytes(np.random.default_rng(sum(chunk)).bytes(size))
     else:
         path.write_bytes(pristine.joinpath(path.relative_to(location)).read_bytes()[: size // 2])
+    asked: list[str] = []
+    warned: list[str] = []
+    _ftu_layers._ask = lambda question: asked.append(question) or True  # the user says yes
+    _ftu_layers._warn = warned.append
     start = time.perf_counter()
     outcome, message = "unharmed", ""
     try:
         session = open_session(slide)
         arrays = read_session_arrays(session) if session is not None else {}
+        saved = saves["previous" if asked else "latest"]
         if session is None or any(not np.array_equal(arrays[k], saved[k]) for k in saved):
             outcome = "silent loss"
+        elif asked:
+            message = asked[0]
+            copy = location.with_name(location.name + ".damaged-1")
+            named = f"{name} chunk {chunk}" in message and str(copy) in "".join(warned)
+            outcome = OFFERED if named and copy.is_dir() else "silent loss"
     except MaskStoreError as exc:
         message = str(exc)
         named = f"chunk {chunk} of '{name}'" in message
@@ -210,20 +231,25 @@ def check_seconds(side: int) -> dict[str, float]:
 
 
 def print_table(rows: list[dict]) -> None:
-    outcomes = ("named", "error", "silent loss", "unharmed")
-    print(f"{'store':10} {'array':12} {'damage':10} " + " ".join(f"{o:>11}" for o in outcomes))
+    outcomes = ("named", OFFERED, "error", "silent loss", "unharmed")
+    print(f"{'store':10} {'array':22} {'damage':10} " + " | ".join(outcomes))
     groups: dict[tuple, Counter] = {}
     for row in rows:
         key = (row["mode"], row["array"], row["damage"])
         groups.setdefault(key, Counter())[row["outcome"]] += 1
     for (mode, array, how), counts in groups.items():
-        print(f"{mode:10} {array:12} {how:10} " + " ".join(f"{counts[o]:>11}" for o in outcomes))
+        print(f"{mode:10} {array:22} {how:10} " + row_of(counts, outcomes))
     total = Counter(row["outcome"] for row in rows)
-    print(f"{'all':34} " + " ".join(f"{total[o]:>11}" for o in outcomes))
+    print(f"{'all':44} " + row_of(total, outcomes))
     aside = sum(row["set_aside"] for row in rows)
-    print(f"cases: {len(rows)}; damaged store moved aside (not deleted): {aside}")
+    print(f"cases: {len(rows)}; damaged store moved or copied aside (not deleted): {aside}")
     median = float(np.median([row["seconds"] for row in rows]))
     print(f"median seconds to reopen (open, read every chunk, restore): {median:.3f}")
+
+
+def row_of(counts: Counter, outcomes: tuple[str, ...]) -> str:
+    """The counts of ``outcomes``, each under its column's name."""
+    return " | ".join(f"{counts[o]:>{len(o)}}" for o in outcomes)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The FTU layers of an image: the probability layer filling in during a run, the probability
 and mask layers of a session, laid exactly over the slide, and sessions restored from disk.
 
-No Qt here: these functions take a napari viewer and its layers, and run on the main thread.
+No Qt here but :func:`_ask` (the question whether to restore a damaged store's earlier save):
+these functions take a napari viewer and its layers, and run on the main thread.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -247,19 +249,88 @@ def open_checked(location: Path, identity: dict[str, Any]) -> Any:
     """The mask store at ``location`` opened for the slide of ``identity`` (``slide_identity``),
     every chunk read once. A damaged one (a chunk missing or unreadable) is moved aside,
     renamed and never deleted, so the next run starts a fresh store: ``MaskStoreError`` says
-    what was damaged and where the store went."""
+    what was damaged and where the store went. When only the latest save is damaged and the
+    store holds the complete save before it, the user is asked whether to restore that one
+    (the damaged store is copied aside first)."""
     from training.review.store import MaskStore, MaskStoreDamaged, MaskStoreError, set_aside
 
     try:
         store = MaskStore.open(location, identity)
         store.verify()
     except MaskStoreDamaged as exc:
+        restored = _restore_previous(location, identity, exc)
+        if restored is not None:
+            return restored
         try:
             aside = f"it was moved to {set_aside(location)} (nothing deleted)"
         except OSError as error:
             aside = f"it could not be moved aside ({error}); move it away by hand"
         raise MaskStoreError(f"{exc}; {aside}; segment the slide again to start afresh") from exc
     return store
+
+
+def _restore_previous(location: Path, identity: dict[str, Any], damage: Any) -> Any:
+    """The store at ``location`` switched back to its earlier save when it has a complete one
+    and the user agrees (after the damaged store is copied aside), else ``None``."""
+    from training.review.store import MaskStore
+
+    previous = MaskStore.previous_save(location, identity)
+    if previous is None:
+        return None
+    try:
+        copy = _copy_aside(location)
+    except OSError:  # no room for the evidence: not offered, the store is moved aside
+        return None
+    where = f"{damage.array} chunk {damage.chunk}" if damage.chunk else damage.array or "metadata"
+    question = (
+        f"The mask store of {Path(identity.get('path', location)).name} is damaged ({where}). "
+        f"Restore the save before the latest one? The damaged store was copied to {copy}."
+    )
+    if not _ask(question):
+        shutil.rmtree(copy)  # our copy only: the store itself is moved aside to the same name
+        return None
+    previous.restore_previous()
+    store = MaskStore.open(location, identity)
+    store.verify()
+    _warn(
+        f"napari-ftu: the mask store {location} was damaged ({where}); the save before the "
+        f"latest one was restored, edits made since then are lost. The damaged store was "
+        f"copied to {copy}."
+    )
+    return store
+
+
+def _copy_aside(location: Path) -> Path:
+    """Copy a damaged store to ``<name>.damaged-<n>`` beside it (as ``set_aside`` names it)."""
+    for n in range(1, 10_000):
+        target = location.with_name(f"{location.name}.damaged-{n}")
+        if not target.exists():
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(location, partial)
+            partial.rename(target)  # a copy is never seen half made
+            return target
+    raise OSError(f"{location}: too many damaged copies beside it; remove some")
+
+
+def _ask(question: str) -> bool:
+    """Ask a yes/no question (a Qt question box; tests replace it)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(
+        None,
+        "napari-ftu",
+        question,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.Yes,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def _warn(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
 
 
 def _check_covers(store: Any, shape: tuple[int, int]) -> None:

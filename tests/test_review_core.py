@@ -480,6 +480,65 @@ def test_a_damaged_store_is_set_aside_never_deleted(tmp_path: Path, slide: Path)
     assert set_aside(location).name.endswith(".damaged-2")
 
 
+def two_saves(location: Path, slide: Path) -> tuple[MaskStore, np.ndarray, np.ndarray]:
+    """A store saved twice; the first save's labels and model."""
+    store = small_store(location, slide)
+    first_model = store_labels()
+    first = first_model.copy()
+    first[200:250, 20:90] = 7  # an object painted
+    store.set_model(first_model, first)
+    second = store_labels()
+    second[10:40, 10:40] = 0  # an object erased
+    store.set_model(second, second)
+    return store, first, first_model
+
+
+@pytest.mark.parametrize("how", ["deleted", "garbage", "metadata"])
+def test_a_damaged_latest_save_offers_the_save_before_it(
+    tmp_path: Path, slide: Path, how: str
+) -> None:
+    location = store_location(slide)
+    store, first, first_model = two_saves(location, slide)
+    assert store.previous_complete
+    labels = location / layout.array_path("labels", store.generation)
+    if how == "metadata":
+        (labels / "zarr.json").write_text("{not json")
+    else:
+        damage(labels / "c" / "0" / "0", how)
+    with pytest.raises(MaskStoreError, match=r"damaged: .*'generation1/labels'"):
+        MaskStore.open(location, slide_identity(slide)).verify()
+
+    assert MaskStore.previous_save(location, {**slide_identity(slide), "size": 1}) is None
+    previous = MaskStore.previous_save(location, slide_identity(slide))
+    assert previous is not None
+    previous.restore_previous()
+    restored = MaskStore.open(location, slide_identity(slide))
+    restored.verify()
+    assert np.array_equal(restored.labels_array(), first)
+    assert np.array_equal(restored.model_array(), first_model)
+    assert not restored.previous_complete  # the damaged generation is never offered back
+    assert MaskStore.previous_save(location, slide_identity(slide)) is None
+
+    restored.set_model(first_model, first * 2)  # the next save writes over the damaged one
+    again = MaskStore.open(location, slide_identity(slide))
+    again.verify()
+    assert np.array_equal(again.labels_array(), first * 2) and again.previous_complete
+
+
+def test_no_earlier_save_is_offered_without_a_complete_one(
+    tmp_path: Path, slide: Path
+) -> None:
+    location = store_location(slide)
+    store = small_store(location, slide)
+    store.set_model(store_labels())  # one save: the other generation never written
+    assert not store.previous_complete
+    assert MaskStore.previous_save(location, slide_identity(slide)) is None
+
+    store.set_model(store_labels())
+    damage(location / "probability" / "c" / "0" / "0", "garbage")  # kept once, not twice
+    assert MaskStore.previous_save(location, slide_identity(slide)) is None
+
+
 def test_slide_identity_survives_a_moved_folder_and_catches_a_same_size_rewrite(
     tmp_path: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ import pytest
 from napari_ftu import _session
 from napari_ftu._ftu_layers import new_session, saved_session
 from napari_ftu._session import Grid
+from training.review import layout
 
 SHAPE = (1500, 2300)  # 2 x 3 chunks of the store's 1024 px; overview levels 1 x 2 and 1 x 1
 REGION = (900, 1000, 300, 300)  # across chunk borders: four chunks of the labels
@@ -131,6 +132,31 @@ def test_an_autosave_killed_part_way_reopens_as_the_last_save(tmp_path, saves, k
 
 
 @pytest.mark.slow  # a child process per case (about 3 s)
+@pytest.mark.parametrize("kill_after", [1, 15])  # the first chunk written; all, not committed
+def test_a_save_killed_in_the_earlier_save_leaves_no_earlier_save_to_offer(
+    tmp_path, monkeypatch, kill_after
+):
+    from napari_ftu import _ftu_layers
+    from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
+
+    slide, session = saved_slide(tmp_path, 2)
+    location, identity = store_location(slide), slide_identity(slide)
+    assert MaskStore.previous_save(location, identity) is not None  # before the kill: offered
+    new = np.array(session.labels)
+    new[400:700, 900:1200] = 0
+    kill_a_save(slide, "in place", kill_after, new)  # killed writing over that earlier save
+
+    assert MaskStore.previous_save(location, identity) is None
+    generation = MaskStore.open(location).generation
+    (location / layout.array_path("labels", generation) / "c" / "0" / "0").unlink()
+    questions = []
+    monkeypatch.setattr(_ftu_layers, "_ask", lambda question: questions.append(question))
+    with pytest.raises(MaskStoreError, match="moved to"):
+        saved_session(layer_of(slide))  # as today: named and set aside, nothing offered
+    assert questions == []
+
+
+@pytest.mark.slow  # a child process per case (about 3 s)
 @pytest.mark.parametrize("kill_after", [1, 3])  # of 4 chunks of the labels, then the overview
 def test_a_region_write_killed_part_way_is_completed_on_reopening(
     tmp_path, monkeypatch, kill_after
@@ -162,6 +188,7 @@ def test_a_version_2_store_saves_into_a_second_copy_and_reopens(tmp_path):
     first[10:40, 10:40] = 1
     store.set_model(first)
     store._update_attrs(version=2)  # as written before generations: no 'generation' attribute
+    assert MaskStore.previous_save(location, {}) is None  # nothing known to be complete
     second = first.copy()
     second[100:130, 400:450] = 2
     MaskStore.open(location).set_model(first, second)

@@ -9,10 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_ftu import _segment_widget
+from napari_ftu import _ftu_layers, _segment_widget
 from napari_ftu._ftu_layers import mask_name, new_session, show_session
 from napari_ftu._segment_widget import SegmentWidget
 from napari_ftu._session import FTUSession, Grid
+from training.review import layout
 from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
 from training.slides import write_pyramid
 from training.synthetic import make_phantom
@@ -101,3 +102,77 @@ def test_a_damaged_store_is_named_moved_aside_and_never_read_as_background(
 
     session = new_session(image, Result(), Grid((SIZE, SIZE), 0.4, 1.0))
     assert session.store.location == location and not session.store.has_model
+
+
+class Questions(list):
+    """The questions asked (instead of the Qt question box), each answered ``answer``."""
+
+    answer = True
+
+    def __call__(self, question: str) -> bool:
+        self.append(question)
+        return self.answer
+
+
+@pytest.fixture
+def asked(monkeypatch) -> Questions:
+    questions = Questions()
+    monkeypatch.setattr(_ftu_layers, "_ask", questions, raising=False)
+    return questions
+
+
+def saved_twice(slide) -> tuple[np.ndarray, np.ndarray]:
+    """The slide's store saved twice, the latest save's labels damaged (chunk (0, 0)); the
+    first save's labels and the second's."""
+    store = MaskStore.create(store_location(slide), (SIZE, SIZE), 0.4, 1.0, slide_identity(slide))
+    first = np.zeros((SIZE, SIZE), np.int32)
+    first[20:60, 20:60] = 1
+    store.set_model(first)
+    second = first.copy()
+    second[100:140, 100:140] = 2  # an object painted since
+    store.set_model(first, second)
+    chunk = store.location / layout.array_path("labels", store.generation) / "c" / "0" / "0"
+    chunk.write_bytes(b"not a chunk")
+    return first, second
+
+
+def test_a_damaged_latest_save_is_restored_to_the_save_before_it_when_the_user_agrees(
+    make_napari_viewer, monkeypatch, slide, errors, asked
+):
+    warnings: list[str] = []
+    monkeypatch.setattr(_ftu_layers, "_warn", warnings.append, raising=False)
+    first, _ = saved_twice(slide)
+    location = store_location(slide)
+    copy = location.with_name(location.name + ".damaged-1")
+
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(slide), plugin="napari-ftu")
+    SegmentWidget(viewer)  # restores the saved mask of every open slide
+    (question,) = asked
+    assert "The mask store of kidney.tiff is damaged (generation1/labels chunk (0, 0))" in question
+    assert f"copied to {copy}" in question
+    assert errors == []
+    shown = viewer.layers[mask_name(image.name)].data
+    assert np.array_equal(np.asarray(shown[0] if isinstance(shown, list) else shown), first)
+    (warning,) = warnings
+    assert "the save before the latest one was restored" in warning and str(copy) in warning
+    assert copy.is_dir() and location.is_dir()  # the damaged store kept, a copy
+    with pytest.raises(MaskStoreError, match="chunk"):
+        MaskStore.open(copy).verify()
+
+
+def test_a_damaged_latest_save_is_set_aside_when_the_user_declines(
+    make_napari_viewer, slide, errors, asked
+):
+    asked.answer = False
+    saved_twice(slide)
+    location = store_location(slide)
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(slide), plugin="napari-ftu")
+    SegmentWidget(viewer)
+    assert len(asked) == 1 and mask_name(image.name) not in viewer.layers
+    (error,) = errors
+    aside = location.with_name(location.name + ".damaged-1")
+    assert "chunk (0, 0) of 'generation1/labels' cannot be read" in error
+    assert f"moved to {aside}" in error and not location.exists()
+    assert not location.with_name(location.name + ".damaged-2").exists()  # no second copy
