@@ -215,7 +215,17 @@ def test_evaluate_scores_per_organ_and_source(dataset, tmp_path, capsys):
     assert 0 <= scores["dice"] <= 1
     assert scores["thresholds"] == {"kidney": 0.5, "lung": 0.5}
     assert scores["min_area_um2"] == {"kidney": 0.0, "lung": 0.0}  # a checkpoint without any
-    assert "mean per-image Dice" in capsys.readouterr().out
+    for group in ("by_organ", "by_data_source", "by_source_organ"):  # beside the FTU Dice
+        for row in scores[group].values():
+            assert {"dice", "background_dice", "all_ftu_dice", "score"} <= set(row)
+    kidney = scores["by_organ"]["kidney"]
+    assert kidney["dice"] == scores["organ"]["kidney"] and 0 < kidney["all_ftu_dice"] < 1
+    printed = capsys.readouterr().out
+    assert "mean per-image Dice" in printed
+    line = next(x for x in printed.splitlines() if x.split()[:2] == ["organ", "kidney"])
+    expected = f"{kidney['dice']:.4f} {kidney['background_dice']:>10.4f} "
+    assert expected + f"{kidney['all_ftu_dice']:>7.4f}" in line
+    assert line.endswith("yes" if kidney["dice"] > kidney["all_ftu_dice"] else "NO")
     assert (
         evaluate_command.main(["--data", str(tmp_path / "nope"), "--model", str(checkpoint)]) == 2
     )
