@@ -74,6 +74,13 @@ def test_training_writes_a_usable_run_folder(dataset, tmp_path):
     assert list(metrics["epoch"]) == [1, 2]
     for column in ("loss", "bce", "dice", "lr", "samples_per_s", "val_dice", "val_dice_kidney"):
         assert column in metrics.columns, column
+    for column in ("val_score", "val_background_dice_kidney", "val_all_ftu_dice_lung"):
+        assert column in metrics.columns, column
+    # the best epoch is the first with the best selection score; its FTU Dice is reported
+    best = metrics.loc[metrics["val_score"].idxmax()]
+    assert training["best_epoch"] == best["epoch"]
+    assert training["best_val_score"] == pytest.approx(best["val_score"], abs=1e-4)
+    assert training["best_val_dice"] == pytest.approx(best["val_dice"], abs=1e-4)
     assert "thresholds" not in metrics.columns and "min_area_um2" not in metrics.columns
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == "swin_micro_upernet" and config["ema"] == 0.9
