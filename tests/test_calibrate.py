@@ -52,8 +52,13 @@ def test_calibrate_keeps_or_improves_dice_and_writes_the_manifest(workspace, cap
     assert results["kidney"]["min_area_um2_before"] == 300.0
     for organ, result in results.items():
         assert result["dice"] >= result["dice_before"], organ
+        assert result["score"] == result["dice"], organ  # not colon: the score is the Dice
+        assert 0 <= result["background_dice"] <= 1 and 0 < result["all_ftu_dice"] < 1, organ
     printed = capsys.readouterr().out
     assert "Dice before" in printed and "0.43 ->" in printed
+    lung_line = next(line for line in printed.splitlines() if line.startswith("lung "))
+    lung = results["lung"]
+    assert lung_line.endswith(f"{lung['background_dice']:>10.4f} {lung['all_ftu_dice']:>7.4f}")
 
     written = yaml.safe_load(path.read_text())
     assert written["name"] == "tiny" and written["members"] == [{"checkpoint": "m.pt"}]

@@ -3,6 +3,7 @@ the child process and a failing run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -176,6 +177,13 @@ def test_scores_of_the_best_epoch(tmp_path):
     assert scores.dice == 0.8 and scores.organs == {"kidney": 0.8}  # the first of equals
     (tmp_path / "metrics.csv").write_text("epoch,loss\n1,0.9\n")
     assert read_scores(tmp_path) is None  # no validation images
+    # chosen as the trainer chooses: on the selection score (on colon not the FTU Dice alone)
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,loss,val_dice,val_score,val_dice_largeintestine\n"
+        "1,0.9,0.75,0.45,0.75\n2,0.8,0.7,0.65,0.7\n"
+    )
+    scores = read_scores(tmp_path)
+    assert (scores.dice, scores.score, scores.organs) == (0.7, 0.65, {"largeintestine": 0.7})
 
 
 def test_an_ensemble_is_started_from_its_member_for_the_organ(tmp_path):
@@ -288,3 +296,9 @@ def test_only_a_model_no_worse_than_the_previous_is_selected(tmp_path):
     )
     assert "not validated" in why_not_selected(version(None, None))
     assert "could not be scored" in why_not_selected(version(0.9, None))
+    # colon: a higher FTU Dice with a lower selection score (all crypt, no stroma) is not chosen
+    colon = dataclasses.replace(version(0.85, 0.8), best_val_score=0.6, before_val_score=0.7)
+    expected = "val score (mean of FTU and background Dice) 0.600 is below the previous model's 0.7"
+    assert expected in why_not_selected(colon)
+    better = dataclasses.replace(colon, best_val_dice=0.75, best_val_score=0.72)
+    assert why_not_selected(better) == ""

@@ -74,6 +74,13 @@ def test_training_writes_a_usable_run_folder(dataset, tmp_path):
     assert list(metrics["epoch"]) == [1, 2]
     for column in ("loss", "bce", "dice", "lr", "samples_per_s", "val_dice", "val_dice_kidney"):
         assert column in metrics.columns, column
+    for column in ("val_score", "val_background_dice_kidney", "val_all_ftu_dice_lung"):
+        assert column in metrics.columns, column
+    # the best epoch is the first with the best selection score; its FTU Dice is reported
+    best = metrics.loc[metrics["val_score"].idxmax()]
+    assert training["best_epoch"] == best["epoch"]
+    assert training["best_val_score"] == pytest.approx(best["val_score"], abs=1e-4)
+    assert training["best_val_dice"] == pytest.approx(best["val_dice"], abs=1e-4)
     assert "thresholds" not in metrics.columns and "min_area_um2" not in metrics.columns
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == "swin_micro_upernet" and config["ema"] == 0.9
@@ -215,7 +222,17 @@ def test_evaluate_scores_per_organ_and_source(dataset, tmp_path, capsys):
     assert 0 <= scores["dice"] <= 1
     assert scores["thresholds"] == {"kidney": 0.5, "lung": 0.5}
     assert scores["min_area_um2"] == {"kidney": 0.0, "lung": 0.0}  # a checkpoint without any
-    assert "mean per-image Dice" in capsys.readouterr().out
+    for group in ("by_organ", "by_data_source", "by_source_organ"):  # beside the FTU Dice
+        for row in scores[group].values():
+            assert {"dice", "background_dice", "all_ftu_dice", "score"} <= set(row)
+    kidney = scores["by_organ"]["kidney"]
+    assert kidney["dice"] == scores["organ"]["kidney"] and 0 < kidney["all_ftu_dice"] < 1
+    printed = capsys.readouterr().out
+    assert "mean per-image Dice" in printed
+    line = next(x for x in printed.splitlines() if x.split()[:2] == ["organ", "kidney"])
+    expected = f"{kidney['dice']:.4f} {kidney['background_dice']:>10.4f} "
+    assert expected + f"{kidney['all_ftu_dice']:>7.4f}" in line
+    assert line.endswith("yes" if kidney["dice"] > kidney["all_ftu_dice"] else "NO")
     assert (
         evaluate_command.main(["--data", str(tmp_path / "nope"), "--model", str(checkpoint)]) == 2
     )

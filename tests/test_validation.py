@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,17 @@ import pytest
 from training.data import rle
 from training.data.records import Record
 from training.inference.postprocess import resize_labels
-from training.validation import ImageScore, area_cap_um2, score, tune_postprocess
+from training.validation import (
+    ImageScore,
+    all_ftu_dice,
+    area_cap_um2,
+    background_dice,
+    dice,
+    score,
+    selection_score,
+    summarise,
+    tune_postprocess,
+)
 
 
 def image_score(
@@ -82,8 +93,78 @@ def test_ties_go_to_the_smaller_area_then_the_lower_threshold():
     assert tune_postprocess([item], [0.7, 0.3], [500.0, 0.0]) == ({"kidney": 0.3}, {"kidney": 0.0})
 
 
+def four_by_four() -> tuple[np.ndarray, np.ndarray]:
+    """Truth: the 2 x 2 top-left corner (4 px); prediction: the 2 x 3 top-left block (6 px)."""
+    truth = np.zeros((4, 4), np.uint8)
+    truth[:2, :2] = 1
+    prediction = np.zeros((4, 4), np.uint8)
+    prediction[:2, :3] = 1
+    return prediction, truth
+
+
+def test_ftu_background_and_all_ftu_dice_by_hand():
+    prediction, truth = four_by_four()
+    assert dice(prediction, truth) == pytest.approx(2 * 4 / (6 + 4))  # 0.8
+    # background: 10 px predicted, 12 true, 10 shared (16 - 6 - 4 + 4)
+    assert background_dice(prediction, truth) == pytest.approx(2 * 10 / (10 + 12))
+    assert all_ftu_dice(truth) == pytest.approx(2 * 4 / (16 + 4))  # 0.4: this model beats it
+    empty, full = np.zeros((4, 4)), np.ones((4, 4))
+    assert all_ftu_dice(empty) == 0.0  # no FTU: predicting FTU everywhere is all wrong
+    assert all_ftu_dice(full) == 1.0
+    assert dice(empty, empty) == background_dice(empty, empty) == 1.0
+    assert background_dice(full, full) == 1.0  # nothing in the background to find
+    assert background_dice(full, truth) == 0.0  # the all-FTU prediction misses all stroma
+
+
+def test_the_selection_score_is_the_ftu_dice_except_on_colon():
+    assert selection_score("kidney", 0.8, 0.2) == 0.8
+    assert selection_score("largeintestine", 0.8, 0.2) == pytest.approx(0.5)
+    # on colon the all-FTU prediction, FTU Dice 0.75 on dense crypts, no longer wins
+    assert selection_score("largeintestine", 0.75, 0.0) < selection_score(
+        "largeintestine", 0.7, 0.6
+    )
+
+
+def test_score_and_summary_report_the_background_and_the_baseline_per_organ_and_source():
+    prediction, truth = four_by_four()
+    kidney = image_score(prediction.astype(float), truth, 1.0)
+    colon = image_score(prediction.astype(float), truth, 1.0, organ="largeintestine")
+    colon.record = dataclasses.replace(colon.record, id="colon", data_source="ebhi")
+    summary = summarise(score([kidney, colon]))
+    row = {"dice": 0.8, "background_dice": 0.9091, "all_ftu_dice": 0.4, "images": 1}
+    assert summary["by_organ"]["kidney"] == {**row, "score": 0.8}
+    assert summary["by_organ"]["largeintestine"] == {**row, "score": round((0.8 + 10 / 11) / 2, 4)}
+    assert summary["by_data_source"]["ebhi"]["all_ftu_dice"] == 0.4
+    assert summary["by_source_organ"]["HPA/kidney"]["background_dice"] == 0.9091
+    # the keys read before stay as they were
+    assert summary["organ"] == {"kidney": 0.8, "largeintestine": 0.8}
+    assert summary["data_source"] == {"HPA": 0.8, "ebhi": 0.8}
+    assert (summary["dice"], summary["background_dice"], summary["all_ftu_dice"]) == (
+        0.8,
+        0.9091,
+        0.4,
+    )
+    assert summary["per_image"]["colon"]["all_ftu_dice"] == 0.4
+
+
+def test_colon_is_tuned_on_both_dice_values():
+    """A colon image full of crypts: the low threshold marks everything FTU (FTU Dice 0.86, no
+    background found); the high one finds the crypts only (FTU Dice 0.8, background 0.67). On
+    the FTU Dice the low threshold wins; on colon's selection score the high one."""
+    truth = np.ones((10, 10), np.uint8)
+    truth[:, 5:7] = 0  # 80 px of crypts, 20 of stroma
+    probability = np.full((10, 10), 0.3)
+    probability[:, :3] = 0.9  # 30 px found: FTU Dice 60/110, background 40/120
+    probability[:, 7:] = 0.9  # 60 px found: FTU Dice 120/140, background 40/60
+    for organ, expected in (("kidney", 0.1), ("largeintestine", 0.35)):
+        item = image_score(probability, truth, 1.0, organ=organ)
+        thresholds, _ = tune_postprocess([item], [0.1, 0.35], [0.0])
+        assert thresholds[organ] == expected, organ
+
+
 @pytest.mark.parametrize("level0", [(97, 131), (60, 80), (23, 41)])
-def test_the_tuning_shortcut_equals_the_full_size_score(level0):
+@pytest.mark.parametrize("organ", ["lung", "largeintestine"])
+def test_the_tuning_shortcut_equals_the_full_size_score(level0, organ):
     """Tuning's per-object sums give exactly the Dice of the resized output mask, whether level
     0 is finer than the map, the same size or coarser."""
     from scipy import ndimage
@@ -97,13 +178,14 @@ def test_the_tuning_shortcut_equals_the_full_size_score(level0):
         (probability > 0.55).astype(np.uint8), np.divide(level0, (60, 80)), order=0
     )
     assert truth.shape == level0
-    item = image_score(probability, truth, 1.5, organ="lung")
+    item = image_score(probability, truth, 1.5, organ=organ)
     levels, areas = [0.3, 0.5, 0.6], [0.0, 1.0, 20.0, 200.0]
     table = _dice_table(item, levels, areas)
     for row, area in enumerate(areas):
         for column, threshold in enumerate(levels):
-            (scored,) = score([item], {"lung": threshold}, {"lung": area})
-            assert table[row, column] == pytest.approx(scored.dice, abs=1e-12), (area, threshold)
+            (scored,) = score([item], {organ: threshold}, {organ: area})
+            expected = selection_score(organ, scored.dice, scored.background_dice)
+            assert table[row, column] == pytest.approx(expected, abs=1e-12), (area, threshold)
 
 
 def test_each_organ_is_tuned_on_its_own_images(blobs):

@@ -5,12 +5,15 @@
 
 The ensemble runs on the images through the engine the plugin and the CLI use
 (:func:`training.validation.predict`); per organ, the (threshold, minimum area) pair with the best
-mean per-image Dice is chosen on a grid that also holds the manifest's current pair, so the Dice
-on these images never gets worse (unless that pair's area is above the cap of
-:func:`training.validation.tune_postprocess`). ``--write`` stores them as the manifest's top-level
-``thresholds`` and ``min_area_um2`` (see :mod:`training.models.ensemble`), for the organs seen,
-keeping its other keys. Tune on validation images, not the images the members trained on: a
-figure on the images it was tuned on is optimistic.
+mean per-image selection score (:func:`training.validation.selection_score`: the FTU Dice, on
+colon its mean with the background Dice) is chosen on a grid that also holds the manifest's
+current pair, so that score on these images never gets worse (unless that pair's area is above
+the cap of :func:`training.validation.tune_postprocess`). Beside the FTU Dice it reports the
+background Dice and the Dice of the all-FTU prediction on the same images. ``--write`` stores
+them as the manifest's top-level ``thresholds`` and ``min_area_um2`` (see
+:mod:`training.models.ensemble`), for the organs seen, keeping its other keys. Tune on
+validation images, not the images the members trained on: a figure on the images it was tuned
+on is optimistic.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.calibrate",
         description="Tune an ensemble's threshold and minimum object area per organ on "
-        "(validation) images, for the best mean per-image Dice.",
+        "(validation) images, for the best mean per-image selection score (the Dice; on colon "
+        "the mean of the FTU and background Dice).",
     )
     parser.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
     parser.add_argument(
@@ -58,7 +62,8 @@ def calibrate(
     ids: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per organ of the images: their count, the threshold and minimum area (um²) before and
-    after tuning, and the mean per-image Dice with each."""
+    after tuning, and the mean per-image Dice and selection score with each, the background
+    Dice after and the all-FTU prediction's Dice."""
     from training.models.ensemble import load_ensemble
     from training.validation import predict, tune_postprocess
 
@@ -72,14 +77,19 @@ def calibrate(
         thresholds, areas = _grids_with(*before)
         tuned, tuned_areas = tune_postprocess(items, thresholds, areas)
         after = (tuned[organ], tuned_areas[organ])
+        old, new = _means(items, *before), _means(items, *after)
         results[organ] = {
             "images": len(items),
             "threshold_before": before[0],
             "min_area_um2_before": before[1],
-            "dice_before": _mean_dice(items, *before),
+            "dice_before": old["dice"],
+            "score_before": old["score"],
             "threshold": after[0],
             "min_area_um2": after[1],
-            "dice": _mean_dice(items, *after),
+            "dice": new["dice"],
+            "score": new["score"],
+            "background_dice": new["background_dice"],
+            "all_ftu_dice": new["all_ftu_dice"],
         }
     return results
 
@@ -100,17 +110,20 @@ def write_calibration(manifest_path: Path, results: dict[str, dict[str, Any]]) -
 
 
 def format_results(results: dict[str, dict[str, Any]]) -> str:
-    """A small text table: per organ, the tuned values and the Dice before and after."""
+    """A small text table: per organ, the tuned values, the Dice and selection score before and
+    after, the background Dice after and the all-FTU prediction's Dice."""
     lines = [
         f"{'organ':<16} {'images':>6} {'threshold':>15} {'min area (um²)':>19} "
-        f"{'Dice before':>11} {'Dice after':>10}"
+        f"{'Dice before':>11} {'Dice after':>10} {'score before':>12} {'score after':>11} "
+        f"{'background':>10} {'all-FTU':>7}"
     ]
     for organ, r in results.items():
         threshold = f"{r['threshold_before']:.2f} -> {r['threshold']:.2f}"
         area = f"{r['min_area_um2_before']:g} -> {r['min_area_um2']:g}"
         lines.append(
             f"{organ:<16} {r['images']:>6} {threshold:>15} {area:>19} "
-            f"{r['dice_before']:>11.4f} {r['dice']:>10.4f}"
+            f"{r['dice_before']:>11.4f} {r['dice']:>10.4f} {r['score_before']:>12.4f} "
+            f"{r['score']:>11.4f} {r['background_dice']:>10.4f} {r['all_ftu_dice']:>7.4f}"
         )
     return "\n".join(lines)
 
@@ -162,12 +175,13 @@ def _grids_with(threshold: float, min_area_um2: float) -> tuple[list[float], lis
     )
 
 
-def _mean_dice(items: Sequence[Any], threshold: float, min_area_um2: float) -> float:
-    from training.validation import score
+def _means(items: Sequence[Any], threshold: float, min_area_um2: float) -> dict[str, float]:
+    """The organ's mean per-image Dice, background Dice, all-FTU Dice and selection score."""
+    from training.validation import score, summarise
 
     organ = items[0].record.organ
-    scored = score(items, {organ: threshold}, {organ: min_area_um2})
-    return round(sum(s.dice for s in scored) / len(scored), 4)
+    summary = summarise(score(items, {organ: threshold}, {organ: min_area_um2}))
+    return {k: summary[k] for k in ("dice", "background_dice", "all_ftu_dice", "score")}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
 
 Every image goes through the inference engine the plugin and the CLI use, at its own pixel size,
 with the model's own per-organ threshold and minimum object area; the score is the competition's
-(the mean over images of each image's Dice), per organ, per ``data_source`` and per both.
+(the mean over images of each image's Dice), per organ, per ``data_source`` and per both, and
+beside it the background (stroma) Dice and the Dice of the trivial all-FTU prediction on the same
+images (``all_ftu_dice``): a model whose ``dice`` is not above ``all_ftu_dice`` has learnt
+nothing the baseline does not already get (see :mod:`training.validation`).
 ``python -m training.calibrate`` tunes the threshold and minimum area of an ensemble manifest.
 """
 
@@ -118,11 +121,23 @@ def validation_ids(checkpoint: Path) -> list[str]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A small text table of the scores."""
+    """A small text table of the scores: per group, the FTU Dice, the background Dice, the
+    all-FTU baseline's Dice and whether the model's FTU Dice beats that baseline."""
     lines = [f"mean per-image Dice {summary['dice']:.4f} over {summary['images']} images"]
+    lines.append(
+        f"  {'group':<12} {'name':<28} {'images':>6} {'dice':>7} {'background':>10} "
+        f"{'all-FTU':>7}  beats all-FTU"
+    )
+    overall = {name: summary[name] for name in ("dice", "background_dice", "all_ftu_dice")}
+    rows = [("all", "all", {**overall, "images": summary["images"]})]
     for group in ("organ", "data_source", "source_organ"):
-        for name, value in summary[group].items():
-            lines.append(f"  {group:<12} {name:<28} {value:.4f}")
+        rows += [(group, name, row) for name, row in summary[f"by_{group}"].items()]
+    for group, name, row in rows:
+        beats = "yes" if row["dice"] > row["all_ftu_dice"] else "NO"
+        lines.append(
+            f"  {group:<12} {name:<28} {row['images']:>6} {row['dice']:>7.4f} "
+            f"{row['background_dice']:>10.4f} {row['all_ftu_dice']:>7.4f}  {beats}"
+        )
     for organ, threshold in summary.get("thresholds", {}).items():
         area = summary.get("min_area_um2", {}).get(organ, 0.0)
         lines.append(f"  {'used':<12} {organ:<28} threshold {threshold:.2f}, min area {area:g} um²")

@@ -88,11 +88,13 @@ class RetrainRequest:
 
 @dataclass(frozen=True)
 class Scores:
-    """Mean per-image validation Dice, overall and per organ, on ``images`` images."""
+    """Mean per-image validation Dice, overall and per organ, on ``images`` images, and the
+    selection score (``training.validation.selection_score``; the Dice where not recorded)."""
 
     dice: float | None
     organs: dict[str, float] = field(default_factory=dict)
     images: int = 0
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,13 +246,17 @@ def read_scores(run_dir: Path) -> Scores | None:
         rows = [r for r in csv.DictReader(handle) if _number(r.get("val_dice")) is not None]
     if not rows:
         return None
-    best = max(rows, key=lambda r: _number(r["val_dice"]))  # the first of equals, as best.pt
+    def score(row: dict[str, str]) -> float:  # a run from before selection scores: its Dice
+        value = _number(row.get("val_score"))
+        return _number(row["val_dice"]) if value is None else value
+
+    best = max(rows, key=score)  # the first of equals, as the trainer chose best.pt
     organs = {
         organ: value
         for organ in ORGANS
         if (value := _number(best.get(f"val_dice_{organ}"))) is not None
     }
-    return Scores(_number(best["val_dice"]), organs)
+    return Scores(_number(best["val_dice"]), organs, score=score(best))
 
 
 def folder_organ(folder: Path) -> str | None:
@@ -330,7 +336,7 @@ class RetrainJob:
         val_images = _val_images(lines)
         before, note = None, "no validation images (too few images per organ to hold one out)"
         if after is not None:
-            after = Scores(after.dice, after.organs, val_images)
+            after = Scores(after.dice, after.organs, val_images, after.score)
             yield RetrainEvent("scoring the previous model on the same validation images", 0.9)
             lines = []
             status = yield from self._child_run(evaluate_command(request), lines, None)
@@ -344,6 +350,8 @@ class RetrainJob:
             data=request.data,
             best_val_dice=None if after is None else after.dice,
             before_val_dice=None if before is None else before.dice,
+            best_val_score=None if after is None else after.score,
+            before_val_score=None if before is None else before.score,
             previous=str(request.previous or request.init),
             val_images=val_images,
             epochs=request.epochs,
@@ -383,7 +391,8 @@ def _before_scores(path: Path, status: int, lines: list[str]) -> tuple[Scores | 
         return None, "the previous model could not be scored: " + error_line(lines, status)
     try:
         summary = json.loads(path.read_text())
-        return Scores(summary["dice"], dict(summary.get("organ", {})), summary["images"]), ""
+        organs, images = dict(summary.get("organ", {})), summary["images"]
+        return Scores(summary["dice"], organs, images, summary.get("score", summary["dice"])), ""
     except (OSError, ValueError, KeyError) as exc:
         return None, f"the previous model's scores cannot be read: {exc}"
 

@@ -60,8 +60,9 @@ class TrainerOptions:
 @dataclass
 class _History:
     rows: list[dict[str, Any]] = field(default_factory=list)
-    best: float = -1.0
+    best: float = -1.0  # the best epoch's selection score (validation.selection_score)
     best_epoch: int = 0
+    best_dice: float | None = None  # its FTU Dice (None in a state from before: then best)
     epoch: int = 0  # epochs finished
     elapsed_s: float = 0.0
 
@@ -291,20 +292,29 @@ class Trainer:
             thresholds, min_areas = tune_postprocess(scores)
             summary = summarise(score(scores, thresholds, min_areas))
             row["val_dice"] = summary["dice"]
+            row["val_score"] = summary["score"]  # what the best epoch is chosen on
             for group in ("organ", "data_source"):
-                for name, value in summary[group].items():
-                    row[f"val_dice_{name}"] = value
+                for name, values in summary[f"by_{group}"].items():
+                    for metric in ("dice", "background_dice", "all_ftu_dice"):
+                        row[f"val_{metric}_{name}"] = values[metric]
             row["thresholds"] = thresholds
             row["min_area_um2"] = min_areas
             row["val_summary"] = summary
-            log.info("validation Dice %.4f %s", summary["dice"], summary["organ"])
+            log.info(
+                "validation Dice %.4f (score %.4f) %s",
+                summary["dice"],
+                summary["score"],
+                {o: (v["dice"], v["all_ftu_dice"]) for o, v in summary["by_organ"].items()},
+            )
         self.world.barrier()
         return row
 
     def _save(self, row: dict[str, Any], final: bool, stopped_early: bool) -> dict[str, Any]:
         """Write the epoch's checkpoints, state and metrics (rank 0); return the summary."""
-        if "val_dice" in row and row["val_dice"] > self.history.best:
-            self.history.best, self.history.best_epoch = row["val_dice"], row["epoch"]
+        # chosen on the selection score: the FTU Dice, on colon averaged with the background's
+        if "val_score" in row and row["val_score"] > self.history.best:
+            self.history.best, self.history.best_epoch = row["val_score"], row["epoch"]
+            self.history.best_dice = row["val_dice"]
         # on every rank: the final summary gathers the ranks' weight digests
         summary = self._summary(stopped_early, digests=final)
         if self.world.is_main:
@@ -336,7 +346,8 @@ class Trainer:
             "epochs": self.history.epoch,
             "epochs_planned": self.options.epochs,
             "best_epoch": self.history.best_epoch,
-            "best_val_dice": round(self.history.best, 4) if self.history.best >= 0 else None,
+            "best_val_dice": self._best_dice(),
+            "best_val_score": round(self.history.best, 4) if self.history.best >= 0 else None,
             "seconds": round(self.history.elapsed_s, 1),
             "samples_per_s": round(sum(rates) / len(rates), 2) if rates else None,
             "stopped_by_time_limit": stopped_early,
@@ -347,6 +358,13 @@ class Trainer:
             summary["rank_weight_digests"] = gathered
             summary["ranks_agree"] = len(set(gathered)) == 1
         return summary
+
+    def _best_dice(self) -> float | None:
+        """The best epoch's FTU Dice (a state saved before selection scores: its best)."""
+        if self.history.best < 0:
+            return None
+        best = self.history.best if self.history.best_dice is None else self.history.best_dice
+        return round(best, 4)
 
     def _meta(self, summary: dict[str, Any]) -> dict[str, Any]:
         meta = copy.deepcopy(self.meta)
@@ -362,6 +380,7 @@ class Trainer:
                 "rows": [_csv_row(r) for r in self.history.rows],
                 "best": self.history.best,
                 "best_epoch": self.history.best_epoch,
+                "best_dice": self.history.best_dice,
                 "epoch": self.history.epoch,
                 "elapsed_s": self.history.elapsed_s,
             },

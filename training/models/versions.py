@@ -54,6 +54,10 @@ class ModelVersion:
     previous: str = ""  # the model in use before (a checkpoint or an ensemble manifest)
     val_images: int = 0
     epochs: int = 0
+    # the selection score (training.validation.selection_score: the FTU Dice, on colon its mean
+    # with the background Dice) of each, where known; compared instead of the Dice values
+    best_val_score: float | None = None
+    before_val_score: float | None = None
 
     @property
     def missing(self) -> bool:
@@ -157,17 +161,20 @@ def why_not_selected(version: ModelVersion) -> str:
     """Why ``version`` must not replace the model in use on its own, or "" when it may: only a
     model that scored at least as well as the previous one on the same validation images is
     selected automatically; any other is offered, and this says why it was not selected."""
-    after, before = version.best_val_dice, version.before_val_dice
+    after, before, name = version.best_val_dice, version.before_val_dice, "val Dice"
+    scores = (version.best_val_score, version.before_val_score)
+    if None not in scores and scores != (after, before):  # colon: not fooled by dense crypts
+        (after, before), name = scores, "val score (mean of FTU and background Dice)"
     if after is None:
         return "not selected: it was not validated (no validation image), so it may be worse"
     if before is None:
         return (
-            f"not selected: val Dice {after:.3f}, but the previous model could not be scored "
+            f"not selected: {name} {after:.3f}, but the previous model could not be scored "
             "on the same images to compare"
         )
     if after < before:
         return (
-            f"not selected: val Dice {after:.3f} is below the previous model's {before:.3f} "
+            f"not selected: {name} {after:.3f} is below the previous model's {before:.3f} "
             f"on the same {version.val_images} validation image(s)"
         )
     return ""
