@@ -184,7 +184,7 @@ class FileGroup:
         """Make every staged file durable, write the journal, then rename them into place."""
         for pending, target in self.renames:
             _keep_mode(target, pending)
-            _fsync_file(pending)
+            fsync_file(pending)
         root = self.journal.parent
         text = json.dumps(
             {"renames": [[_relative(p, root), _relative(t, root)] for p, t in self.renames]}
@@ -200,7 +200,7 @@ class FileGroup:
             pending.unlink(missing_ok=True)
             raise
         self.renames = []  # committed: the journal owns the pending files now, not discard()
-        _fsync_dir(root)
+        fsync_dir(root)
         _carry_out(self.journal)
 
     def discard(self) -> None:
@@ -238,9 +238,9 @@ def _carry_out(journal: Path) -> None:
         if source.exists():  # absent: renamed before the process that wrote it was killed
             os.replace(source, target)
     for folder in {target.parent for _, target in pairs}:
-        _fsync_dir(folder)
+        fsync_dir(folder)
     journal.unlink()
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -254,7 +254,8 @@ def _inside(root: Path, relative: str) -> Path:
     return root.joinpath(*parts)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush the file ``path`` to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -262,7 +263,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush the folder ``path`` to the disk (so the renames in it are durable)."""
     # A rename is durable once its folder is; Windows cannot open a folder, and renames there
     # are journalled by the filesystem.
     try:

@@ -10,11 +10,12 @@ before the save is committed.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from training.atomic import atomic_path, fsync_dir, fsync_file
 
 JOURNAL = "region-journal.npz"  # beside the store's zarr.json: a region write under way
 
@@ -23,10 +24,10 @@ def sync_files(paths: Iterable[Path]) -> None:
     """Flush files to the disk, and the folders that name them (a rename is in the folder)."""
     folders = set()
     for path in paths:
-        _fsync(path, os.O_RDONLY)
+        fsync_file(path)
         folders.add(path.parent)
     for folder in folders:
-        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fsync_dir(folder)
 
 
 def sync_tree(folder: Path) -> None:
@@ -37,16 +38,10 @@ def sync_tree(folder: Path) -> None:
 def write_journal(location: Path, **arrays: np.ndarray) -> None:
     """Write the region journal: whole and on disk, or (killed on the way) not at all."""
     target = location / JOURNAL
-    partial = location / f".{JOURNAL}.{secrets.token_hex(4)}.partial"
-    try:
-        with partial.open("wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with atomic_path(target, ".partial") as partial, partial.open("wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
     sync_files([target])
 
 
@@ -62,18 +57,5 @@ def read_journal(location: Path) -> dict[str, np.ndarray] | None:
 def clear_journal(location: Path) -> None:
     """Remove the region journal once its write is on disk."""
     (location / JOURNAL).unlink(missing_ok=True)
-    _fsync(location, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fsync_dir(location)
 
-
-def _fsync(path: Path, flags: int) -> None:
-    try:
-        fd = os.open(path, flags)
-    except IsADirectoryError:  # a platform that cannot open folders: nothing to flush
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on folders; the files are flushed
-        if path.is_file():
-            raise
-    finally:
-        os.close(fd)
