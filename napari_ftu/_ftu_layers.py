@@ -272,14 +272,15 @@ def open_checked(location: Path, identity: dict[str, Any]) -> Any:
 def _restore_previous(location: Path, identity: dict[str, Any], damage: Any) -> Any:
     """The store at ``location`` switched back to its earlier save when it has a complete one
     and the user agrees (after the damaged store is copied aside), else ``None``."""
-    from training.review.store import MaskStore
+    from training.review.location import copy_aside
+    from training.review.store import MaskStore, MaskStoreError
 
     previous = MaskStore.previous_save(location, identity)
     if previous is None:
         return None
     try:
-        copy = _copy_aside(location)
-    except OSError:  # no room for the evidence: not offered, the store is moved aside
+        copy = copy_aside(location)
+    except (OSError, MaskStoreError):  # no room for the evidence: not offered, moved aside
         return None
     where = f"{damage.array} chunk {damage.chunk}" if damage.chunk else damage.array or "metadata"
     question = (
@@ -298,19 +299,6 @@ def _restore_previous(location: Path, identity: dict[str, Any], damage: Any) -> 
         f"copied to {copy}."
     )
     return store
-
-
-def _copy_aside(location: Path) -> Path:
-    """Copy a damaged store to ``<name>.damaged-<n>`` beside it (as ``set_aside`` names it)."""
-    for n in range(1, 10_000):
-        target = location.with_name(f"{location.name}.damaged-{n}")
-        if not target.exists():
-            partial = target.with_name(f".{target.name}.partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(location, partial)
-            partial.rename(target)  # a copy is never seen half made
-            return target
-    raise OSError(f"{location}: too many damaged copies beside it; remove some")
 
 
 def _ask(question: str) -> bool:

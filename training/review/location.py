@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from training.review.integrity import MaskStoreError
@@ -41,9 +42,26 @@ def set_aside(location: str | os.PathLike) -> Path:
     """Rename a (damaged) store to ``<name>.damaged-<n>`` beside it, never deleting it, so a
     new store can take its place; the new name."""
     location = Path(location)
+    target = _damaged_name(location)
+    os.rename(location, target)
+    return target
+
+
+def copy_aside(location: str | os.PathLike) -> Path:
+    """Copy a (damaged) store to ``<name>.damaged-<n>`` beside it, named as :func:`set_aside`
+    names it, and leave the store in place; the copy's name. A copy is never seen half made."""
+    location = Path(location)
+    target = _damaged_name(location)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(location, partial)
+    partial.rename(target)
+    return target
+
+
+def _damaged_name(location: Path) -> Path:
     for n in range(1, 10_000):
         target = location.with_name(f"{location.name}.damaged-{n}")
         if not target.exists():
-            os.rename(location, target)
             return target
     raise MaskStoreError(f"{location}: too many damaged copies beside it; remove some")
