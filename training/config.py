@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from training.data.catalog import ORGANS
+from training.slides import PLAUSIBLE_UM_PER_PX
 
 __all__ = ["AUGMENT_GROUPS", "build_parser", "parse_config", "save_config"]
 
@@ -168,7 +169,7 @@ BELOW_ONE = math.nextafter(1.0, 0.0)
 NUMBER_BOUNDS = [
     ("val_fraction", 0.0, BELOW_ONE, "in [0, 1)"),
     ("ftu_fraction", 0.0, 1.0, "in [0, 1]"),
-    ("pixel_size", 0.01, 100.0, "0.01 to 100 um/px"),
+    ("pixel_size", *PLAUSIBLE_UM_PER_PX, "{:g} to {:g} um/px".format(*PLAUSIBLE_UM_PER_PX)),
     ("tile", 32, 4096, "32 to 4096 px"),
     ("lr", math.ulp(0.0), 10.0, "a positive number up to 10"),
     ("ema", 0.0, BELOW_ONE, "in [0, 1)"),
