@@ -21,7 +21,7 @@ TEST_FROM_ID = 245
 HITL_IDS = ("16", "30", "44", "60", "75", "92", "106", "120", "134", "218")
 
 
-def write_subset(frame, ids, out: Path, source: Path) -> None:
+def write_subset(frame, ids, out: Path, source: Path, what: str = "real kidney") -> None:
     subset = frame[frame["id"].isin(ids)].reset_index(drop=True)
     (out / "train_images").mkdir(parents=True, exist_ok=True)
     for image_id in subset["id"]:
@@ -30,7 +30,7 @@ def write_subset(frame, ids, out: Path, source: Path) -> None:
         if not link.exists():
             os.symlink(source_image.resolve(), link)
     write_catalog(out, subset)
-    print(f"{out}: {len(subset)} real kidney images")
+    print(f"{out}: {len(subset)} {what} images")
 
 
 def main() -> None:
