@@ -1,7 +1,8 @@
-"""``--target`` / ``--adapt {grl,pseudo,both}``: the gradient reversal, pseudo-labels, the command."""
+"""``--target``/``--adapt {grl,pseudo,both}``: gradient reversal, pseudo-labels, the command."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -96,10 +97,8 @@ def test_the_encoder_gradient_of_the_domain_loss_is_reversed():
 def test_the_trainer_reverses_the_domain_gradient(dataset, target, tmp_path):
     """The trainer's hook (``Adaptation``) sends the encoder the reversed gradient of the
     domain loss on its own source and target crops."""
-    args = parse_config(
-        _args(dataset, tmp_path / "run", "--target", str(target), "--adapt", "grl")
-        + ["--target-pixel-size", "2.0", "--adapt-weight", "0.5", "--aux", "0"]
-    )
+    extra = ["--target", str(target), "--adapt", "grl", "--target-pixel-size", "2.0"]
+    args = parse_config(_args(dataset, tmp_path / "run", *extra, "--adapt-weight", "0.5"))
     trainer = train_command.prepare(args, World(), torch.device("cpu"))
     adaptation, model = trainer.adaptation, trainer.model.eval()  # eval: no dropout draws
     source = trainer.normalise(torch.stack([trainer.loader.dataset[i]["image"] for i in (0, 1)]))
@@ -130,7 +129,7 @@ def test_the_ramp_rises_from_0_to_about_1():
     assert values[0] == 0.0
     assert values[-1] == pytest.approx(1.0, abs=1e-4)
     assert ramp(0.5) == pytest.approx(2 / (1 + np.exp(-5)) - 1)
-    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(values))
 
 
 # ---- pseudo-labels ---------------------------------------------------------------------------
@@ -215,7 +214,7 @@ def test_a_damaged_adaptation_record_is_refused(tmp_path):
     assert load_checkpoint(tmp_path / "ok.pt")[1]["training"]["adaptation"] == record
     for damage in ({"mode": "magic"}, {"adapt_weight": float("nan")}, {"targets": [{"x": 1}]}):
         bad = {**meta, "training": {"adaptation": {**record, **damage}}}
-        with pytest.raises(CheckpointError, match="meta.training.adaptation"):
+        with pytest.raises(CheckpointError, match=r"meta\.training\.adaptation"):
             save_checkpoint(tmp_path / "bad.pt", model, bad)
 
 
@@ -228,6 +227,10 @@ def test_a_damaged_adaptation_record_is_refused(tmp_path):
         (["--target", "{text}", "--adapt", "grl"], "notes.txt is not a readable image"),
         (["--target", "{lab}", "--adapt", "grl"], "has no pixel size in its metadata"),
         (["--target", "{missing}", "--adapt", "grl"], "no such file or folder"),
+        (
+            ["--target", "{lab}", "--adapt", "pseudo", "--pseudo-low", ".6", "--pseudo-high", ".4"],
+            "--pseudo-low and --pseudo-high must satisfy 0 <= low < high <= 1",
+        ),
     ],
 )
 def test_unusable_targets_are_refused_in_one_line(
