@@ -19,10 +19,12 @@ from PIL import Image
 from training import train as train_command
 from training.adapt.grl import DomainClassifier, domain_loss, ramp, reverse_gradient
 from training.adapt.pseudo import pseudo_labels
+from training.adapt.target import TargetDataset, find_targets
 from training.config import parse_config
 from training.distributed import World
 from training.losses import SegmentationLoss
 from training.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from training.slides import write_pyramid
 from training.synthetic import make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +156,26 @@ def test_unconfident_pixels_add_nothing_to_the_loss_nor_get_a_gradient():
     )
     # without a weight every pixel counts, as before
     assert float(criterion(other, target, [other * 1.5])[0]) != pytest.approx(float(loss))
+
+
+# ---- target crops ----------------------------------------------------------------------------
+def test_target_crops_lie_on_tissue_at_the_model_scale(tmp_path):
+    """A slide of glass with tissue in one corner: every crop shows tissue (placed at random,
+    most would be glass), read at the model's pixel size from the file's own."""
+    image = np.full((400, 400, 3), 245, np.uint8)
+    image[:100, :100] = (150, 60, 130)  # stained tissue, 100 um at 1 um/px
+    path = tmp_path / "slide.tif"
+    write_pyramid(path, image, pixel_size_um=1.0)
+    (found,) = find_targets([path])
+    assert found[1][0].pixel_size_um == 1.0 and found[1][0].shape == (400, 400)
+    crops = TargetDataset(found[1], tile=32, model_um=2.0, seed=3)
+    for index in range(20):
+        crop = crops[index]["image"].numpy()
+        assert crop.shape == (32, 32, 3)
+        assert (crop.mean(axis=-1) < 200).mean() > 0.2, index  # on the tissue, not the glass
+    # at 2 um/px the 100 um of tissue are 50 px: a crop larger than it, centred on it, holds it
+    whole = TargetDataset(found[1], tile=128, model_um=2.0).crop(0, np.random.default_rng(0))
+    assert (whole.mean(axis=-1) < 200).sum() == pytest.approx(50 * 50, rel=0.1)
 
 
 # ---- the command -----------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
     meta["training"] = _data_summary(args, train, val, meta.get("training", {}))
     if adapt is not None:
         settings, targets = adapt
-        record = [(path.name or str(path), len(images)) for path, images in targets]
+        record = [(path.resolve().name or str(path), len(images)) for path, images in targets]
         meta["training"]["adaptation"] = settings.record(record)
 
     try:

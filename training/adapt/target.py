@@ -131,9 +131,6 @@ class TargetDataset(Dataset):
         self.augment, self.seed = augment, seed
         self._open: OrderedDict[int, tuple[Any, np.ndarray, float]] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index, _TARGET_STREAM])
         image = self.crop(int(rng.integers(len(self.images))), rng)
