@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from training.adapt import ADAPT_MODES
 from training.data.catalog import ORGANS
 from training.slides import PLAUSIBLE_UM_PER_PX
 
@@ -81,6 +82,45 @@ def build_parser() -> argparse.ArgumentParser:
         choices=AUGMENT_GROUPS,
         help="augmentation groups to use (domain: pixel-size and thickness adaptation; "
         "mix: CutMix and CutOut); none for no augmentation",
+    )
+
+    adapt = parser.add_argument_group(
+        "adaptation", "adapt to a lab's unlabelled images (both flags together)"
+    )
+    adapt.add_argument(
+        "--target",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="unlabelled target images: folders of images or slides, image or slide files, or "
+        "dataset folders (their masks are ignored)",
+    )
+    adapt.add_argument(
+        "--adapt",
+        choices=ADAPT_MODES,
+        help="grl: domain-adversarial features (gradient reversal); pseudo: self-training on "
+        "confident pseudo-labels; both",
+    )
+    adapt.add_argument(
+        "--target-pixel-size",
+        type=float,
+        metavar="UM",
+        help="um/px of target images whose files carry no pixel size",
+    )
+    adapt.add_argument(
+        "--adapt-weight",
+        type=float,
+        default=0.1,
+        help="grl: the gradient reversal's strength at the end of its ramp",
+    )
+    adapt.add_argument(
+        "--pseudo-weight", type=float, default=1.0, help="pseudo: weight of the target loss"
+    )
+    adapt.add_argument(
+        "--pseudo-high", type=float, default=0.9, help="pseudo: probability >= this is FTU"
+    )
+    adapt.add_argument(
+        "--pseudo-low", type=float, default=0.1, help="pseudo: probability <= this is background"
     )
 
     model = parser.add_argument_group("model")
@@ -155,6 +195,10 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be 0 or more")
     if args.time_limit is not None and not args.time_limit > 0:
         parser.error("--time-limit must be positive")
+    if bool(args.target) != (args.adapt is not None):
+        given, missing = ("--target", "--adapt") if args.target else ("--adapt", "--target")
+        modes = ",".join(ADAPT_MODES)
+        parser.error(f"{given} needs {missing} (--target PATH... --adapt {{{modes}}})")
     for name, low, high, bounds in NUMBER_BOUNDS:
         value = getattr(args, name)
         # also a value from --config, which argparse types never see; NaN is never inside
@@ -173,9 +217,15 @@ NUMBER_BOUNDS = [
     ("tile", 32, 4096, "32 to 4096 px"),
     ("lr", math.ulp(0.0), 10.0, "a positive number up to 10"),
     ("ema", 0.0, BELOW_ONE, "in [0, 1)"),
+    ("target_pixel_size", *PLAUSIBLE_UM_PER_PX, "{:g} to {:g} um/px".format(*PLAUSIBLE_UM_PER_PX)),
+    ("pseudo_low", 0.0, 1.0, "in [0, 1]"),
+    ("pseudo_high", 0.0, 1.0, "in [0, 1]"),
     *(
         (name, 0.0, sys.float_info.max, "a finite number >= 0")
-        for name in ("weight_decay", "warmup", "clip_grad", "bce", "dice", "focal", "aux")
+        for name in (
+            *("weight_decay", "warmup", "clip_grad", "bce", "dice", "focal", "aux"),
+            *("adapt_weight", "pseudo_weight"),
+        )
     ),
 ]
 

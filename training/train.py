@@ -2,14 +2,15 @@
 
     python -m training.train --data DIR [DIR:WEIGHT ...] --model swin_micro_upernet --out RUN
     python -m training.train --data corrections/ --init model.pt --out RUN2 --epochs 5
+    python -m training.train --data DIR --init model.pt --out RUN3 --target my_slides/ --adapt both
     torchrun --nproc_per_node 2 -m training.train --data DIR --model NAME --out RUN
 
 Everything that can be wrong with the input (an empty dataset, an unknown organ, an unreadable
-image, a damaged ``--init``, a run folder that already holds a run) is found before the first
-step and reported in one line. The run folder gets ``best.pt`` (the best validated weights, with
-per-organ thresholds and minimum object areas tuned on validation), ``last.pt``,
-``train_state.pt`` (for ``--resume``), ``metrics.csv``, ``learning_curve.png`` and
-``config.yaml``.
+image, a damaged ``--init``, a run folder that already holds a run, a ``--target`` without
+images) is found before the first step and reported in one line. The run folder gets
+``best.pt`` (the best validated weights, with per-organ thresholds and minimum object areas
+tuned on validation), ``last.pt``, ``train_state.pt`` (for ``--resume``), ``metrics.csv``,
+``learning_curve.png`` and ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -93,8 +94,13 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
         raise InputError(str(exc)) from None
     if not train:
         raise InputError("no training images are left after the validation split")
+    adapt = _adapt_inputs(args)
     meta["organs"] = sorted({*meta.get("organs", []), *(r.organ for r in train)})
     meta["training"] = _data_summary(args, train, val, meta.get("training", {}))
+    if adapt is not None:
+        settings, targets = adapt
+        record = [(path.resolve().name or str(path), len(images)) for path, images in targets]
+        meta["training"]["adaptation"] = settings.record(record)
 
     try:
         augment_config = AugmentConfig.from_dict(
@@ -158,12 +164,54 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if adapt is not None:
+        trainer.adaptation = _adaptation(args, trainer, augment_config, *adapt)
     if args.resume:
         try:
             trainer.resume()
         except FileNotFoundError as exc:
             raise InputError(str(exc)) from None
     return trainer
+
+
+def _adapt_inputs(args: argparse.Namespace) -> tuple[Any, list[Any]] | None:
+    """``--adapt``'s settings and each ``--target`` with its images (None without ``--adapt``)."""
+    if args.adapt is None:
+        return None
+    from training.adapt.adaptation import AdaptSettings
+    from training.adapt.target import find_targets
+
+    try:
+        settings = AdaptSettings(
+            args.adapt, args.adapt_weight, args.pseudo_weight, args.pseudo_low, args.pseudo_high
+        )
+        return settings, find_targets(args.target, args.target_pixel_size)
+    except ValueError as exc:  # TargetError is one
+        raise InputError(str(exc)) from None
+
+
+def _adaptation(
+    args: argparse.Namespace, trainer: Any, augment: Any, settings: Any, targets: list[Any]
+) -> Any:
+    """The trainer's adaptation hook: tissue crops of the target images, augmented like the
+    training crops but for the groups that need a mask or an organ (mixing, acquisition)."""
+    import dataclasses
+
+    from training.adapt.adaptation import Adaptation
+    from training.adapt.target import TargetDataset
+    from training.augment import Augmenter
+
+    images = [image for _, found in targets for image in found]
+    dataset = TargetDataset(
+        images,
+        trainer.meta["tile_size"],
+        trainer.meta["pixel_size_um"],
+        augment=Augmenter(dataclasses.replace(augment, domain=False, mix=False)),
+        seed=args.seed,
+    )
+    if trainer.world.is_main:
+        log.info("adapting (%s) to %d unlabelled target images", settings.mode, len(images))
+    return Adaptation(settings, dataset, trainer)
 
 
 def _check_run_folder(args: argparse.Namespace) -> None:

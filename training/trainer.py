@@ -138,6 +138,7 @@ class Trainer:
             else None
         )
         self.history = _History()
+        self.adaptation: Any = None  # training.adapt.Adaptation: one target batch per step
         mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1) * 255
         std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1) * 255
         self._mean, self._std = mean, std
@@ -159,6 +160,8 @@ class Trainer:
         summary = None
         for epoch in range(self.history.epoch + 1, self.options.epochs + 1):
             self.sampler.set_epoch(epoch)
+            if self.adaptation is not None:
+                self.adaptation.start_epoch(epoch)
             row, stopped_early = self._train_epoch(epoch, start)
             self._average_buffers()
             self.history.epoch = epoch
@@ -169,11 +172,12 @@ class Trainer:
             self.history.rows.append(row)
             if self.world.is_main:  # one line per epoch: a log to read, a progress to follow
                 log.info(
-                    "epoch %d/%d done: loss %.4f, %.1f samples/s",
+                    "epoch %d/%d done: loss %.4f, %.1f samples/s%s",
                     epoch,
                     self.options.epochs,
                     row.get("loss", float("nan")),
                     row["samples_per_s"],
+                    self.adaptation.describe(row) if self.adaptation is not None else "",
                 )
             summary = self._save(row, final=last, stopped_early=stopped_early)
             if stopped_early:
@@ -200,7 +204,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(self.loader):
             final = (index + 1) % self.options.accumulate == 0 or index + 1 == len(self.loader)
-            parts = self._step(batch, sync=final)
+            progress = (epoch - 1 + (index + 1) / len(self.loader)) / self.options.epochs
+            parts = self._step(batch, sync=final, progress=progress)
             if final:
                 self._optimizer_step()
             for key, value in parts.items():
@@ -220,9 +225,15 @@ class Trainer:
         row["train_seconds"] = seconds
         return row, stop
 
-    def _step(self, batch: dict[str, torch.Tensor], sync: bool) -> dict[str, float]:
-        images = batch["image"].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        images = ((images - self._mean) / self._std).contiguous()
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 crops on the device as the model's normalised input."""
+        images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return ((images - self._mean) / self._std).contiguous()
+
+    def _step(
+        self, batch: dict[str, torch.Tensor], sync: bool, progress: float
+    ) -> dict[str, float]:
+        images = self.normalise(batch["image"])
         target = batch["mask"].to(self.device, non_blocking=True).float().unsqueeze(1)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -234,10 +245,15 @@ class Trainer:
             if self.world.distributed and not sync
             else contextlib.nullcontext()
         )
+        adapting = self.adaptation is not None
         with skip_sync:
-            with autocast:
+            with autocast, self.adaptation.capture() if adapting else contextlib.nullcontext():
                 logits, aux = self.wrapped(images)
             loss, parts = self.criterion(logits, target, aux)
+            if adapting:  # one target batch beside the source batch, one backward for both
+                extra, more = self.adaptation.loss(progress)
+                loss = loss + extra
+                parts = {**parts, **more}
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()}: lower --lr or check the data"
@@ -252,6 +268,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.adaptation is not None:
+            self.adaptation.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
@@ -276,7 +294,8 @@ class Trainer:
         return bool(up.item())
 
     # ---- validation and files -------------------------------------------------------------
-    def _eval_model(self) -> nn.Module:
+    def eval_model(self) -> nn.Module:
+        """The weights validated and saved as best: the EMA when the run keeps one."""
         return self.ema.module if self.ema is not None else self.model
 
     def _validate(self) -> dict[str, Any]:
@@ -286,7 +305,7 @@ class Trainer:
 
         row: dict[str, Any] = {}
         if self.world.is_main:
-            model = copy.deepcopy(self._eval_model()).eval()
+            model = copy.deepcopy(self.eval_model()).eval()
             member = Member(model, self.meta, name="validation")
             scores = predict(member, self.val_records, device=self.device, tta=self.options.val_tta)
             thresholds, min_areas = tune_postprocess(scores)
@@ -326,11 +345,11 @@ class Trainer:
                 }
                 best_meta = self._meta(summary)
                 best_meta["training"]["validation"] = row["val_summary"]
-                save_checkpoint(self.out / "best.pt", self._eval_model(), best_meta)
+                save_checkpoint(self.out / "best.pt", self.eval_model(), best_meta)
             meta = self._meta(summary)
             save_checkpoint(self.out / "last.pt", self.model, meta)
             if final and not self.val_records:  # nothing to choose by: the final weights
-                save_checkpoint(self.out / "best.pt", self._eval_model(), meta)
+                save_checkpoint(self.out / "best.pt", self.eval_model(), meta)
             torch.save(self._state(), self.out / STATE_NAME)
             rows = [_csv_row(r) for r in self.history.rows]
             write_metrics(rows, self.out / "metrics.csv")
@@ -386,6 +405,7 @@ class Trainer:
             },
             "thresholds": dict(self.meta["thresholds"]),
             "min_area_um2": dict(self.meta.get("min_area_um2", {})),
+            "adapt": self.adaptation.state_dict() if self.adaptation is not None else None,
         }
 
     def resume(self) -> None:
@@ -403,6 +423,8 @@ class Trainer:
         self.meta["thresholds"] = dict(state["thresholds"])
         if "min_area_um2" in state:  # a state written before minimum areas were tuned has none
             self.meta["min_area_um2"] = dict(state["min_area_um2"])
+        if self.adaptation is not None:  # the domain classifier lives outside the model
+            self.adaptation.load_state_dict(state.get("adapt"))
         if self.world.is_main:
             log.info("resuming after epoch %d of %d", self.history.epoch, self.options.epochs)
 

@@ -37,6 +37,21 @@ def resize_target(target: torch.Tensor, size: tuple[int, int], mode: str) -> tor
     return F.interpolate(promote(target), size=size, mode=mode)
 
 
+def match_weight(logits: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-pixel loss ``weight`` shaped and typed like ``logits`` (``None`` stays ``None``)."""
+    if weight is None:
+        return None
+    return match_target(logits, weight)
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values``, or their mean weighted by ``weight``: pixels of weight 0 add
+    nothing, not even a gradient, and all-zero weights give 0 (nothing to learn from)."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def soft_dice_score(
     probs: torch.Tensor, target: torch.Tensor, smooth: float, per_image: bool
 ) -> torch.Tensor:

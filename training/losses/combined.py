@@ -100,14 +100,20 @@ class _WeightedTerms(nn.Module):
         self.weights = {name: getattr(config, name) for name in MAIN_TERMS if getattr(config, name)}
         self.terms = nn.ModuleDict({name: built[name]() for name in self.weights})
 
-    def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: term(logits, target) for name, term in self.terms.items()}
+    def components(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        if weight is None:
+            return {name: term(logits, target) for name, term in self.terms.items()}
+        return {name: term(logits, target, weight) for name, term in self.terms.items()}
 
     def weighted(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[name] * value for name, value in components.items())
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.weighted(self.components(logits, target))
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.weighted(self.components(logits, target, weight))
 
 
 class SegmentationLoss(nn.Module):
@@ -150,13 +156,16 @@ class SegmentationLoss(nn.Module):
         logits: torch.Tensor,
         target: torch.Tensor,
         aux: Sequence[torch.Tensor] | None = None,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and its logged components for main logits (N, 1, H, W), a 0/1 target
-        (N, 1, H, W) or (N, H, W), and optional auxiliary logit maps."""
-        parts = self.main.components(logits, target)
+        (N, 1, H, W) or (N, H, W), and optional auxiliary logit maps. An optional per-pixel
+        ``weight`` of the target's shape (0: ignore the pixel, as for unconfident
+        pseudo-labels) weighs every term; without it every pixel counts alike."""
+        parts = self.main.components(logits, target, weight)
         total = self.main.weighted(parts)
         if aux is not None and self.config.aux > 0:
-            parts["aux"] = self.deep_supervision(aux, target)
+            parts["aux"] = self.deep_supervision(aux, target, weight)
             total = total + self.config.aux * parts["aux"]
         parts["total"] = total
         # One stack and one transfer: a single device sync per step instead of one per term.

@@ -9,7 +9,8 @@ from torch import nn
 
 from training.losses._functional import RESIZE_MODES, check_non_negative, resize_target
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (logits, target) -> loss, or (logits, target, per-pixel weight) -> loss when a weight is given
+LossFn = Callable[..., torch.Tensor]
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -37,9 +38,16 @@ class DeepSupervisionLoss(nn.Module):
         self.weights = weights
         self.resize = resize
 
-    def forward(self, aux: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        aux: Sequence[torch.Tensor],
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Weighted sum of the base loss over ``aux`` maps (N, 1, h, w) against ``target``
-        (N, 1, H, W) or (N, H, W)."""
+        (N, 1, H, W) or (N, H, W); an optional per-pixel ``weight`` of the target's shape goes
+        to the base loss, resized like the target (a coarse pixel's target is then the
+        weighted mean of the fine pixels it covers)."""
         if len(aux) == 0:
             raise ValueError("no auxiliary logit maps given")
         weights = self.weights or (1 / len(aux),) * len(aux)
@@ -47,12 +55,21 @@ class DeepSupervisionLoss(nn.Module):
             raise ValueError(f"{len(weights)} aux weights for {len(aux)} auxiliary logit maps")
         if target.ndim == aux[0].ndim - 1:
             target = target.unsqueeze(1)
+        if weight is not None and weight.ndim == aux[0].ndim - 1:
+            weight = weight.unsqueeze(1)
         total = aux[0].new_zeros((), dtype=torch.float32)
-        for weight, logits in zip(weights, aux, strict=True):
-            if weight == 0:
+        for level_weight, logits in zip(weights, aux, strict=True):
+            if level_weight == 0:
                 continue
-            level_target = resize_target(target, tuple(logits.shape[-2:]), self.resize)
-            total = total + weight * self.base_loss(logits, level_target)
+            size = tuple(logits.shape[-2:])
+            if weight is None:
+                level_loss = self.base_loss(logits, resize_target(target, size, self.resize))
+            else:
+                pixels = resize_target(weight, size, self.resize)
+                level_target = resize_target(target * weight, size, self.resize)
+                level_target = level_target / pixels.clamp_min(1e-6)
+                level_loss = self.base_loss(logits, level_target, pixels)
+            total = total + level_weight * level_loss
         return total
 
     def extra_repr(self) -> str:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.losses._functional import check_non_negative, match_target, promote, soft_dice_score
+from training.losses._functional import (
+    check_non_negative,
+    match_target,
+    match_weight,
+    promote,
+    soft_dice_score,
+)
 
 
 class DiceLoss(nn.Module):
@@ -25,11 +31,18 @@ class DiceLoss(nn.Module):
         self.smooth = check_non_negative("dice smooth", smooth)
         self.per_image = per_image
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss for logits (N, 1, H, W) against a 0/1 target (N, 1, H, W) or (N, H, W)."""
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Loss for logits (N, 1, H, W) against a 0/1 target (N, 1, H, W) or (N, H, W); with a
+        per-pixel ``weight`` (0/1: which pixels count) the Dice of the weighted pixels only."""
         logits = promote(logits)
         target = match_target(logits, target)
-        score = soft_dice_score(logits.sigmoid(), target, self.smooth, self.per_image)
+        probs = logits.sigmoid()
+        weight = match_weight(logits, weight)
+        if weight is not None:  # a pixel of weight 0 is in neither |P| nor |T| nor the overlap
+            probs, target = probs * weight, target * weight
+        score = soft_dice_score(probs, target, self.smooth, self.per_image)
         return (1 - score).mean()
 
     def extra_repr(self) -> str:

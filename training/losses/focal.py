@@ -10,7 +10,9 @@ from training.losses._functional import (
     check_probability,
     focal_with_logits,
     match_target,
+    match_weight,
     promote,
+    weighted_mean,
 )
 
 
@@ -27,11 +29,15 @@ class FocalLoss(nn.Module):
         self.alpha = None if alpha is None else check_probability("focal alpha", alpha)
         self.gamma = check_non_negative("focal gamma", gamma)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss for logits (N, 1, H, W) against a 0/1 target (N, 1, H, W) or (N, H, W)."""
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Loss for logits (N, 1, H, W) against a 0/1 target (N, 1, H, W) or (N, H, W); an
+        optional per-pixel ``weight`` of the target's shape gives the weighted mean."""
         logits = promote(logits)
         target = match_target(logits, target)
-        return focal_with_logits(logits, target, self.gamma, self.alpha).mean()
+        loss = focal_with_logits(logits, target, self.gamma, self.alpha)
+        return weighted_mean(loss, match_weight(logits, weight))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}"

@@ -248,8 +248,58 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
             must = f"a dict from organs among {', '.join(ORGANS)} to finite numbers {bounds}"
             raise refuse(field, must) from None
 
-    if not isinstance(meta.get("training", {}), dict):
+    training = meta.get("training", {})
+    if not isinstance(training, dict):
         raise refuse("training", "a dict (a training summary)")
+    if "adaptation" in training:
+        try:
+            checked["training"] = {**training, "adaptation": adaptation_record(training)}
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: meta.training.adaptation {exc}") from None
+    return checked
+
+
+ADAPTATION_NUMBERS = {  # the record's numbers and their bounds (upper, in words)
+    "adapt_weight": (math.inf, ">= 0"),
+    "pseudo_weight": (math.inf, ">= 0"),
+    "pseudo_low": (1.0, "in [0, 1]"),
+    "pseudo_high": (1.0, "in [0, 1]"),
+}
+
+
+def adaptation_record(training: dict[str, Any]) -> dict[str, Any]:
+    """``training["adaptation"]`` (what ``--adapt`` trained with) checked as plain data: its
+    mode, weights and target folders' names and image counts; ``ValueError`` otherwise."""
+    from training.adapt import ADAPT_MODES
+
+    record = training["adaptation"]
+    keys = {"mode", "targets", *ADAPTATION_NUMBERS}
+    if not isinstance(record, dict) or set(record) != keys:
+        raise ValueError(f"must be a dict of exactly {sorted(keys)}; got {record!r}")
+    if record["mode"] not in ADAPT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ADAPT_MODES)}; got {record['mode']!r}")
+    checked: dict[str, Any] = {"mode": str(record["mode"])}
+    for key, (upper, bounds) in ADAPTATION_NUMBERS.items():
+        if not (_is_number(record[key]) and 0 <= record[key] <= upper):
+            raise ValueError(f"{key} must be a finite number {bounds}; got {record[key]!r}")
+        checked[key] = float(record[key])
+    targets = record["targets"]
+    if not isinstance(targets, list) or not targets:
+        raise ValueError(f"targets must be a non-empty list; got {targets!r}")
+    checked["targets"] = []
+    for target in targets:
+        if (
+            not isinstance(target, dict)
+            or set(target) != {"name", "images"}
+            or not isinstance(target["name"], str)
+            or not target["name"]
+            or not _is_integer(target["images"])
+            or target["images"] < 1
+        ):
+            raise ValueError(
+                f"targets must each be {{'name': text, 'images': a count >= 1}}; got {target!r}"
+            )
+        checked["targets"].append({"name": target["name"], "images": int(target["images"])})
     return checked
 
 
