@@ -33,7 +33,9 @@ from training.process import ChildProcess
 from training.retrain_plan import (
     VAL_FRACTION,
     RunPlan,
+    check_adaptation,
     count_split,
+    count_target_images,
     crops_per_epoch,
     flag_value,
     own_split,
@@ -78,6 +80,11 @@ class RetrainRequest:
     time_limit_min: float | None = None
     device: str = "auto"
     extra: tuple[str, ...] = ()  # further flags of python -m training.train
+    target: tuple[Path, ...] = ()  # unlabeled images adapted to (--target): folders or files
+    adapt: str | None = None  # --adapt: one of ADAPT_MODES, with target only
+
+    def __post_init__(self) -> None:
+        check_adaptation(self.target, self.adapt)  # refused before a child starts
 
     @property
     def data(self) -> list[str]:
@@ -125,6 +132,8 @@ def train_command(request: RetrainRequest, python: str = sys.executable) -> list
     argv += ["--out", str(request.out), "--epochs", str(request.epochs)]
     if request.time_limit_min:
         argv += ["--time-limit", f"{request.time_limit_min:g}"]
+    if request.adapt:
+        argv += ["--target", *map(str, request.target), "--adapt", request.adapt]
     argv += ["--device", request.device, *_crops_per_epoch(request), *request.extra]
     return argv
 
@@ -151,6 +160,10 @@ def plan_run(request: RetrainRequest) -> RunPlan:
     else:
         default = build_parser().get_default("samples_per_epoch")
         crops = crops_per_epoch(train, tile, default)
+    try:
+        targets = count_target_images(request.target) if request.adapt else None
+    except (OSError, ValueError):
+        targets = None  # the training command says why
     return RunPlan(
         train_images=train,
         val_images=None if own_split(flags) or train is None else val,
@@ -159,6 +172,8 @@ def plan_run(request: RetrainRequest) -> RunPlan:
         tile=tile,
         crops_per_s=rate,
         time_limit_min=request.time_limit_min,
+        target_images=targets,
+        adapt=request.adapt,
     )
 
 
@@ -355,6 +370,8 @@ class RetrainJob:
             previous=str(request.previous or request.init),
             val_images=val_images,
             epochs=request.epochs,
+            adapt=request.adapt,
+            target_images=_target_images(out / "best.pt", request),
         )
         register(version, self.models_dir)
         yield RetrainEvent("done", 1.0)
@@ -395,6 +412,25 @@ def _before_scores(path: Path, status: int, lines: list[str]) -> tuple[Scores | 
         return Scores(summary["dice"], organs, images, summary.get("score", summary["dice"])), ""
     except (OSError, ValueError, KeyError) as exc:
         return None, f"the previous model's scores cannot be read: {exc}"
+
+
+def _target_images(checkpoint: Path, request: RetrainRequest) -> int | None:
+    """The unlabeled images the run adapted to: the checkpoint's record of them (the trainer's
+    ``meta.training.adaptation.targets``), else the count of ``request.target``; None when the
+    run did not adapt."""
+    from training.models.checkpoint import CheckpointError, read_checkpoint
+
+    if not request.adapt:
+        return None
+    try:
+        record = read_checkpoint(checkpoint)["meta"].get("training", {}).get("adaptation")
+        return sum(int(target["images"]) for target in record["targets"])
+    except (CheckpointError, OSError, AttributeError, KeyError, TypeError, ValueError):
+        pass  # a trainer that does not record it
+    try:
+        return count_target_images(request.target)
+    except (OSError, ValueError):
+        return None
 
 
 def _val_images(lines: Sequence[str]) -> int:
