@@ -122,6 +122,8 @@ class RunPlan:
         match = _EPOCH_RATE.search(line)
         if match is None or self.crops is None:
             return ""
+        # the trainer's rate is training crops per second of the whole step: with adaptation it
+        # already includes the target batches, so it is not doubled here
         epoch, epochs, rate = int(match[1]), int(match[2]), float(match[3])
         if rate <= 0:
             return ""
