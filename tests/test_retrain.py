@@ -360,6 +360,20 @@ def test_the_plan_counts_the_target_images_and_doubles_the_estimate(tmp_path):
     # a time limit bounds it as before
     limited = dataclasses.replace(adapted, time_limit_min=0.1)
     assert plan_run(limited).minutes == 0.1
+    # a start that trained with target batches recorded their cost in its rate: not doubled again
+    record = {"mode": "grl", "targets": [{"name": "lab", "images": 3}], "adapt_weight": 0.1,
+              "pseudo_weight": 1.0, "pseudo_low": 0.1, "pseudo_high": 0.9}  # fmt: skip
+    again = save_checkpoint(
+        tmp_path / "adapted.pt",
+        build_model("coat_micro_daformer", input_size=64),
+        {"tile_size": 64, "training": {"samples_per_s": 1.0, "adaptation": record}},
+    )
+    from_adapted = dataclasses.replace(adapted, init=again)
+    assert plan_run(from_adapted).minutes == pytest.approx(2 * plan_run(plain).minutes)
+    assert "estimated x" not in plan_run(from_adapted).describe()
+    plain_again = plan_run(dataclasses.replace(plain, init=again))
+    assert plain_again.minutes == pytest.approx(plan_run(plain).minutes)
+    assert "estimated x0.5 as it trained with target batches" in plain_again.describe()
 
 
 def test_versions_say_what_they_were_adapted_to(tmp_path):

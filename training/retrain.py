@@ -31,6 +31,7 @@ from pathlib import Path
 from training.models.versions import ModelVersion, register
 from training.process import ChildProcess
 from training.retrain_plan import (
+    ADAPT_STEP_COST,
     VAL_FRACTION,
     RunPlan,
     check_adaptation,
@@ -146,7 +147,7 @@ def plan_run(request: RetrainRequest) -> RunPlan:
 
     flags = request.extra
     tile_flag = flag_value(flags, "--tile")
-    tile, rate = _trained_at(request.init)
+    tile, rate, adapted = _trained_at(request.init)
     tile = int(tile_flag) if tile_flag and tile_flag.isdigit() else tile
     folders = [request.corrections, *(path for path, _ in request.earlier)]
     fraction = flag_value(flags, "--val-fraction")
@@ -174,6 +175,7 @@ def plan_run(request: RetrainRequest) -> RunPlan:
         time_limit_min=request.time_limit_min,
         target_images=targets,
         adapt=request.adapt,
+        step_cost=(ADAPT_STEP_COST if request.adapt else 1) / (ADAPT_STEP_COST if adapted else 1),
     )
 
 
@@ -186,29 +188,30 @@ def _crops_per_epoch(request: RetrainRequest) -> list[str]:
     return [] if crops is None else ["--samples-per-epoch", str(crops)]
 
 
-def _trained_at(checkpoint: Path) -> tuple[int | None, float | None]:
-    """The tile size a checkpoint runs at and the crops per second it trained at; None for
-    what it does not record or when it cannot be read (the training command then says why)."""
+def _trained_at(checkpoint: Path) -> tuple[int | None, float | None, bool]:
+    """The tile size a checkpoint runs at, the crops per second it trained at (None for what it
+    does not record or when it cannot be read: the training command then says why) and whether
+    it trained with target batches (``--adapt``), which that rate includes."""
     try:
         stat = Path(checkpoint).stat()
     except OSError:
-        return None, None
+        return None, None, False
     return _recorded(str(checkpoint), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None]:
+def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None, bool]:
     # cached per file version: the widget re-plans on every edit of its form
     from training.models.checkpoint import CheckpointError, read_checkpoint
 
     try:
         meta = read_checkpoint(path)["meta"]
     except (CheckpointError, OSError):
-        return None, None
-    size = meta.get("tile_size")
-    rate = (meta.get("training") or {}).get("samples_per_s")
+        return None, None, False
+    size, training = meta.get("tile_size"), meta.get("training") or {}
+    rate = training.get("samples_per_s")
     rate = float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
-    return (size if isinstance(size, int) else None), rate
+    return (size if isinstance(size, int) else None), rate, bool(training.get("adaptation"))
 
 
 def evaluate_command(request: RetrainRequest, python: str = sys.executable) -> list[str]:

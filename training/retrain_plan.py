@@ -64,15 +64,16 @@ class RunPlan:
     time_limit_min: float | None = None
     target_images: int | None = None  # unlabeled images adapted to (None: not adapting)
     adapt: str | None = None  # --adapt: one of ADAPT_MODES
+    # a step's cost against the recorded rate's: ADAPT_STEP_COST when this run adapts and the
+    # starting checkpoint did not, its inverse the other way round
+    step_cost: float = 1.0
 
     @property
     def minutes(self) -> float | None:
         """Training minutes at the starting checkpoint's recorded rate (validation apart)."""
         if self.crops is None or not self.crops_per_s:
             return self.time_limit_min
-        minutes = self.epochs * self.crops / self.crops_per_s / 60
-        if self.adapt:
-            minutes *= ADAPT_STEP_COST
+        minutes = self.epochs * self.crops / self.crops_per_s / 60 * self.step_cost
         return min(minutes, self.time_limit_min) if self.time_limit_min else minutes
 
     @property
@@ -112,8 +113,12 @@ class RunPlan:
             if self.crops_per_s
             else ""
         )
-        if self.adapt and self.crops_per_s:
-            rate += f", estimated x{ADAPT_STEP_COST:g} for the target batches"
+        if self.crops_per_s and self.step_cost != 1:
+            rate += f", estimated x{self.step_cost:g} " + (
+                "for the target batches"
+                if self.step_cost > 1
+                else "as it trained with target batches and this run has none"
+            )
         return text + f"; about {math.ceil(minutes)} min of training{rate}, plus validation"
 
     def left(self, line: str) -> str:
