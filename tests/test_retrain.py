@@ -409,3 +409,12 @@ def test_the_registered_image_count_is_the_checkpoints_record(tmp_path):
     plain = save_checkpoint(tmp_path / "plain.pt", model)
     assert _target_images(plain, request) == 1  # no record: the folder's images
     assert _target_images(recorded, RetrainRequest(tmp_path, plain, tmp_path / "r")) is None
+
+
+def test_the_plugins_modes_are_the_trainers():
+    trainer = pytest.importorskip(
+        "training.adapt", reason="training.adapt comes with --target/--adapt (branch feat/adapt)"
+    )
+    from training.retrain_plan import ADAPT_MODES
+
+    assert tuple(ADAPT_MODES) == tuple(trainer.ADAPT_MODES)
