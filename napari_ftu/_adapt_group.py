@@ -8,6 +8,7 @@ off, adds no flag. It never imports torch.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,13 @@ class AdaptGroup(Container):
                 "(Train refuses until then)"
             )
         else:
-            self.note.value = f"{count} checked: adapted to while training on the corrections"
+            unsized = [p.name for p in self.targets() if p.is_file() and _no_pixel_size(p)]
+            self.note.value = f"{count} checked: adapted to while training on the corrections" + (
+                f"; {', '.join(unsized)}: no pixel size in the file, give --target-pixel-size UM "
+                "in more flags"
+                if unsized
+                else ""
+            )
 
     def _disconnect(self, *_: Any) -> None:
         for event in self._events:
@@ -145,6 +152,28 @@ def layer_file(layer: Any) -> Path | None:
         if isinstance(candidate, str) and candidate and Path(candidate).is_file():
             return Path(candidate).resolve()
     return None
+
+
+def _no_pixel_size(path: Path) -> bool:
+    """Whether an image file carries no pixel size (the trainer then needs
+    ``--target-pixel-size``); False when it cannot be read (the trainer says why)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return _unsized(str(path), stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _unsized(path: str, _mtime_ns: int) -> bool:
+    # cached per file version: the note is redrawn on every check
+    from training.slides import SlideError, open_slide
+
+    try:
+        with open_slide(path) as slide:
+            return slide.pixel_size_um is None
+    except (SlideError, OSError):
+        return False
 
 
 def _fit(widget: Any) -> Any:

@@ -138,8 +138,13 @@ def test_the_group_lists_the_open_slides_with_a_file(train, slides):
     assert [Path(b.tooltip) for b in listed.values()] == [slides["tiff"], slides["png"]]
     assert not any(b.value for b in listed.values())
     listed["colon"].value = True
+    note = train.adaptation.note
+    assert note.value.startswith("1 checked") and "pixel size" not in note.value
+    listed["plain"].value = True  # a PNG: the trainer needs its pixel size, the note says so
+    assert "plain.png: no pixel size in the file, give --target-pixel-size UM" in note.value
     viewer.layers.remove("plain")  # closed: gone, the check of the other kept
     assert list(boxes(train)) == ["colon"] and boxes(train)["colon"].value
+    assert note.value.startswith("1 checked") and "pixel size" not in note.value
     viewer.layers.remove(tiff)
     assert boxes(train) == {}
 
