@@ -57,6 +57,7 @@ class AdaptGroup(Container):
             _fit(label)
         self._folders: list[Path] = []
         self._checked: dict[Path, bool] = {}  # kept while the list is rebuilt
+        self._listed: list[tuple[Path, CheckBox]] = []
         self.add_folder_button.changed.connect(lambda: self.add_folder())
         self.mode.changed.connect(self._show_note)
         self._events = (viewer.layers.events.inserted, viewer.layers.events.removed)
@@ -87,10 +88,12 @@ class AdaptGroup(Container):
         for folder in self._folders:
             offered.setdefault(folder, f"{folder.name}/ (folder)")
         self.images.clear()
+        self._listed = []
         for path, name in offered.items():
             box = CheckBox(text=name, value=self._checked.get(path, False), tooltip=str(path))
             box.changed.connect(lambda value, path=path: self._check(path, value))
             self.images.append(_fit(box))
+            self._listed.append((path, box))
         if not offered:
             none = Label(value="no open slide with a file: open one, or add a folder")
             self.images.append(_fit(none))
@@ -99,9 +102,7 @@ class AdaptGroup(Container):
 
     def targets(self) -> tuple[Path, ...]:
         """The checked images and folders, in the list's order."""
-        return tuple(
-            Path(box.tooltip) for box in self.images if isinstance(box, CheckBox) and box.value
-        )
+        return tuple(path for path, box in self._listed if box.value)
 
     def choice(self) -> tuple[tuple[Path, ...], str | None]:
         """``(target, adapt)`` for the request: ``((), None)`` when off; ``ValueError`` in one
