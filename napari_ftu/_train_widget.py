@@ -27,6 +27,7 @@ from magicgui.widgets import (
     TextEdit,
 )
 
+from napari_ftu._adapt_group import AdaptGroup
 from napari_ftu._segment_widget import SegmentWidget, default_model_path
 
 __all__ = ["TrainWidget"]
@@ -65,6 +66,7 @@ class TrainWidget(Container):
             tooltip="further flags of python -m training.train, e.g. --lr 1e-4 "
             "--samples-per-epoch 500 (docs/training.md)",
         )
+        self.adaptation = AdaptGroup(napari_viewer)  # --target/--adapt: open slides, folders
         self.plan_note = Label(value="")
         self.train_button = PushButton(text=TRAIN)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -79,13 +81,13 @@ class TrainWidget(Container):
             widgets=[
                 self.corrections, self.earlier, self.add_earlier, self.start_from,
                 self.checkpoint, self.start_note, self.epochs, self.time_limit, self.device,
-                self.out, self.flags, self.plan_note, self.train_button, self.cancel_button,
-                self.progress, self.status, self.log, self.comparison, self.comparison_note,
-                self.switch_back,
-                self.versions,
+                self.out, self.flags, self.adaptation, self.plan_note, self.train_button,
+                self.cancel_button, self.progress, self.status, self.log, self.comparison,
+                self.comparison_note, self.switch_back, self.versions,
             ]
         )  # fmt: skip
-        for note in (self.start_note, self.plan_note, self.status, self.comparison_note):
+        notes = (self.start_note, self.plan_note, self.status, self.comparison_note)
+        for note in (*notes, self.adaptation.note):
             wrap_label(note.native)
         self.log.native.setReadOnly(True)
         self.log.native.document().setMaximumBlockCount(LOG_LINES)
@@ -99,7 +101,7 @@ class TrainWidget(Container):
         self.start_from.changed.connect(self._show_start)
         self.corrections.changed.connect(self._show_start)
         self.checkpoint.changed.connect(self._show_start)
-        for field in (self.epochs, self.time_limit, self.flags):
+        for field in (self.epochs, self.time_limit, self.flags, self.adaptation):
             field.changed.connect(self._show_plan)
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -187,6 +189,7 @@ class TrainWidget(Container):
         try:
             init, _ = self.start_model()
             extra = tuple(shlex.split(str(self.flags.value)))
+            target, adapt = self.adaptation.choice()
         except ValueError as exc:
             raise ValueError(f"Train on corrections: {exc}") from None
         limit = float(self.time_limit.value)
@@ -200,6 +203,8 @@ class TrainWidget(Container):
             time_limit_min=limit if limit > 0 else None,
             device=str(self.device.value),
             extra=extra,
+            target=target,
+            adapt=adapt,
         )
 
     # ------------------------------------------------------------------ the run
@@ -378,7 +383,7 @@ class TrainWidget(Container):
             self.versions.value = {"problem": [str(exc)]}
             _show_error(f"napari-ftu: {exc}")
             return
-        columns = ["created", "val Dice", "before", "data", "started from", "checkpoint"]
+        columns = ["created", "val Dice", "before", "data", "started from", "adapted", "checkpoint"]
         # a dict of columns: magicgui reads {"data": ..., "columns": ...} without "index" as two
         # columns named "data" and "columns"
         self.versions.value = {column: [row[column] for row in rows] for column in columns}

@@ -302,3 +302,119 @@ def test_only_a_model_no_worse_than_the_previous_is_selected(tmp_path):
     assert expected in why_not_selected(colon)
     better = dataclasses.replace(colon, best_val_dice=0.75, best_val_score=0.72)
     assert why_not_selected(better) == ""
+
+
+def test_adaptation_flags_are_checked_and_reach_the_command(tmp_path):
+    slide = tmp_path / "slide.tiff"
+    slide.write_bytes(b"")
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    base = dict(corrections=tmp_path, init=tmp_path / "m.pt", out=tmp_path / "r", device="cpu")
+    argv = train_command(RetrainRequest(**base, target=(slide, folder), adapt="both"), "py")
+    at = argv.index("--target")
+    assert argv[at : at + 5] == ["--target", str(slide), str(folder), "--adapt", "both"]
+    assert "--adapt" not in argv[at + 5 :]
+    plain = train_command(RetrainRequest(**base))
+    assert "--target" not in plain and "--adapt" not in plain
+    refused = {
+        "needs unlabeled target images": dict(adapt="grl"),
+        "without an adaptation mode": dict(target=(slide,)),
+        "unknown adaptation mode 'dann'": dict(target=(slide,), adapt="dann"),
+        "target image.s. not found: .*gone": dict(target=(slide, tmp_path / "gone"), adapt="grl"),
+    }
+    for message, given in refused.items():
+        with pytest.raises(ValueError, match=message) as caught:
+            RetrainRequest(**base, **given)
+        assert "\n" not in str(caught.value)
+
+
+def test_the_plan_counts_the_target_images_and_doubles_the_estimate(tmp_path):
+    from helpers import phantom_dataset
+
+    from training.models import build_model, save_checkpoint
+    from training.retrain import plan_run
+    from training.retrain_plan import count_target_images
+
+    lab = tmp_path / "lab"
+    (lab / "deeper").mkdir(parents=True)
+    for name in ("a.png", "b.TIFF", "c.svs", "notes.txt", ".hidden.png", "deeper/d.png"):
+        (lab / name).write_bytes(b"")
+    dataset = phantom_dataset(tmp_path / "dataset", ("kidney",), 64)  # 3 rows, masks ignored
+    single = lab / "a.png"
+    assert count_target_images([lab]) == 3 and count_target_images([dataset]) == 3
+    assert count_target_images([lab, dataset, single]) == 7
+    with pytest.raises(FileNotFoundError, match="gone"):
+        count_target_images([tmp_path / "gone"])
+    init = save_checkpoint(
+        tmp_path / "m.pt",
+        build_model("coat_micro_daformer", input_size=64),
+        {"tile_size": 64, "training": {"samples_per_s": 2.0}},
+    )
+    plain = RetrainRequest(dataset, init, tmp_path / "r", epochs=2)
+    adapted = dataclasses.replace(plain, target=(lab, dataset, single), adapt="pseudo")
+    assert plan_run(adapted).minutes == pytest.approx(2 * plan_run(plain).minutes)
+    text = plan_run(adapted).describe()
+    assert "adapting to 7 unlabeled image(s) (pseudo)" in text
+    assert "estimated x2 for the target batches" in text
+    assert "adapting" not in plan_run(plain).describe()
+    # a time limit bounds it as before
+    limited = dataclasses.replace(adapted, time_limit_min=0.1)
+    assert plan_run(limited).minutes == 0.1
+    # a start that trained with target batches recorded their cost in its rate: not doubled again
+    record = {"mode": "grl", "targets": [{"name": "lab", "images": 3}], "adapt_weight": 0.1,
+              "pseudo_weight": 1.0, "pseudo_low": 0.1, "pseudo_high": 0.9}  # fmt: skip
+    again = save_checkpoint(
+        tmp_path / "adapted.pt",
+        build_model("coat_micro_daformer", input_size=64),
+        {"tile_size": 64, "training": {"samples_per_s": 1.0, "adaptation": record}},
+    )
+    from_adapted = dataclasses.replace(adapted, init=again)
+    assert plan_run(from_adapted).minutes == pytest.approx(2 * plan_run(plain).minutes)
+    assert "estimated x" not in plan_run(from_adapted).describe()
+    plain_again = plan_run(dataclasses.replace(plain, init=again))
+    assert plain_again.minutes == pytest.approx(plan_run(plain).minutes)
+    assert "estimated x0.5 as it trained with target batches" in plain_again.describe()
+
+
+def test_versions_say_what_they_were_adapted_to(tmp_path):
+    from training.models.versions import adapted
+
+    plain = _version(tmp_path / "a.pt")
+    assert adapted(plain) == "-" and describe(plain)["adapted"] == "-"
+    assert adapted(dataclasses.replace(plain, adapt="grl", target_images=1)) == (
+        "grl, 1 unlabeled image"
+    )
+    assert adapted(dataclasses.replace(plain, adapt="both")) == "both, ? unlabeled images"
+    register(dataclasses.replace(plain, adapt="pseudo", target_images=12), tmp_path)
+    (entry,) = list_versions(tmp_path)  # the record survives the registry
+    assert (entry.adapt, entry.target_images) == ("pseudo", 12)
+
+
+def test_the_registered_image_count_is_the_checkpoints_record(tmp_path):
+    from training.models import build_model, save_checkpoint
+    from training.retrain import _target_images
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "a.png").write_bytes(b"")
+    request = RetrainRequest(
+        tmp_path, tmp_path / "m.pt", tmp_path / "r", target=(lab,), adapt="grl"
+    )
+    model = build_model("coat_micro_daformer", input_size=64)
+    targets = [{"name": "lab", "images": 4}, {"name": "x.tiff", "images": 1}]
+    record = {"mode": "grl", "targets": targets, "adapt_weight": 0.1, "pseudo_weight": 1.0,
+              "pseudo_low": 0.1, "pseudo_high": 0.9}  # fmt: skip
+    recorded = save_checkpoint(tmp_path / "rec.pt", model, {"training": {"adaptation": record}})
+    assert _target_images(recorded, request) == 5  # what the trainer found, not a recount
+    plain = save_checkpoint(tmp_path / "plain.pt", model)
+    assert _target_images(plain, request) == 1  # no record: the folder's images
+    assert _target_images(recorded, RetrainRequest(tmp_path, plain, tmp_path / "r")) is None
+
+
+def test_the_plugins_modes_are_the_trainers():
+    trainer = pytest.importorskip(
+        "training.adapt", reason="training.adapt comes with --target/--adapt (branch feat/adapt)"
+    )
+    from training.retrain_plan import ADAPT_MODES
+
+    assert tuple(ADAPT_MODES) == tuple(trainer.ADAPT_MODES)

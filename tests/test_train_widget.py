@@ -291,6 +291,6 @@ def test_long_notes_wrap_and_versions_show_their_columns(
     train.refresh_versions()
     table = train.versions
     assert list(table.column_headers) == [
-        "created", "val Dice", "before", "data", "started from", "checkpoint"
+        "created", "val Dice", "before", "data", "started from", "adapted", "checkpoint"
     ]  # fmt: skip
-    assert table.shape == (1, 6) and table.data[0][1] == "0.800"
+    assert table.shape == (1, 7) and table.data[0][1] == "0.800" and table.data[0][5] == "-"

@@ -31,9 +31,12 @@ from pathlib import Path
 from training.models.versions import ModelVersion, register
 from training.process import ChildProcess
 from training.retrain_plan import (
+    ADAPT_STEP_COST,
     VAL_FRACTION,
     RunPlan,
+    check_adaptation,
     count_split,
+    count_target_images,
     crops_per_epoch,
     flag_value,
     own_split,
@@ -78,6 +81,11 @@ class RetrainRequest:
     time_limit_min: float | None = None
     device: str = "auto"
     extra: tuple[str, ...] = ()  # further flags of python -m training.train
+    target: tuple[Path, ...] = ()  # unlabeled images adapted to (--target): folders or files
+    adapt: str | None = None  # --adapt: one of ADAPT_MODES, with target only
+
+    def __post_init__(self) -> None:
+        check_adaptation(self.target, self.adapt)  # refused before a child starts
 
     @property
     def data(self) -> list[str]:
@@ -125,6 +133,8 @@ def train_command(request: RetrainRequest, python: str = sys.executable) -> list
     argv += ["--out", str(request.out), "--epochs", str(request.epochs)]
     if request.time_limit_min:
         argv += ["--time-limit", f"{request.time_limit_min:g}"]
+    if request.adapt:
+        argv += ["--target", *map(str, request.target), "--adapt", request.adapt]
     argv += ["--device", request.device, *_crops_per_epoch(request), *request.extra]
     return argv
 
@@ -137,7 +147,7 @@ def plan_run(request: RetrainRequest) -> RunPlan:
 
     flags = request.extra
     tile_flag = flag_value(flags, "--tile")
-    tile, rate = _trained_at(request.init)
+    tile, rate, adapted = _trained_at(request.init)
     tile = int(tile_flag) if tile_flag and tile_flag.isdigit() else tile
     folders = [request.corrections, *(path for path, _ in request.earlier)]
     fraction = flag_value(flags, "--val-fraction")
@@ -151,6 +161,10 @@ def plan_run(request: RetrainRequest) -> RunPlan:
     else:
         default = build_parser().get_default("samples_per_epoch")
         crops = crops_per_epoch(train, tile, default)
+    try:
+        targets = count_target_images(request.target) if request.adapt else None
+    except (OSError, ValueError):
+        targets = None  # the training command says why
     return RunPlan(
         train_images=train,
         val_images=None if own_split(flags) or train is None else val,
@@ -159,6 +173,9 @@ def plan_run(request: RetrainRequest) -> RunPlan:
         tile=tile,
         crops_per_s=rate,
         time_limit_min=request.time_limit_min,
+        target_images=targets,
+        adapt=request.adapt,
+        step_cost=(ADAPT_STEP_COST if request.adapt else 1) / (ADAPT_STEP_COST if adapted else 1),
     )
 
 
@@ -171,29 +188,30 @@ def _crops_per_epoch(request: RetrainRequest) -> list[str]:
     return [] if crops is None else ["--samples-per-epoch", str(crops)]
 
 
-def _trained_at(checkpoint: Path) -> tuple[int | None, float | None]:
-    """The tile size a checkpoint runs at and the crops per second it trained at; None for
-    what it does not record or when it cannot be read (the training command then says why)."""
+def _trained_at(checkpoint: Path) -> tuple[int | None, float | None, bool]:
+    """The tile size a checkpoint runs at, the crops per second it trained at (None for what it
+    does not record or when it cannot be read: the training command then says why) and whether
+    it trained with target batches (``--adapt``), which that rate includes."""
     try:
         stat = Path(checkpoint).stat()
     except OSError:
-        return None, None
+        return None, None, False
     return _recorded(str(checkpoint), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None]:
+def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None, bool]:
     # cached per file version: the widget re-plans on every edit of its form
     from training.models.checkpoint import CheckpointError, read_checkpoint
 
     try:
         meta = read_checkpoint(path)["meta"]
     except (CheckpointError, OSError):
-        return None, None
-    size = meta.get("tile_size")
-    rate = (meta.get("training") or {}).get("samples_per_s")
+        return None, None, False
+    size, training = meta.get("tile_size"), meta.get("training") or {}
+    rate = training.get("samples_per_s")
     rate = float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
-    return (size if isinstance(size, int) else None), rate
+    return (size if isinstance(size, int) else None), rate, bool(training.get("adaptation"))
 
 
 def evaluate_command(request: RetrainRequest, python: str = sys.executable) -> list[str]:
@@ -355,6 +373,8 @@ class RetrainJob:
             previous=str(request.previous or request.init),
             val_images=val_images,
             epochs=request.epochs,
+            adapt=request.adapt,
+            target_images=_target_images(out / "best.pt", request),
         )
         register(version, self.models_dir)
         yield RetrainEvent("done", 1.0)
@@ -395,6 +415,25 @@ def _before_scores(path: Path, status: int, lines: list[str]) -> tuple[Scores | 
         return Scores(summary["dice"], organs, images, summary.get("score", summary["dice"])), ""
     except (OSError, ValueError, KeyError) as exc:
         return None, f"the previous model's scores cannot be read: {exc}"
+
+
+def _target_images(checkpoint: Path, request: RetrainRequest) -> int | None:
+    """The unlabeled images the run adapted to: the checkpoint's record of them (the trainer's
+    ``meta.training.adaptation.targets``), else the count of ``request.target``; None when the
+    run did not adapt."""
+    from training.models.checkpoint import CheckpointError, read_checkpoint
+
+    if not request.adapt:
+        return None
+    try:
+        record = read_checkpoint(checkpoint)["meta"].get("training", {}).get("adaptation")
+        return sum(int(target["images"]) for target in record["targets"])
+    except (CheckpointError, OSError, AttributeError, KeyError, TypeError, ValueError):
+        pass  # a trainer that does not record it
+    try:
+        return count_target_images(request.target)
+    except (OSError, ValueError):
+        return None
 
 
 def _val_images(lines: Sequence[str]) -> int:

@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ADAPT_MODES",
+    "ADAPT_STEP_COST",
     "CROPS_PER_IMAGE",
     "RunPlan",
+    "check_adaptation",
     "count_split",
+    "count_target_images",
     "crops_per_epoch",
     "flag_value",
     "own_split",
@@ -32,6 +36,16 @@ BASE_TILE = 256  # the tile the training command's default epoch (2000 crops) is
 CROPS_PER_IMAGE = 100  # 256 px crops per training image and epoch (25 of 512 px)
 MIN_CROPS = 8  # one default batch
 VAL_FRACTION = 0.2  # the training command's --val-fraction default
+# --adapt's modes and how the plugin names them
+ADAPT_MODES = {
+    "grl": "align features (grl)",
+    "pseudo": "pseudo-labels",
+    "both": "both (grl and pseudo-labels)",
+}
+# a step with adaptation also runs a batch of target crops through the model (grl: encoder and
+# domain classifier, forward and backward; pseudo: the segmenter on its pseudo-labels): about
+# twice a plain step. An estimate, not a measurement: the rate shown during the run is measured.
+ADAPT_STEP_COST = 2.0
 _EPOCH_RATE = re.compile(r"epoch (\d+)/(\d+) done: .*?([\d.]+) samples/s")
 # flags after which the plan cannot tell the validation images
 _OWN_SPLIT = ("--val-data", "--fold", "--config")
@@ -48,13 +62,18 @@ class RunPlan:
     tile: int | None
     crops_per_s: float | None = None  # the rate the starting checkpoint trained at
     time_limit_min: float | None = None
+    target_images: int | None = None  # unlabeled images adapted to (None: not adapting)
+    adapt: str | None = None  # --adapt: one of ADAPT_MODES
+    # a step's cost against the recorded rate's: ADAPT_STEP_COST when this run adapts and the
+    # starting checkpoint did not, its inverse the other way round
+    step_cost: float = 1.0
 
     @property
     def minutes(self) -> float | None:
         """Training minutes at the starting checkpoint's recorded rate (validation apart)."""
         if self.crops is None or not self.crops_per_s:
             return self.time_limit_min
-        minutes = self.epochs * self.crops / self.crops_per_s / 60
+        minutes = self.epochs * self.crops / self.crops_per_s / 60 * self.step_cost
         return min(minutes, self.time_limit_min) if self.time_limit_min else minutes
 
     @property
@@ -83,6 +102,9 @@ class RunPlan:
             f"{self.crops} crops of {self.tile or BASE_TILE} px"
         )
         text = f"{self.train_images} training + {val} image(s); {self.epochs} epoch(s) of {size}"
+        if self.adapt:
+            count = "?" if self.target_images is None else self.target_images
+            text += f"; adapting to {count} unlabeled image(s) ({self.adapt})"
         minutes = self.minutes
         if minutes is None:
             return text + "; duration unknown (set a time limit to bound it)"
@@ -91,6 +113,12 @@ class RunPlan:
             if self.crops_per_s
             else ""
         )
+        if self.crops_per_s and self.step_cost != 1:
+            rate += f", estimated x{self.step_cost:g} " + (
+                "for the target batches"
+                if self.step_cost > 1
+                else "as it trained with target batches and this run has none"
+            )
         return text + f"; about {math.ceil(minutes)} min of training{rate}, plus validation"
 
     def left(self, line: str) -> str:
@@ -99,6 +127,8 @@ class RunPlan:
         match = _EPOCH_RATE.search(line)
         if match is None or self.crops is None:
             return ""
+        # the trainer's rate is training crops per second of the whole step: with adaptation it
+        # already includes the target batches, so it is not doubled here
         epoch, epochs, rate = int(match[1]), int(match[2]), float(match[3])
         if rate <= 0:
             return ""
@@ -126,6 +156,52 @@ def count_split(folders: Sequence[Path], val_fraction: float = VAL_FRACTION) -> 
             held = min(max(held, 1), count - 1)
         val += held
     return sum(organs.values()) - val, val
+
+
+def check_adaptation(target: Sequence[Path], adapt: str | None) -> None:
+    """``ValueError`` in one line when ``--target target --adapt adapt`` cannot run: an unknown
+    mode, a mode without images or images without a mode, or images that do not exist."""
+    if adapt is not None and adapt not in ADAPT_MODES:
+        raise ValueError(f"unknown adaptation mode {adapt!r} (one of grl, pseudo, both)")
+    if adapt and not target:
+        raise ValueError(
+            f"adapting ({adapt}) needs unlabeled target images: check an open slide or add a "
+            "folder, or turn adaptation off"
+        )
+    if target and not adapt:
+        raise ValueError("target images given without an adaptation mode (grl, pseudo, both)")
+    missing = [str(p) for p in target if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"target image(s) not found: {', '.join(missing)}")
+
+
+def count_target_images(paths: Sequence[Path]) -> int:
+    """How many unlabeled images ``--target paths`` names, counted as the trainer finds them
+    (``training.adapt.target``): a dataset folder's ``train.csv`` rows (its masks ignored), a
+    folder's image and slide files (not hidden, not in subfolders), a file itself;
+    ``OSError``/``ValueError`` when a path cannot be read."""
+    from training.slides import SLIDE_SUFFIXES
+
+    count = 0
+    for path in map(Path, paths):
+        table = path / "train.csv"
+        if table.is_file():
+            try:
+                with table.open(newline="") as handle:
+                    count += sum(1 for _ in csv.DictReader(handle))
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise ValueError(f"{table}: {exc}") from None
+        elif path.is_dir():
+            count += sum(
+                1
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES
+            )
+        elif path.is_file():
+            count += 1
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return count
 
 
 def crops_per_epoch(train_images: int | None, tile: int | None, default: int) -> int | None:

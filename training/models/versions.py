@@ -23,6 +23,7 @@ __all__ = [
     "MODELS_ENV",
     "ModelVersion",
     "VersionsError",
+    "adapted",
     "available_models",
     "describe",
     "list_versions",
@@ -58,6 +59,10 @@ class ModelVersion:
     # with the background Dice) of each, where known; compared instead of the Dice values
     best_val_score: float | None = None
     before_val_score: float | None = None
+    # unsupervised adaptation to unlabeled images (--adapt, --target), None when not adapted;
+    # the image count is the checkpoint's record where it has one
+    adapt: str | None = None
+    target_images: int | None = None
 
     @property
     def missing(self) -> bool:
@@ -153,8 +158,19 @@ def describe(version: ModelVersion) -> dict[str, Any]:
         "val Dice": dice(version.best_val_dice),
         "before": dice(version.before_val_dice),
         "started from": Path(version.init).name,
+        "adapted": adapted(version),
         "checkpoint": "missing: " + version.path if version.missing else version.path,
     }
+
+
+def adapted(version: ModelVersion) -> str:
+    """How ``version`` was adapted, e.g. ``grl, 12 unlabeled images``, or "-" when it was not."""
+    if not version.adapt:
+        return "-"
+    count = "? unlabeled images" if version.target_images is None else (
+        f"{version.target_images} unlabeled image" + ("" if version.target_images == 1 else "s")
+    )
+    return f"{version.adapt}, {count}"
 
 
 def why_not_selected(version: ModelVersion) -> str:
