@@ -250,10 +250,10 @@ def test_the_plan_sizes_the_epoch_to_the_images_and_counts_validation(tmp_path):
     from training.models import build_model, save_checkpoint
     from training.retrain import plan_run
 
-    wide = save_checkpoint(
+    wide = save_checkpoint(  # at 0.2 um/px the 64 px images at 2 um/px are 640 px: no padding
         tmp_path / "wide.pt",
         build_model("coat_micro_daformer", input_size=512),
-        {"tile_size": 512, "training": {"samples_per_s": 2.0}},
+        {"tile_size": 512, "pixel_size_um": 0.2, "training": {"samples_per_s": 2.0}},
     )
     three = phantom_dataset(tmp_path / "three", ("kidney",), 64)  # 2 training, 1 validation
     request = RetrainRequest(three, wide, tmp_path / "run", epochs=4)
@@ -282,6 +282,34 @@ def test_the_plan_sizes_the_epoch_to_the_images_and_counts_validation(tmp_path):
     lines = (three / "train.csv").read_text().splitlines()
     (one / "train.csv").write_text(f"{lines[0]}\n{lines[1]}\n")
     assert "no validation image" in plan_run(RetrainRequest(one, wide, tmp_path / "r")).warning
+
+
+def test_images_smaller_than_the_models_tile_train_on_smaller_crops(tmp_path):
+    """A 512 px tile on images smaller than it is mostly padding (real colon images are 269 px
+    at 1 um/px): the plan trains on 256 px crops instead, says why, and the user's --tile wins."""
+    from helpers import phantom_dataset
+
+    from training.models import build_model, save_checkpoint
+    from training.retrain import plan_run
+
+    wide = save_checkpoint(  # at 0.4 um/px the 64 px images at 2 um/px are 320 px
+        tmp_path / "wide.pt",
+        build_model("coat_micro_daformer", input_size=512),
+        {"tile_size": 512, "pixel_size_um": 0.4, "training": {"samples_per_s": 2.0}},
+    )
+    three = phantom_dataset(tmp_path / "three", ("kidney",), 64)
+    request = RetrainRequest(three, wide, tmp_path / "run", epochs=4)
+    plan = plan_run(request)
+    assert (plan.tile, plan.fitted_from, plan.crops) == (256, 512, 200)  # 100 per image
+    assert plan.crops_per_s == pytest.approx(8.0)  # a quarter of the pixels per crop
+    assert "smaller than the model's 512 px tile" in plan.describe()
+    argv = train_command(request)
+    assert argv[argv.index("--tile") + 1] == "256"
+    assert argv[argv.index("--samples-per-epoch") + 1] == "200"
+    own = train_command(RetrainRequest(three, wide, tmp_path / "r", extra=("--tile", "512")))
+    assert own.count("--tile") == 1 and own[own.index("--tile") + 1] == "512"
+    small = save_checkpoint(tmp_path / "small.pt", build_model("coat_micro_daformer"))
+    assert "--tile" not in train_command(RetrainRequest(three, small, tmp_path / "r"))
 
 
 def test_only_a_model_no_worse_than_the_previous_is_selected(tmp_path):

@@ -38,7 +38,9 @@ from training.retrain_plan import (
     count_split,
     count_target_images,
     crops_per_epoch,
+    fitted_tile,
     flag_value,
+    image_sides_um,
     own_split,
 )
 
@@ -135,7 +137,7 @@ def train_command(request: RetrainRequest, python: str = sys.executable) -> list
         argv += ["--time-limit", f"{request.time_limit_min:g}"]
     if request.adapt:
         argv += ["--target", *map(str, request.target), "--adapt", request.adapt]
-    argv += ["--device", request.device, *_crops_per_epoch(request), *request.extra]
+    argv += ["--device", request.device, *_run_size(request), *request.extra]
     return argv
 
 
@@ -147,9 +149,19 @@ def plan_run(request: RetrainRequest) -> RunPlan:
 
     flags = request.extra
     tile_flag = flag_value(flags, "--tile")
-    tile, rate, adapted = _trained_at(request.init)
-    tile = int(tile_flag) if tile_flag and tile_flag.isdigit() else tile
+    tile, rate, adapted, model_um = _trained_at(request.init)
     folders = [request.corrections, *(path for path, _ in request.earlier)]
+    fitted = None
+    if tile_flag is not None:
+        tile = int(tile_flag) if tile_flag.isdigit() else tile
+    else:
+        try:
+            fitted = fitted_tile(tile, image_sides_um(folders), model_um)
+        except (OSError, ValueError):
+            fitted = None  # the training command says why
+    if fitted and tile and rate:
+        rate *= (tile / fitted) ** 2  # a step's cost follows its pixels
+    fitted_from, tile = (tile, fitted) if fitted else (None, tile)
     fraction = flag_value(flags, "--val-fraction")
     try:
         train, val = count_split(folders, float(fraction) if fraction else VAL_FRACTION)
@@ -176,42 +188,51 @@ def plan_run(request: RetrainRequest) -> RunPlan:
         target_images=targets,
         adapt=request.adapt,
         step_cost=(ADAPT_STEP_COST if request.adapt else 1) / (ADAPT_STEP_COST if adapted else 1),
+        fitted_from=fitted_from,
     )
 
 
-def _crops_per_epoch(request: RetrainRequest) -> list[str]:
-    """``--samples-per-epoch`` of the plan (none when the flags name one themselves, or the
-    command's default is right as it is)."""
-    if flag_value(request.extra, "--samples-per-epoch") is not None:
-        return []
-    crops = plan_run(request).crops
-    return [] if crops is None else ["--samples-per-epoch", str(crops)]
+def _run_size(request: RetrainRequest) -> list[str]:
+    """``--tile`` (when the images are smaller than the model's tile) and
+    ``--samples-per-epoch`` of the plan (none when the flags name their own, or the command's
+    default is right as it is)."""
+    plan = plan_run(request)
+    flags = ["--tile", str(plan.tile)] if plan.fitted_from else []
+    if flag_value(request.extra, "--samples-per-epoch") is None and plan.crops is not None:
+        flags += ["--samples-per-epoch", str(plan.crops)]
+    return flags
 
 
-def _trained_at(checkpoint: Path) -> tuple[int | None, float | None, bool]:
+_Trained = tuple[int | None, float | None, bool, float | None]
+
+
+def _trained_at(checkpoint: Path) -> _Trained:
     """The tile size a checkpoint runs at, the crops per second it trained at (None for what it
-    does not record or when it cannot be read: the training command then says why) and whether
-    it trained with target batches (``--adapt``), which that rate includes."""
+    does not record or when it cannot be read: the training command then says why), whether
+    it trained with target batches (``--adapt``), which that rate includes, and its um/px."""
     try:
         stat = Path(checkpoint).stat()
     except OSError:
-        return None, None, False
+        return None, None, False, None
     return _recorded(str(checkpoint), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _recorded(path: str, _mtime_ns: int, _size: int) -> tuple[int | None, float | None, bool]:
+def _recorded(path: str, _mtime_ns: int, _size: int) -> _Trained:
     # cached per file version: the widget re-plans on every edit of its form
     from training.models.checkpoint import CheckpointError, read_checkpoint
 
     try:
         meta = read_checkpoint(path)["meta"]
     except (CheckpointError, OSError):
-        return None, None, False
+        return None, None, False, None
     size, training = meta.get("tile_size"), meta.get("training") or {}
     rate = training.get("samples_per_s")
     rate = float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
-    return (size if isinstance(size, int) else None), rate, bool(training.get("adaptation"))
+    model_um = meta.get("pixel_size_um")
+    model_um = float(model_um) if isinstance(model_um, (int, float)) else None
+    size = size if isinstance(size, int) else None
+    return size, rate, bool(training.get("adaptation")), model_um
 
 
 def evaluate_command(request: RetrainRequest, python: str = sys.executable) -> list[str]:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.adapt import ADAPT_MODES as _TRAIN_MODES
+
 __all__ = [
     "ADAPT_MODES",
     "ADAPT_STEP_COST",
@@ -28,7 +30,9 @@ __all__ = [
     "count_split",
     "count_target_images",
     "crops_per_epoch",
+    "fitted_tile",
     "flag_value",
+    "image_sides_um",
     "own_split",
 ]
 
@@ -36,12 +40,14 @@ BASE_TILE = 256  # the tile the training command's default epoch (2000 crops) is
 CROPS_PER_IMAGE = 100  # 256 px crops per training image and epoch (25 of 512 px)
 MIN_CROPS = 8  # one default batch
 VAL_FRACTION = 0.2  # the training command's --val-fraction default
-# --adapt's modes and how the plugin names them
-ADAPT_MODES = {
-    "grl": "align features (grl)",
-    "pseudo": "pseudo-labels",
-    "both": "both (grl and pseudo-labels)",
-}
+# --adapt's modes (training.adapt's, one list) and how the plugin names them
+ADAPT_MODES = dict(
+    zip(
+        _TRAIN_MODES,
+        ("align features (grl)", "pseudo-labels", "both (grl and pseudo-labels)"),
+        strict=True,
+    )
+)
 # a step with adaptation also runs a batch of target crops through the model (grl: encoder and
 # domain classifier, forward and backward; pseudo: the segmenter on its pseudo-labels): about
 # twice a plain step. An estimate, not a measurement: the rate shown during the run is measured.
@@ -67,6 +73,7 @@ class RunPlan:
     # a step's cost against the recorded rate's: ADAPT_STEP_COST when this run adapts and the
     # starting checkpoint did not, its inverse the other way round
     step_cost: float = 1.0
+    fitted_from: int | None = None  # the model's own tile, when the images asked for a smaller
 
     @property
     def minutes(self) -> float | None:
@@ -102,6 +109,8 @@ class RunPlan:
             f"{self.crops} crops of {self.tile or BASE_TILE} px"
         )
         text = f"{self.train_images} training + {val} image(s); {self.epochs} epoch(s) of {size}"
+        if self.fitted_from:
+            text += f" (the images are smaller than the model's {self.fitted_from} px tile)"
         if self.adapt:
             count = "?" if self.target_images is None else self.target_images
             text += f"; adapting to {count} unlabeled image(s) ({self.adapt})"
@@ -202,6 +211,38 @@ def count_target_images(paths: Sequence[Path]) -> int:
         else:
             raise FileNotFoundError(f"{path} does not exist")
     return count
+
+
+def image_sides_um(folders: Sequence[Path]) -> list[float]:
+    """The shorter side in um of each image of ``folders``' ``train.csv`` rows that states its
+    size and pixel size (others are skipped); ``OSError``/``ValueError`` when unreadable."""
+    sides = []
+    for folder in folders:
+        try:
+            with (Path(folder) / "train.csv").open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{folder}/train.csv: {exc}") from None
+        for row in rows:
+            try:
+                side = min(float(row["img_height"]), float(row["img_width"]))
+                side *= float(row["pixel_size"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(side) and side > 0:
+                sides.append(side)
+    return sides
+
+
+def fitted_tile(tile: int | None, sides_um: Sequence[float], model_um: float | None) -> int | None:
+    """:data:`BASE_TILE` when a model's ``tile`` is larger than it and than most training images
+    at the model's scale (such crops would be mostly padding, which teaches nothing and costs
+    pixels: a 512 px tile on a 269 px image is three quarters padding); else None, the model's
+    own. Every model here takes BASE_TILE crops (its registry default)."""
+    if not tile or tile <= BASE_TILE or not sides_um or not model_um or model_um <= 0:
+        return None
+    median_px = sorted(sides_um)[len(sides_um) // 2] / model_um
+    return BASE_TILE if median_px < tile else None
 
 
 def crops_per_epoch(train_images: int | None, tile: int | None, default: int) -> int | None:
