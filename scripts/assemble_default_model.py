@@ -19,15 +19,17 @@ from training.data.catalog import ORGANS
 from training.models import load_checkpoint, save_checkpoint
 
 TARGET = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
-NOT_KIDNEY = [organ for organ in ORGANS if organ != "kidney"]
+GENERAL = [organ for organ in ORGANS if organ not in ("kidney", "largeintestine")]
 MEMBERS = (  # from scripts/train_default_model.sh: the stage-3 fine-tunes and the stage-2 lung
-    # specialist for the four other organs; for kidney stage 8's 1 um/px specialist with 512 px
-    # tiles, the choice of kidney validation (docs/benchmarks.md, "stage 8"). Kidney corrections
-    # fine-tune it.
-    ("swin-k", "swin_upernet.pt", {"weight": 1.0, "organs": NOT_KIDNEY}),
-    ("coat-k2", "coat_daformer.pt", {"weight": 1.0, "organs": NOT_KIDNEY}),
+    # specialist for spleen, lung and prostate; for kidney stage 8's 1 um/px specialist with
+    # 512 px tiles, the choice of kidney validation (docs/benchmarks.md, "stage 8"); for the large
+    # intestine stage 9's colon specialist, trained on real colon (docs/benchmarks.md, "colon
+    # member"). Corrections of an organ fine-tune its specialist.
+    ("swin-k", "swin_upernet.pt", {"weight": 1.0, "organs": GENERAL}),
+    ("coat-k2", "coat_daformer.pt", {"weight": 1.0, "organs": GENERAL}),
     ("lung-ft", "lung_swin_upernet.pt", {"weight": 2.0, "organs": ["lung"]}),
     ("kidney-coat1g512", "kidney_coat_daformer.pt", {"weight": 1.0, "organs": ["kidney"]}),
+    ("colon-coat", "colon_coat_daformer.pt", {"weight": 1.0, "organs": ["largeintestine"]}),
 )
 
 

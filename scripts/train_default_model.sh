@@ -91,6 +91,15 @@ PACK=${PACK:-$RUNS/kidney-1um}
     --val-data "$PACK/kd-val" --init "$RUNS/kidney-coat1g/best.pt" --tile 512 --lr 5e-5 \
     --warmup 0.3 --samples-per-epoch 400 --batch-size 8 --epochs 16 --workers 1 --val-every 2 \
     --seed 31 --no-progress --device cpu --time-limit 55 --out "$RUNS/kidney-coat1g512"
+# Stage 9 (session 13): a colon specialist, stage 3's CoaT fine-tuned on the 24 real colon
+# training images (3 patients, runs/data/colon-train) alone, validated on 6 images of 3 other
+# patients (colon-val); colon-test's 5 patients are never trained or tuned on. It started from
+# the float16 copy of coat-k2 in the stage-8 model (training/models/default/coat_daformer.pt);
+# its full 30 epochs in 45 minutes beside other jobs (best at epoch 17).
+[ -f "$RUNS/colon-coat/best.pt" ] || $PY -m training.train --data "$DATA/colon-train" \
+    --val-data "$DATA/colon-val" --init "$RUNS/coat-k2/best.pt" --lr 3e-4 --warmup 0.5 \
+    --epochs 30 --samples-per-epoch 400 --batch-size 8 --workers 1 --val-every 1 --seed 41 \
+    --no-progress --device cpu --time-limit 45 --out "$RUNS/colon-coat"
 $PY scripts/assemble_default_model.py "$RUNS"
 # Calibrate the ensemble's threshold and minimum object area per organ on validation images:
 # fresh phantoms (seeds 200-203, never trained on) for the other organs, and for kidney the
