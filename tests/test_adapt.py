@@ -135,6 +135,23 @@ def test_the_ramp_rises_from_0_to_about_1():
 
 
 # ---- pseudo-labels ---------------------------------------------------------------------------
+def test_a_run_stopped_by_its_time_limit_ramps_with_its_time():
+    """The ramp follows the epochs, or the time limit when that is further along: a 100-epoch
+    run that a 10-minute limit stops after 2 epochs still reaches the full reversal."""
+    import time
+    from types import SimpleNamespace
+
+    from training.trainer import Trainer
+
+    fake = SimpleNamespace(loader=[0] * 10, options=SimpleNamespace(epochs=100, time_limit_s=600))
+    now = time.monotonic()
+    assert Trainer._progress(fake, 1, 4, now) == pytest.approx(0.005, abs=1e-3)
+    assert Trainer._progress(fake, 2, 9, now - 300) == pytest.approx(0.5, abs=1e-2)
+    assert Trainer._progress(fake, 2, 9, now - 900) == 1.0
+    fake.options.time_limit_s = None
+    assert Trainer._progress(fake, 2, 9, now - 900) == pytest.approx(0.02)
+
+
 def test_unconfident_pixels_add_nothing_to_the_loss_nor_get_a_gradient():
     probs = torch.tensor([0.95, 0.5, 0.05, 0.92]).view(1, 1, 2, 2)
     target, weight = pseudo_labels(probs, low=0.1, high=0.9)

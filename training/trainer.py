@@ -204,8 +204,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(self.loader):
             final = (index + 1) % self.options.accumulate == 0 or index + 1 == len(self.loader)
-            progress = (epoch - 1 + (index + 1) / len(self.loader)) / self.options.epochs
-            parts = self._step(batch, sync=final, progress=progress)
+            parts = self._step(batch, sync=final, progress=self._progress(epoch, index, start))
             if final:
                 self._optimizer_step()
             for key, value in parts.items():
@@ -283,6 +282,14 @@ class Trainer:
             if buffer.is_floating_point():
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer /= self.world.size
+
+    def _progress(self, epoch: int, index: int, start: float) -> float:
+        """How far training is, 0..1: through its epochs or, under a time limit, through its
+        time if that is further (a run the limit stops early still ramps its adaptation)."""
+        done = (epoch - 1 + (index + 1) / len(self.loader)) / self.options.epochs
+        if self.options.time_limit_s:
+            done = max(done, (time.monotonic() - start) / self.options.time_limit_s)
+        return min(done, 1.0)
 
     def _time_is_up(self, start: float) -> bool:
         if self.options.time_limit_s is None:
