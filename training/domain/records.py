@@ -1,0 +1,51 @@
+"""Descriptions of dataset folders' images, and written into a checkpoint file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.domain.description import MAX_TILES, describe_domain
+
+
+def describe_records(
+    records: Sequence[Any], model: Any, meta: dict[str, Any], max_tiles: int = MAX_TILES
+) -> dict[str, Any]:
+    """The description of training ``records`` (:class:`training.data.records.Record`) for
+    ``model``: one stain group per dataset folder and data source."""
+    from training.slides import open_slide
+
+    keys = [(r.folder, r.data_source) for r in records]
+    with contextlib.ExitStack() as stack:
+        slides = [stack.enter_context(open_slide(r.image, r.pixel_size_um)) for r in records]
+        return describe_domain(slides, model, meta, keys, max_tiles)
+
+
+def describe_checkpoint(
+    path: str | os.PathLike,
+    data: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    max_tiles: int = MAX_TILES,
+) -> dict[str, Any]:
+    """Describe the images of the dataset folders ``data`` for the checkpoint at ``path`` and
+    write the checkpoint, everything else in it unchanged, with that description as
+    ``meta["domain"]`` to ``out`` (default: ``path`` itself), atomically. Returns it."""
+    import torch
+
+    from training.atomic import atomic_path
+    from training.data.records import DataSpec, load_records
+    from training.models.checkpoint import check_meta, load_checkpoint, read_checkpoint
+
+    path = Path(path)
+    payload = read_checkpoint(path)
+    model, meta = load_checkpoint(path)
+    records = load_records([DataSpec(Path(folder)) for folder in data])
+    description = describe_records(records, model, meta, max_tiles)
+    payload["meta"]["domain"] = description
+    check_meta({**meta, "domain": description}, path.name)
+    with atomic_path(Path(out) if out is not None else path) as tmp:
+        torch.save(payload, tmp)
+    return description
