@@ -40,11 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from training.data.catalog import CatalogError
+    from training.data.records import DataSpec, load_records
     from training.domain.records import describe_checkpoint
     from training.models import CheckpointError
 
     try:
-        description = describe_checkpoint(args.checkpoint, args.data, args.out, args.max_tiles)
+        records = load_records([DataSpec(folder) for folder in args.data])
+        description = describe_checkpoint(args.checkpoint, records, args.out, args.max_tiles)
     except (CatalogError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"python -m training.domain: error: {exc}", file=sys.stderr)
         return 2

@@ -26,23 +26,21 @@ def describe_records(
 
 def describe_checkpoint(
     path: str | os.PathLike,
-    data: Sequence[str | os.PathLike],
+    records: Sequence[Any],
     out: str | os.PathLike | None = None,
     max_tiles: int = MAX_TILES,
 ) -> dict[str, Any]:
-    """Describe the images of the dataset folders ``data`` for the checkpoint at ``path`` and
-    write the checkpoint, everything else in it unchanged, with that description as
-    ``meta["domain"]`` to ``out`` (default: ``path`` itself), atomically. Returns it."""
+    """Describe the training ``records`` for the checkpoint at ``path`` and write the
+    checkpoint, everything else in it unchanged, with that description as ``meta["domain"]``
+    to ``out`` (default: ``path`` itself), atomically. Returns the description."""
     import torch
 
     from training.atomic import atomic_path
-    from training.data.records import DataSpec, load_records
     from training.models.checkpoint import check_meta, load_checkpoint, read_checkpoint
 
     path = Path(path)
     payload = read_checkpoint(path)
     model, meta = load_checkpoint(path)
-    records = load_records([DataSpec(Path(folder)) for folder in data])
     description = describe_records(records, model, meta, max_tiles)
     payload["meta"]["domain"] = description
     check_meta({**meta, "domain": description}, path.name)
