@@ -95,6 +95,7 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         # the domain check's warning after a run on an image unlike the model's training data
         self.notes = Label(value="", visible=False)
+        self.notes.native.setWordWrap(True)  # a long warning must not widen the dock
         super().__init__(
             widgets=[
                 self.image, self.organ, self.pixel_size, self.model, self.model_file,
