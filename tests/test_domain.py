@@ -171,9 +171,7 @@ def test_a_checkpoint_without_a_description_gives_unknown(described, caplog):
 
 
 def test_an_ensemble_is_near_when_near_to_one_of_its_members(described, tmp_path):
-    hubmap = described_copy(
-        phantom_folder(tmp_path / "hubmap", "hubmap"), tmp_path / "hubmap.pt"
-    )
+    hubmap = described_copy(phantom_folder(tmp_path / "hubmap", "hubmap"), tmp_path / "hubmap.pt")
     members = [*load_ensemble(described).members, *load_ensemble(hubmap).members]
     restained = phantom_slide(stain_vectors=STAIN_VECTORS["hubmap"])
     check = check_slide(restained, members)
