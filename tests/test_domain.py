@@ -241,3 +241,20 @@ def test_segment_prints_one_domain_line_per_slide(described, tmp_path, caplog):
     bare = ["--model", str(BUNDLED / "coat_daformer.pt"), "--out", str(tmp_path / "bare")]
     assert main([*args[:-2], *bare, "--quiet"]) == 0
     assert "near.tiff: domain distance unknown" in caplog.text
+
+
+def test_the_recorded_features_stay_bounded_and_spread_over_the_slide(described):
+    from training.inference import run
+
+    ensemble = load_ensemble(described)
+    slide = Slide.from_array(make_phantom("kidney", "hpa", 2400, 9)[0], 0.4)
+    with FeatureTap(ensemble.members) as tap:
+        everything = run(slide, ensemble, "kidney", batch_size=2)
+    with FeatureTap(ensemble.members, limit=6) as bounded:
+        run(slide, ensemble, "kidney", batch_size=2)
+    (all_features,), (kept,) = tap.features.values(), bounded.features.values()
+    assert len(all_features) == everything.tiles_run > 12
+    assert 3 <= len(kept) <= 6 + 2
+    # from the whole slide: tiles of its second half are among those kept, not only the first
+    rows = [np.flatnonzero(np.isclose(all_features, row).all(axis=1))[0] for row in kept]
+    assert max(rows) >= everything.tiles_run // 2

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,35 +84,44 @@ class FeatureTap:
     tile (globally pooled), so the domain check needs no second pass through the models.
 
     ``with FeatureTap(members) as tap: run(...)``; then ``tap.features`` (by ``id(model)``).
-    At most ``limit`` tiles a member are kept (a slide's first ones)."""
+    At most about ``limit`` tiles a member are kept, spread over the whole slide: past it, every
+    other batch recorded is dropped and only every second batch after is recorded."""
 
     def __init__(self, members: Sequence[Any], limit: int = 512) -> None:
         self.members, self.limit = list(members), limit
         self.features: dict[int, np.ndarray] = {}
         self._parts: dict[int, list[np.ndarray]] = {}
+        self._seen: dict[int, int] = {}  # batches the model ran, recorded or not
+        self._stride: dict[int, int] = {}
+        self._lock = threading.Lock()  # the engine runs batches on several threads
         self._handles: list[Any] = []
 
     def __enter__(self) -> FeatureTap:
         for member in self.members:
             key = id(member.model)
-            self._parts[key] = []
+            self._parts[key], self._seen[key], self._stride[key] = [], 0, 1
             hook = functools.partial(self._record, key)
             self._handles.append(member.model.encoder.register_forward_hook(hook))
         return self
 
     def _record(self, key: int, module: Any, inputs: Any, outputs: Any) -> None:
-        parts = self._parts[key]  # appends from the engine's threads: list.append is atomic
-        if sum(len(p) for p in parts) < self.limit:
-            pooled = outputs[-1].detach().float().mean(dim=(2, 3))
-            parts.append(pooled.cpu().numpy().astype(np.float64))
+        with self._lock:
+            seen, self._seen[key] = self._seen[key], self._seen[key] + 1
+            if seen % self._stride[key]:
+                return
+        pooled = outputs[-1].detach().float().mean(dim=(2, 3)).cpu().numpy()
+        with self._lock:
+            parts = self._parts[key]
+            parts.append(pooled.astype(np.float64))
+            if sum(len(p) for p in parts) > self.limit and len(parts) > 1:
+                parts[:] = parts[::2]
+                self._stride[key] *= 2
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.features = {
-            key: np.concatenate(parts)[: self.limit] for key, parts in self._parts.items() if parts
-        }
+        self.features = {key: np.concatenate(p) for key, p in self._parts.items() if p}
 
 
 @dataclass(frozen=True)
@@ -171,13 +181,18 @@ def domain_distance(description: dict[str, Any], sample: SlideSample, member: An
 
 
 def check_slide(
-    slide: Any, members: Sequence[Any], features: dict[int, np.ndarray] | None = None
+    slide: Any,
+    members: Sequence[Any],
+    features: dict[int, np.ndarray] | None = None,
+    scanned_um: float | None = None,
 ) -> DomainCheck:
     """The check of ``slide`` (a :class:`training.slides.Slide` with its pixel size) against
     the ``members`` that segment it: the nearest member's (a slide is near when it is near to
     what one of them was trained on). ``features``: what a :class:`FeatureTap` recorded while
-    they segmented it (else the features of a few tiles are computed here). Members without a
-    description are left out (a note in the log); with none, the distance is unknown."""
+    they segmented it (else the features of a few tiles are computed here). ``scanned_um``: the
+    pixel size the slide was scanned at, when ``slide`` is a region resampled from it. Members
+    without a description are left out (a note in the log); with none, the distance is unknown.
+    """
     tiles = STAIN_TILES if features else CHECK_TILES
     described = [m for m in members if m.meta.get("domain")]
     missing = [m.name or "model" for m in members if not m.meta.get("domain")]
@@ -197,7 +212,7 @@ def check_slide(
         if key not in samples:
             samples[key] = SlideSample(
                 sample_tiles(slide, key[0], key[1], tiles),
-                float(slide.pixel_size_um),
+                float(scanned_um or slide.pixel_size_um),
                 dict(features or {}),
             )
         checks.append(domain_distance(member.meta["domain"], samples[key], member))

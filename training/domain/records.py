@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.domain.description import MAX_TILES, describe_domain
+from training.domain.description import MAX_GROUPS, MAX_TILES, describe_domain
 
 
 def describe_records(
@@ -19,6 +20,10 @@ def describe_records(
     from training.slides import open_slide
 
     keys = [(r.folder, r.data_source) for r in records]
+    counts = Counter(keys)
+    if len(counts) > MAX_GROUPS:  # the smallest groups share one (their stains pooled)
+        kept = {key for key, _ in counts.most_common(MAX_GROUPS - 1)}
+        keys = [key if key in kept else "others" for key in keys]
     with contextlib.ExitStack() as stack:
         slides = [stack.enter_context(open_slide(r.image, r.pixel_size_um)) for r in records]
         return describe_domain(slides, model, meta, keys, max_tiles)
