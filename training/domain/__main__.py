@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from training.arguments import positive_integer
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m training.domain``."""
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="write the described checkpoint here (default: in place)"
     )
     describe.add_argument(
-        "--max-tiles", type=int, default=64, help="tiles read in all (default 64)"
+        "--max-tiles", type=positive_integer, default=64, help="tiles read in all (default 64)"
     )
     return parser
 
