@@ -195,7 +195,7 @@ def test_the_features_a_run_records_are_those_of_its_tiles(described):
     assert recorded.parts["features"] == pytest.approx(computed.parts["features"], rel=0.2)
 
 
-def test_training_stores_a_description_in_its_checkpoints(tmp_path):
+def test_training_stores_a_description_in_its_checkpoints(tmp_path, monkeypatch, caplog):
     from helpers import phantom_dataset
 
     from training import train as train_command
@@ -219,6 +219,19 @@ def test_training_stores_a_description_in_its_checkpoints(tmp_path):
         [Member(model, meta, name="last.pt")],
     )
     assert checked.known and np.isfinite(checked.distance)
+
+    # fine-tuned from it, where describing fails: no description, not the --init's stale one
+    def fail(*args, **kwargs):
+        raise ValueError("no tissue")
+
+    import training.domain
+
+    monkeypatch.setattr(training.domain, "describe_checkpoint", fail)
+    tuned = [*args[:3], str(tmp_path / "tuned"), *args[4:-4], "--init", str(out / "best.pt")]
+    assert train_command.main([*tuned, "--epochs", "1"]) == 0
+    assert "best.pt: no description of the training data stored: no tissue" in caplog.text
+    for name in ("best.pt", "last.pt"):
+        assert "domain" not in load_checkpoint(tmp_path / "tuned" / name)[1]
 
 
 def test_segment_prints_one_domain_line_per_slide(described, tmp_path, caplog):

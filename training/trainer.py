@@ -96,6 +96,10 @@ class Trainer:
         device: torch.device,
         out: Path,
     ) -> None:
+        # a description of training data (training.domain) belongs to the run that wrote it:
+        # an --init checkpoint's describes other data and other weights; this run's own is
+        # stored at its end
+        meta.pop("domain", None)
         self.model, self.meta, self.options = model.to(device), meta, options
         self.criterion, self.world, self.device, self.out = criterion, world, device, out
         self.val_records = val_records
