@@ -308,7 +308,7 @@ def _segment_slide(
                 )
         finally:
             bar.close()
-        check = check_slide(slide, members, tap.features)
+        check = check_slide(slide, members, tap.features, stain=stain)
         (log.warning if check.far else log.info)("%s", check.line(path.name))
         labels = result.labels(args.threshold, args.min_area_um2)
         row = result_row(

@@ -116,7 +116,7 @@ def segment_job(
         try:
             # the objects are found here, off the GUI thread, ready for a new mask layer
             labels = result.labels()
-            domain = check_slide(source, members, tap.features, slide.pixel_size_um)
+            domain = check_slide(source, members, tap.features, slide.pixel_size_um, request.stain)
         except BaseException:
             result.close()
             raise

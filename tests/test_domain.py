@@ -7,6 +7,7 @@ its encoder features mean something; its description is made here from HPA phant
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -271,3 +272,27 @@ def test_the_recorded_features_stay_bounded_and_spread_over_the_slide(described)
     # from the whole slide: tiles of its second half are among those kept, not only the first
     rows = [np.flatnonzero(np.isclose(all_features, row).all(axis=1))[0] for row in kept]
     assert max(rows) >= everything.tiles_run // 2
+
+
+def test_a_slide_normalised_to_the_training_stain_is_checked_as_the_model_sees_it(
+    described, tmp_path, caplog
+):
+    from napari_ftu.cli import main
+
+    image = make_phantom("kidney", "hpa", 1024, 9, stain_vectors=PAS_VECTORS)[0]
+    slide = write_pyramid(tmp_path / "pas.tiff", image, 0.4)
+    reference = write_pyramid(tmp_path / "ref.tiff", make_phantom("kidney", "hpa", 512, 4)[0], 0.4)
+    caplog.set_level(logging.INFO, logger="napari_ftu")
+    args = ["segment", str(slide), "--organ", "kidney", "--model", str(described), "--quiet"]
+    stain = ["--stain", "macenko", "--stain-reference", str(reference)]
+    assert main([*args, "--out", str(tmp_path / "raw")]) == 0
+    assert main([*args, *stain, "--out", str(tmp_path / "normalised")]) == 0
+    raw, normalised = [r.getMessage() for r in caplog.records if "domain" in r.getMessage()]
+    assert "far: this slide's stain" in raw
+
+    def stain_part(line: str) -> float:
+        return float(re.search(r"[(,] stain ([0-9.e+-]+)", line).group(1))
+
+    # the stain vectors the models saw are the reference's (the optical density, which the
+    # normaliser shifts a little, may still be unlike these phantoms, which never vary)
+    assert stain_part(raw) > FAR["stain"] > stain_part(normalised)

@@ -27,6 +27,7 @@ image lies at its training pixel size, so the data cannot place it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -185,13 +186,16 @@ def check_slide(
     members: Sequence[Any],
     features: dict[int, np.ndarray] | None = None,
     scanned_um: float | None = None,
+    stain: Any = None,
 ) -> DomainCheck:
     """The check of ``slide`` (a :class:`training.slides.Slide` with its pixel size) against
     the ``members`` that segment it: the nearest member's (a slide is near when it is near to
     what one of them was trained on). ``features``: what a :class:`FeatureTap` recorded while
     they segmented it (else the features of a few tiles are computed here). ``scanned_um``: the
-    pixel size the slide was scanned at, when ``slide`` is a region resampled from it. Members
-    without a description are left out (a note in the log); with none, the distance is unknown.
+    pixel size the slide was scanned at, when ``slide`` is a region resampled from it.
+    ``stain``: the stain normaliser the run used (the check then sees the tiles the models saw).
+    Members without a description are left out (a note in the log); with none, the distance is
+    unknown.
     """
     tiles = STAIN_TILES if features else CHECK_TILES
     described = [m for m in members if m.meta.get("domain")]
@@ -211,12 +215,26 @@ def check_slide(
         key = (float(member.meta["pixel_size_um"]), int(member.meta["tile_size"]))
         if key not in samples:
             samples[key] = SlideSample(
-                sample_tiles(slide, key[0], key[1], tiles),
+                _normalised(sample_tiles(slide, key[0], key[1], tiles), stain),
                 float(scanned_um or slide.pixel_size_um),
                 dict(features or {}),
             )
         checks.append(domain_distance(member.meta["domain"], samples[key], member))
     return min(checks, key=lambda check: check.distance)
+
+
+def _normalised(tiles: np.ndarray, stain: Any) -> np.ndarray:
+    """``tiles`` as the engine hands them to the models: through the normaliser fixed to the
+    slide (estimated on these tiles, as the engine estimates it on a sample of its own)."""
+    if stain is None:
+        return tiles
+    if hasattr(stain, "for_slide"):
+        from training.stain import StainError
+
+        # too little stain to estimate: the engine then transforms tile by tile too
+        with contextlib.suppress(StainError):
+            stain = stain.for_slide(tiles.reshape(-1, tiles.shape[2], 3))
+    return np.stack([stain.transform(tile) for tile in tiles])
 
 
 def _stain_distance(slide: dict[str, Any], group: dict[str, Any]) -> float:
