@@ -265,6 +265,7 @@ def _segment_slide(
 ) -> dict[str, Any]:
     """Segment one slide and write its results; its train.csv row last, as the mark of a slide
     done. Returns the row."""
+    from training.domain import FeatureTap, check_slide
     from training.inference import run
     from training.inference.engine import working_map
     from training.inference.limits import describe
@@ -281,7 +282,8 @@ def _segment_slide(
             raise ValueError(f"{path.name}: the pixel size is unknown; give --pixel-size UM")
         # said before the tissue thumbnail, whose reading takes long on a slide without a
         # pyramid; a map that cannot fit is refused here, before any work
-        shape, working_px = working_map(slide, ensemble.for_organ(args.organ), args.overlap)
+        members = ensemble.for_organ(args.organ)
+        shape, working_px = working_map(slide, members, args.overlap)
         log.info(
             "%s: %s; map %d x %d px at %g um/px",
             path.name,
@@ -291,20 +293,23 @@ def _segment_slide(
         )
         bar = TileBar(path.name, position=rank, disable=args.quiet)
         try:
-            result = run(
-                slide,
-                ensemble,
-                args.organ,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                tta=args.tta,
-                device=device,
-                detect_tissue=not args.no_tissue_detection,
-                stain=stain,
-                on_progress=bar,
-            )
+            with FeatureTap(members) as tap:  # the encoder features the domain check needs
+                result = run(
+                    slide,
+                    ensemble,
+                    args.organ,
+                    overlap=args.overlap,
+                    batch_size=args.batch_size,
+                    tta=args.tta,
+                    device=device,
+                    detect_tissue=not args.no_tissue_detection,
+                    stain=stain,
+                    on_progress=bar,
+                )
         finally:
             bar.close()
+        check = check_slide(slide, members, tap.features, stain=stain)
+        (log.warning if check.far else log.info)("%s", check.line(path.name))
         labels = result.labels(args.threshold, args.min_area_um2)
         row = result_row(
             path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}

@@ -47,6 +47,7 @@ class JobResult:
     grid: Any  # napari_ftu._session.Grid: the whole slide at the working scale
     model: Path
     labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
+    domain: Any = None  # training.domain.DomainCheck: how far the image is from the training data
 
 
 def resolve_device(name: str) -> str:
@@ -66,6 +67,7 @@ def segment_job(
     """Yield the engine's progress; return the result, or ``None`` once ``cancel`` is set (the
     engine's partial output is removed before returning)."""
     from napari_ftu._session import Grid
+    from training.domain import FeatureTap, check_slide
     from training.inference import segment
     from training.models.ensemble import load_ensemble
     from training.slides import Slide, open_slide
@@ -100,18 +102,25 @@ def segment_job(
             stain=request.stain,
             device=device,
         )
-        while True:
-            try:
-                event = next(engine)
-            except StopIteration as stop:
-                result = stop.value
-                # the objects are found here, off the GUI thread, ready for a new mask layer
-                labels = result.labels()
-                return JobResult(result, origin, grid, request.model, labels)
-            if cancel.is_set():
-                engine.close()  # removes the partial output, restores torch's threads
-                return None
-            yield event
+        with FeatureTap(members) as tap:  # the encoder features the domain check needs
+            while True:
+                try:
+                    event = next(engine)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if cancel.is_set():
+                    engine.close()  # removes the partial output, restores torch's threads
+                    return None
+                yield event
+        try:
+            # the objects are found here, off the GUI thread, ready for a new mask layer
+            labels = result.labels()
+            domain = check_slide(source, members, tap.features, slide.pixel_size_um, request.stain)
+        except BaseException:
+            result.close()
+            raise
+        return JobResult(result, origin, grid, request.model, labels, domain)
 
 
 def working_box(region: Box, to_working: float, full: tuple[int, int]) -> Box:

@@ -93,11 +93,15 @@ class SegmentWidget(Container):
         )
         self.min_area = FloatSpinBox(label="min area (um²)", min=0.0, max=1e7, step=100.0)
         self.status = Label(value="")
+        # the domain check's warning after a run on an image unlike the model's training data
+        self.notes = Label(value="", visible=False)
+        self.notes.native.setWordWrap(True)  # a long warning must not widen the dock
         super().__init__(
             widgets=[
                 self.image, self.organ, self.pixel_size, self.model, self.model_file,
                 self.device, self.region, self.rectangles, self.overlap, self.tta,
                 self.run_button, self.cancel_button, self.threshold, self.min_area, self.status,
+                self.notes,
             ]
         )  # fmt: skip
         self.worker: Any = None
@@ -224,6 +228,7 @@ class SegmentWidget(Container):
         self.worker = worker
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "starting..."
+        self._show_domain(None)
         worker.start()
 
     def cancel(self, _: Any = None) -> None:
@@ -313,6 +318,7 @@ class SegmentWidget(Container):
             self.status.value = "cancelled"
             return
         try:
+            self._show_domain(job.domain)
             self._show_result(job)
         finally:
             job.result.close()
@@ -333,6 +339,18 @@ class SegmentWidget(Container):
     def _idle(self) -> None:
         if not self.running:
             self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _show_domain(self, check: Any) -> None:
+        """The domain check's warning under the status line and as a notification when the
+        image is far from the model's training data; nothing otherwise."""
+        far = check is not None and check.far
+        self.notes.value = f"⚠ {check.message}" if far else ""
+        self.notes.tooltip = check.line(self._image_name) if check is not None else ""
+        self.notes.visible = far
+        if far:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Segment FTUs: {self._image_name}: {check.message}")
 
     # ------------------------------------------------------------------ results and tuning
     def session(self, image: str | None = None) -> Any:

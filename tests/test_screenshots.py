@@ -125,3 +125,60 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.binary_dilation(mask, iterations=3)
+
+
+# The colon member to show near a real colon image: its checkpoint's path (the stand-in of issue
+# 22's colon member until the default model bundles one)
+COLON_CHECKPOINT_ENV = "NAPARI_FTU_COLON_CHECKPOINT"
+COLON_IMAGE_ID = "GT2012915-1-400-001"  # a patient held out from the colon member's training
+
+
+def _described(checkpoint: Path, records, out: Path) -> Path:
+    """``checkpoint`` as it is when it describes its training data, else a copy described on
+    ``records`` (the images it was trained on)."""
+    from training.domain import describe_checkpoint
+    from training.models import read_checkpoint
+
+    if read_checkpoint(checkpoint)["meta"].get("domain"):
+        return checkpoint
+    describe_checkpoint(checkpoint, records, out)
+    return out
+
+
+def test_screenshot_warns_on_real_colon_for_the_kidney_member_not_the_colon_one(
+    make_napari_viewer, qtbot, shared_data, out_dir, tmp_path
+):
+    from training.data.records import DataSpec, load_records
+
+    colon_dir, kidney_dir = shared_data / "ebhi-colon-normal", shared_data / "hubmap-kidney-pas"
+    colon_path = os.environ.get(COLON_CHECKPOINT_ENV)
+    if not colon_path or not Path(colon_path).is_file():
+        pytest.skip(f"set {COLON_CHECKPOINT_ENV} to a colon member's checkpoint (none given)")
+    if not (colon_dir / "train.csv").is_file() or not (kidney_dir / "train.csv").is_file():
+        pytest.skip(f"the real colon or kidney images are absent ({colon_dir}, {kidney_dir})")
+    kidney_training = [r for r in load_records([DataSpec(kidney_dir)]) if int(r.id) < 245]
+    patient = COLON_IMAGE_ID.rsplit("-", 2)[0]
+    colon_training = [
+        r for r in load_records([DataSpec(colon_dir)]) if not r.id.startswith(patient)
+    ]
+    bundled = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
+    kidney = _described(bundled / "kidney_coat_daformer.pt", kidney_training, tmp_path / "k.pt")
+    colon = _described(Path(colon_path), colon_training, tmp_path / "colon.pt")
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open(str(colon_dir / "train_images" / f"{COLON_IMAGE_ID}.tiff"), plugin="napari-ftu")
+    build_viewer(viewer, [])
+    segment = _docked(viewer, SegmentWidget)
+    qtbot.waitUntil(lambda: segment.native.isVisible())
+    assert segment.organ.value == "largeintestine"
+    canvas_width = viewer.window._qt_viewer.canvas.native.width()
+    for model, name, far in ((kidney, "kidney", True), (colon, "colon", False)):
+        segment.add_model(model, f"{name} member")
+        segment.start()
+        qtbot.waitUntil(lambda: not segment.running, timeout=300_000)
+        qtbot.wait(100)  # the layout follows the new text
+        assert segment.notes.native.isVisible() is far, segment.notes.tooltip
+        assert ("stain is unlike anything" in segment.notes.value) is far
+        assert segment.native.grab().save(str(out_dir / f"plugin_domain_{name}_member.png"))
+        assert viewer.window._qt_viewer.canvas.native.width() >= 0.9 * canvas_width

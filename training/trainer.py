@@ -96,6 +96,10 @@ class Trainer:
         device: torch.device,
         out: Path,
     ) -> None:
+        # a description of training data (training.domain) belongs to the run that wrote it:
+        # an --init checkpoint's describes other data and other weights; this run's own is
+        # stored at its end
+        meta.pop("domain", None)
         self.model, self.meta, self.options = model.to(device), meta, options
         self.criterion, self.world, self.device, self.out = criterion, world, device, out
         self.val_records = val_records
@@ -185,7 +189,22 @@ class Trainer:
                 break
         if summary is None:  # a resumed run that had already finished
             summary = self._summary(False, digests=True)
+        self._describe_domain()
         return summary
+
+    def _describe_domain(self) -> None:
+        """Store a description of the training images in the run's checkpoints (rank 0; the
+        others wait), so that segmenting with them reports the domain distance. A failure
+        costs only the description (the checkpoints stay as they are)."""
+        from training.domain import describe_checkpoint
+
+        if self.world.is_main:
+            for name in ("best.pt", "last.pt"):
+                try:
+                    describe_checkpoint(self.out / name, self.loader.dataset.records)
+                except (OSError, ValueError) as exc:
+                    log.warning("%s: no description of the training data stored: %s", name, exc)
+        self.world.barrier()
 
     def _train_epoch(self, epoch: int, start: float) -> tuple[dict[str, Any], bool]:
         from tqdm.auto import tqdm

@@ -162,6 +162,12 @@ def load_checkpoint(
     except (ValueError, TypeError, AssertionError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{name}: architecture cannot be built here: {exc}") from None
     _check_tile_fits(model, meta["tile_size"], name)
+    channels = len(meta["domain"]["features"]["mean"]) if meta.get("domain") else None
+    if channels is not None and channels != model.encoder.channels[-1]:
+        raise CheckpointError(
+            f"{name}: meta.domain refused: its features have {channels} channels, the model's "
+            f"encoder {model.encoder.channels[-1]}"
+        )
     _load_state(model, payload["state_dict"], name)
     meta["architecture"] = architecture
     return model.to(device).eval(), meta
@@ -256,6 +262,13 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
             checked["training"] = {**training, "adaptation": adaptation_record(training)}
         except ValueError as exc:
             raise CheckpointError(f"{where}: meta.training.adaptation {exc}") from None
+    if meta.get("domain") is not None:  # optional: checkpoints from before it have none
+        from training.domain.description import DescriptionError, check_description
+
+        try:
+            checked["domain"] = check_description(meta["domain"])
+        except DescriptionError as exc:
+            raise CheckpointError(f"{where}: meta.domain refused: {exc}") from None
     return checked
 
 
