@@ -127,8 +127,7 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=3)
 
 
-# The colon member to show near a real colon image: its checkpoint's path (the stand-in of issue
-# 22's colon member until the default model bundles one)
+# The colon member to show near a real colon image: the bundled one, or a checkpoint this names
 COLON_CHECKPOINT_ENV = "NAPARI_FTU_COLON_CHECKPOINT"
 COLON_IMAGE_ID = "GT2012915-1-400-001"  # a patient held out from the colon member's training
 
@@ -151,9 +150,10 @@ def test_screenshot_warns_on_real_colon_for_the_kidney_member_not_the_colon_one(
     from training.data.records import DataSpec, load_records
 
     colon_dir, kidney_dir = shared_data / "ebhi-colon-normal", shared_data / "hubmap-kidney-pas"
-    colon_path = os.environ.get(COLON_CHECKPOINT_ENV)
-    if not colon_path or not Path(colon_path).is_file():
-        pytest.skip(f"set {COLON_CHECKPOINT_ENV} to a colon member's checkpoint (none given)")
+    bundled = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
+    colon_path = os.environ.get(COLON_CHECKPOINT_ENV) or str(bundled / "colon_coat_daformer.pt")
+    if not Path(colon_path).is_file():
+        pytest.skip(f"{colon_path}: no colon member ({COLON_CHECKPOINT_ENV} names another)")
     if not (colon_dir / "train.csv").is_file() or not (kidney_dir / "train.csv").is_file():
         pytest.skip(f"the real colon or kidney images are absent ({colon_dir}, {kidney_dir})")
     kidney_training = [r for r in load_records([DataSpec(kidney_dir)]) if int(r.id) < 245]
@@ -161,7 +161,6 @@ def test_screenshot_warns_on_real_colon_for_the_kidney_member_not_the_colon_one(
     colon_training = [
         r for r in load_records([DataSpec(colon_dir)]) if not r.id.startswith(patient)
     ]
-    bundled = Path(__file__).resolve().parents[1] / "training" / "models" / "default"
     kidney = _described(bundled / "kidney_coat_daformer.pt", kidney_training, tmp_path / "k.pt")
     colon = _described(Path(colon_path), colon_training, tmp_path / "colon.pt")
 
