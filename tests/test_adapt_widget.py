@@ -186,7 +186,7 @@ def test_an_added_folder_is_listed_checked_and_counted(
     listed = boxes(train)
     assert list(listed) == ["colon", "lab/ (folder)"] and listed["lab/ (folder)"].value
     # the slide and the folder's two images (not its text file, nor its subfolder)
-    assert "adapting to 3 unlabeled image(s) (grl)" in train.plan_note.value
+    assert f"adapting to 3 unlabeled image(s) ({DEFAULT_MODE})" in train.plan_note.value
     monkeypatch.setattr(_adapt_group, "_ask_folder", lambda parent: "")  # dialog cancelled
     train.adaptation.add_folder_button.clicked.emit()
     assert list(boxes(train)) == ["colon", "lab/ (folder)"]
@@ -194,7 +194,7 @@ def test_an_added_folder_is_listed_checked_and_counted(
     (command,) = started
     at = command.index("--target")
     assert command[at : at + 5] == [
-        "--target", str(slides["tiff"]), str(slides["folder"]), "--adapt", "grl"
+        "--target", str(slides["tiff"]), str(slides["folder"]), "--adapt", DEFAULT_MODE
     ]  # fmt: skip
 
 
