@@ -153,7 +153,7 @@ def test_a_checked_slide_and_mode_reach_the_command(qtbot, train, slides, starte
     train.viewer.open(str(slides["tiff"]), plugin="napari-ftu")
     boxes(train)["colon"].value = True
     assert train.adaptation.mode.value == DEFAULT_MODE  # checking an image chooses the mode
-    assert "adapting to 1 unlabeled image(s) (grl)" in train.plan_note.value
+    assert f"adapting to 1 unlabeled image(s) ({DEFAULT_MODE})" in train.plan_note.value
     train.adaptation.mode.value = "pseudo"
     assert "(pseudo)" in train.plan_note.value
     click_train(qtbot, train)
