@@ -276,5 +276,5 @@ def test_a_real_run_adapts_and_registers_the_adaptation(
     assert "--target" in train.log.value and train.status.value.startswith("done")
     (version,) = list_versions()
     assert (version.adapt, version.target_images) == (DEFAULT_MODE, 3)
-    assert train.versions.to_dict("dict")["adapted"] == {0: "grl, 3 unlabeled images"}
+    assert train.versions.to_dict("dict")["adapted"] == {0: f"{DEFAULT_MODE}, 3 unlabeled images"}
     assert set(train.comparison.to_dict("dict")) == {"before", "after"}
