@@ -51,9 +51,18 @@ def _stain(domain: str) -> dict:
     return {} if domain == "hpa" else {"stain_vectors": STAIN_VECTORS[domain]}
 
 
-def described_copy(data: Path, out: Path) -> Path:
-    """The bundled CoaT member described on ``data`` by the command a user runs."""
-    assert domain_main(["describe", str(BUNDLED / "coat_daformer.pt"), "--data", str(data),
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory) -> Path:
+    """The bundled CoaT member without its description, as checkpoints from before it were."""
+    model, meta = load_checkpoint(BUNDLED / "coat_daformer.pt")
+    del meta["architecture"], meta["domain"]
+    return save_checkpoint(tmp_path_factory.mktemp("bare") / "coat.pt", model, meta, half=True)
+
+
+def described_copy(source: Path, data: Path, out: Path) -> Path:
+    """``source`` (an undescribed checkpoint) described on ``data`` by the command a user
+    runs."""
+    assert domain_main(["describe", str(source), "--data", str(data),
                         "--out", str(out)]) == 0  # fmt: skip
     return out
 
@@ -69,8 +78,8 @@ def hpa_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def described(hpa_data, tmp_path_factory) -> Path:
-    return described_copy(hpa_data, tmp_path_factory.mktemp("described") / "coat.pt")
+def described(bare, hpa_data, tmp_path_factory) -> Path:
+    return described_copy(bare, hpa_data, tmp_path_factory.mktemp("described") / "coat.pt")
 
 
 @pytest.mark.parametrize("organ", ["kidney", "spleen"])
@@ -97,8 +106,8 @@ def test_a_slide_at_another_pixel_size_is_named_so(described):
     assert "pixel size (1.6 um; the training images' 0.4 to 0.4)" in check.message
 
 
-def test_describe_keeps_everything_else_in_the_checkpoint(described, hpa_data, tmp_path):
-    before, after = read_checkpoint(BUNDLED / "coat_daformer.pt"), read_checkpoint(described)
+def test_describe_keeps_everything_else_in_the_checkpoint(bare, described, hpa_data, tmp_path):
+    before, after = read_checkpoint(bare), read_checkpoint(described)
     assert after["architecture"] == before["architecture"]
     assert {k: v for k, v in after["meta"].items() if k != "domain"} == before["meta"]
     for key, tensor in before["state_dict"].items():  # as stored: float16 stays float16
@@ -156,23 +165,24 @@ def test_a_tampered_description_is_refused_in_one_line(described, tmp_path, how)
     assert "\n" not in str(info.value)
 
 
-def test_a_checkpoint_without_a_description_gives_unknown(described, caplog):
-    bare = Member(*load_checkpoint(BUNDLED / "coat_daformer.pt"), name="bare.pt")
-    assert "domain" not in bare.meta
+def test_a_checkpoint_without_a_description_gives_unknown(bare, described, caplog):
+    undescribed = Member(*load_checkpoint(bare), name="bare.pt")
+    assert "domain" not in undescribed.meta
     caplog.set_level(logging.INFO, logger="training.domain")
-    check = check_slide(phantom_slide(stain_vectors=PAS_VECTORS), [bare])
+    check = check_slide(phantom_slide(stain_vectors=PAS_VECTORS), [undescribed])
     assert not check.known and not check.far and check.message is None
     assert check.line("x.tiff") == (
         "x.tiff: domain distance unknown (the model has no description of its data)"
     )
     assert "bare.pt: no description of the training data" in caplog.text
     # beside a described member, that member alone is checked against
-    with_one = check_slide(phantom_slide(), [bare, load_ensemble(described).members[0]])
+    with_one = check_slide(phantom_slide(), [undescribed, load_ensemble(described).members[0]])
     assert with_one.known and with_one.member == "coat.pt"
 
 
-def test_an_ensemble_is_near_when_near_to_one_of_its_members(described, tmp_path):
-    hubmap = described_copy(phantom_folder(tmp_path / "hubmap", "hubmap"), tmp_path / "hubmap.pt")
+def test_an_ensemble_is_near_when_near_to_one_of_its_members(bare, described, tmp_path):
+    hubmap_data = phantom_folder(tmp_path / "hubmap", "hubmap")
+    hubmap = described_copy(bare, hubmap_data, tmp_path / "hubmap.pt")
     members = [*load_ensemble(described).members, *load_ensemble(hubmap).members]
     restained = phantom_slide(stain_vectors=STAIN_VECTORS["hubmap"])
     check = check_slide(restained, members)
@@ -235,7 +245,7 @@ def test_training_stores_a_description_in_its_checkpoints(tmp_path, monkeypatch,
         assert "domain" not in load_checkpoint(tmp_path / "tuned" / name)[1]
 
 
-def test_segment_prints_one_domain_line_per_slide(described, tmp_path, caplog):
+def test_segment_prints_one_domain_line_per_slide(bare, described, tmp_path, caplog):
     from napari_ftu.cli import main
 
     image = make_phantom("kidney", "hpa", 1024, 9)[0]
@@ -252,8 +262,8 @@ def test_segment_prints_one_domain_line_per_slide(described, tmp_path, caplog):
     assert lines[1].endswith("far: this slide's stain is unlike anything the model was trained "
                              "on: review the result, or adapt the model")  # fmt: skip
     caplog.clear()
-    bare = ["--model", str(BUNDLED / "coat_daformer.pt"), "--out", str(tmp_path / "bare")]
-    assert main([*args[:-2], *bare, "--quiet"]) == 0
+    undescribed = ["--model", str(bare), "--out", str(tmp_path / "bare")]
+    assert main([*args[:-2], *undescribed, "--quiet"]) == 0
     assert "near.tiff: domain distance unknown" in caplog.text
 
 

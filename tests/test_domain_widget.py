@@ -4,7 +4,7 @@ model's training data, and nothing after a run on one like it."""
 from __future__ import annotations
 
 import pytest
-from test_domain import PAS_VECTORS, described_copy, phantom_folder
+from test_domain import PAS_VECTORS, bare, described_copy, phantom_folder  # noqa: F401 (bare)
 
 from napari_ftu._segment_widget import SegmentWidget
 from training.slides import write_pyramid
@@ -18,9 +18,9 @@ WARNING = (
 
 
 @pytest.fixture(scope="module")
-def described(tmp_path_factory):
+def described(bare, tmp_path_factory):  # noqa: F811 (the fixture imported above)
     root = tmp_path_factory.mktemp("domain_widget")
-    return described_copy(phantom_folder(root / "hpa"), root / "coat.pt")
+    return described_copy(bare, phantom_folder(root / "hpa"), root / "coat.pt")
 
 
 @pytest.fixture

@@ -99,6 +99,8 @@ class FeatureTap:
 
     def __enter__(self) -> FeatureTap:
         for member in self.members:
+            if not (member.meta or {}).get("domain") or not hasattr(member.model, "encoder"):
+                continue  # nothing to compare with (an undescribed or foreign model): not checked
             key = id(member.model)
             self._parts[key], self._seen[key], self._stride[key] = [], 0, 1
             hook = functools.partial(self._record, key)
