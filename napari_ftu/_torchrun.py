@@ -42,6 +42,8 @@ class Team:
         if self.world > 1:
             import torch.distributed as dist
 
+            if kind is None:  # no rank leaves while another still talks to it (gloo aborts)
+                dist.barrier()
             dist.destroy_process_group()
 
     def share(self, items: Sequence[T]) -> list[T]:
