@@ -55,18 +55,10 @@ def sample_tiles(slide: Any, pixel_size_um: float, tile: int, count: int) -> np.
     uint8. Tiles of glass are left out unless the slide has no tissue at all."""
     from training.inference.source import TileSource
     from training.inference.tiling import plan_tiles
-    from training.inference.tissue import thumbnail_pixel_size, tile_has_tissue, tissue_mask
+    from training.inference.tissue import slide_tissue, tile_has_tissue
 
-    thumb_px = thumbnail_pixel_size(slide)
+    mask, scale = slide_tissue(slide)
     height, width = slide.shape[:2]
-    thumb = slide.read_region_at(
-        thumb_px,
-        0,
-        0,
-        math.ceil(height * slide.pixel_size_um / thumb_px),
-        math.ceil(width * slide.pixel_size_um / thumb_px),
-    )
-    mask, scale = tissue_mask(thumb), slide.pixel_size_um / thumb_px
 
     def touches(y: float, x: float, h: float, w: float) -> bool:
         return tile_has_tissue(mask, scale, y, x, h, w)

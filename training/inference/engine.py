@@ -31,7 +31,7 @@ from training.inference.predictor import TTA_CHOICES, Predictor
 from training.inference.source import TileSource
 from training.inference.store import OutputStore
 from training.inference.tiling import TilePlan, blend_window, plan_tiles, tile_grid
-from training.inference.tissue import thumbnail_pixel_size, tile_has_tissue, tissue_mask
+from training.inference.tissue import slide_tissue, tile_has_tissue
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
 
@@ -251,7 +251,7 @@ class _Run:
         """Plan, then run every member's tiles; yields progress, returns the result (with the
         model's ``threshold`` and ``min_area_um2`` for ``organ``)."""
         options = self.options
-        tissue = _tissue(self.slide) if options.detect_tissue else None
+        tissue = slide_tissue(self.slide) if options.detect_tissue else None
         plans = [self._plan(m, tissue) for m in self.members]
         if stain is not None and hasattr(stain, "for_slide"):
             stain = _stain_for_slide(stain, self.slide, plans[0])
@@ -411,20 +411,6 @@ def _torch_thread_share(streams: int) -> Iterator[None]:
             _thread_users -= 1
             if _thread_users == 0:
                 torch.set_num_threads(_threads_before)
-
-
-def _tissue(slide: Slide) -> tuple[np.ndarray, float]:
-    """The tissue mask of a thumbnail, and thumbnail pixels per level-0 pixel."""
-    thumb_px = thumbnail_pixel_size(slide)
-    height, width = slide.shape[:2]
-    thumb = slide.read_region_at(
-        thumb_px,
-        0,
-        0,
-        math.ceil(height * slide.pixel_size_um / thumb_px),
-        math.ceil(width * slide.pixel_size_um / thumb_px),
-    )
-    return tissue_mask(thumb), slide.pixel_size_um / thumb_px
 
 
 STAIN_SAMPLE_TILES = 16

@@ -34,6 +34,20 @@ def tissue_mask(thumbnail: np.ndarray, od_threshold: float = 0.15) -> np.ndarray
     return ndimage.binary_dilation(mask, iterations=1)
 
 
+def slide_tissue(slide) -> tuple[np.ndarray, float]:
+    """The tissue mask of a slide's thumbnail, and thumbnail pixels per level-0 pixel."""
+    thumb_px = thumbnail_pixel_size(slide)
+    height, width = slide.shape[:2]
+    thumb = slide.read_region_at(
+        thumb_px,
+        0,
+        0,
+        math.ceil(height * slide.pixel_size_um / thumb_px),
+        math.ceil(width * slide.pixel_size_um / thumb_px),
+    )
+    return tissue_mask(thumb), slide.pixel_size_um / thumb_px
+
+
 def tile_has_tissue(
     mask: np.ndarray, scale: float, y: float, x: float, height: float, width: float
 ) -> bool:
