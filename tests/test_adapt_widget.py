@@ -11,14 +11,13 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from helpers import phantom_dataset
+from helpers import phantom_dataset, tiny_checkpoint
 from PIL import Image
 
 import training.retrain
 from napari_ftu import _adapt_group, _train_widget
 from napari_ftu._adapt_group import DEFAULT_MODE, OFF
 from napari_ftu._train_widget import TrainWidget
-from training.models import build_model, save_checkpoint
 from training.models.versions import ModelVersion, list_versions, register
 from training.slides import write_pyramid
 from training.synthetic import make_phantom
@@ -71,9 +70,7 @@ def corrections(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def start_checkpoint(tmp_path_factory) -> Path:
-    model = build_model("swin_micro_upernet", input_size=64)
-    path = tmp_path_factory.mktemp("init") / "start.pt"
-    return save_checkpoint(path, model, {"pixel_size_um": 2.0, "tile_size": 64})
+    return tiny_checkpoint(tmp_path_factory.mktemp("init") / "start.pt")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import phantom_dataset
 
-from training.data import rle
-from training.data.catalog import upsert_row
 from training.data.records import DataSpec, load_records
 from training.domain import FAR, FeatureTap, check_slide
 from training.domain.__main__ import main as domain_main
@@ -32,19 +31,7 @@ PAS_VECTORS = [[0.644, 0.717, 0.267], [0.175, 0.972, 0.154]]
 
 def phantom_folder(folder: Path, domain: str = "hpa", seeds: range = range(3)) -> Path:
     """Kidney and lung phantoms of ``domain``'s stain, 1024 px at 0.4 um/px."""
-    for organ in ("kidney", "lung"):
-        for seed in seeds:
-            image, mask, meta = make_phantom(organ, "hpa", 1024, seed, **_stain(domain))
-            row = {
-                "id": f"{organ}{seed}",
-                "organ": organ,
-                "data_source": meta["data_source"],
-                "pixel_size": 0.4,
-                "tissue_thickness": 4,
-                "rle": rle.encode(mask),
-            }
-            upsert_row(folder, row, image=image)
-    return folder
+    return phantom_dataset(folder, ("kidney", "lung"), 1024, 0.4, seeds, **_stain(domain))
 
 
 def _stain(domain: str) -> dict:

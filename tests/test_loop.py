@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_checkpoint
 
 from napari_ftu import _export_widget, _segment_widget, _train_widget
 from napari_ftu._export_widget import ExportWidget
@@ -18,7 +19,6 @@ from napari_ftu._train_widget import TrainWidget
 from training.data import rle
 from training.data.catalog import read_catalog, upsert_row
 from training.inference import resize_labels
-from training.models import build_model, save_checkpoint
 from training.slides import write_pyramid
 from training.synthetic import make_phantom
 
@@ -29,9 +29,7 @@ TINY = "--samples-per-epoch 4 --batch-size 2 --workers 0 --tile 64 --no-progress
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    model = build_model("swin_micro_upernet", input_size=64)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    return save_checkpoint(path, model, {"pixel_size_um": 2.0, "tile_size": 64})
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

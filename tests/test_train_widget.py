@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import phantom_dataset
+from helpers import phantom_dataset, tiny_checkpoint
 
 from napari_ftu import _train_widget
 from napari_ftu._segment_widget import SegmentWidget
@@ -33,9 +33,7 @@ def corrections(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def start_checkpoint(tmp_path_factory) -> Path:
-    model = build_model("swin_micro_upernet", input_size=64)
-    path = tmp_path_factory.mktemp("init") / "start.pt"
-    return save_checkpoint(path, model, {"pixel_size_um": 2.0, "tile_size": 64})
+    return tiny_checkpoint(tmp_path_factory.mktemp("init") / "start.pt")
 
 
 @pytest.fixture(scope="module")
