@@ -1,12 +1,19 @@
 """Decoders that take only the encoder's channel list: UPerNet and DAFormer.
 
 Each returns the fused feature map at the finest level (stride 4) and one feature map per level
-for the auxiliary (deep supervision) heads.
+for the auxiliary (deep supervision) heads. A decoder has ``out_channels`` (of the fused map) and
+``level_channels`` (one per auxiliary map); the segmenter upsamples the fused map's logits to the
+input size, so a decoder may also end at full resolution (U-Net style).
+
+``DECODERS`` maps a registry decoder name to a builder ``(encoder, config) -> decoder``: UPerNet
+and DAFormer need only ``encoder.channels`` and ``config["decoder_channels"]``; a decoder that
+mirrors its encoder (Swin-Unet) reads the rest of the resolved configuration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,4 +94,15 @@ class DAFormerDecoder(nn.Module):
         return fused, levels
 
 
-DECODERS: dict[str, type[nn.Module]] = {"upernet": UPerNetDecoder, "daformer": DAFormerDecoder}
+DecoderBuilder = Callable[[nn.Module, dict[str, Any]], nn.Module]
+
+
+def _upernet(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
+    return UPerNetDecoder(encoder.channels, config["decoder_channels"])
+
+
+def _daformer(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
+    return DAFormerDecoder(encoder.channels, config["decoder_channels"])
+
+
+DECODERS: dict[str, DecoderBuilder] = {"upernet": _upernet, "daformer": _daformer}

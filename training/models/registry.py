@@ -130,12 +130,27 @@ _RATE = _Kind(
 )
 
 
+def timm_encoder(
+    name: str, input_size: int, pretrained: str | os.PathLike | None, args: dict[str, Any]
+) -> nn.Module:
+    """A timm backbone as an encoder (``TimmEncoder``)."""
+    return TimmEncoder(name, input_size, pretrained=pretrained, **args)
+
+
+# What builds an encoder: (registry encoder name, input size, weights file or None, arguments).
+# An encoder returns a list of NCHW feature maps, finest first (the last, deepest one is what
+# the domain check and domain-adversarial training see), and has ``channels``, ``reductions``,
+# ``input_size``, ``name`` and ``check_input_size(height, width)``.
+EncoderBuilder = Callable[[str, int, "str | os.PathLike | None", dict[str, Any]], nn.Module]
+
+
 @dataclass(frozen=True)
 class EncoderFamily:
-    """The timm arguments a family's configurations may change, and those fixed here."""
+    """The arguments a family's configurations may change, those fixed here, and its builder."""
 
     args: dict[str, _Kind]
     fixed: dict[str, Any] = field(default_factory=dict)  # set by this code, never by a caller
+    build: EncoderBuilder = timm_encoder
 
 
 SWIN = EncoderFamily(
@@ -222,14 +237,9 @@ def build_from_config(
 ) -> nn.Module:
     """Build the model a ``resolve_config`` result describes; ``model.config`` keeps it."""
     family = ENCODER_FAMILIES[config["encoder"]]
-    encoder = TimmEncoder(
-        config["encoder"],
-        int(config["input_size"]),
-        pretrained=pretrained,
-        **config["encoder_args"],
-        **family.fixed,
-    )
-    decoder = DECODERS[config["decoder"]](encoder.channels, config["decoder_channels"])
+    args = {**config["encoder_args"], **family.fixed}
+    encoder = family.build(config["encoder"], int(config["input_size"]), pretrained, args)
+    decoder = DECODERS[config["decoder"]](encoder, config)
     model = Segmenter(encoder, decoder)
     model.config = config
     return model
