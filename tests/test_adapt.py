@@ -144,6 +144,7 @@ def test_a_run_stopped_by_its_time_limit_ramps_with_its_time():
     from training.trainer import Trainer
 
     fake = SimpleNamespace(loader=[0] * 10, options=SimpleNamespace(epochs=100, time_limit_s=600))
+    fake._clock = time.monotonic
     now = time.monotonic()
     assert Trainer._progress(fake, 1, 4, now) == pytest.approx(0.005, abs=1e-3)
     assert Trainer._progress(fake, 2, 9, now - 300) == pytest.approx(0.5, abs=1e-2)

@@ -87,6 +87,26 @@ def test_training_writes_a_usable_run_folder(dataset, tmp_path):
     assert "augment" in config and config["oversample"] == {"lung": 5.0}
 
 
+def test_a_cpu_time_limit_counts_this_process_cpu_not_waiting(dataset, tmp_path):
+    """--time-clock cpu: the limit counts CPU seconds (a fair budget on a shared machine); a
+    sleeping process uses none of it, and the summary says which clock its seconds are."""
+    import time
+    from types import SimpleNamespace
+
+    from training.trainer import Trainer
+
+    fake = SimpleNamespace(options=SimpleNamespace(time_clock="cpu"))
+    before, wall = Trainer._clock(fake), time.monotonic()
+    time.sleep(0.3)
+    assert Trainer._clock(fake) - before < 0.1 <= time.monotonic() - wall - 0.2
+    out = tmp_path / "run"
+    extra = ("--model", "swin_micro_upernet", "--epochs", "50", "--time-limit", "0.001")
+    assert train_command.main(_args(dataset, out, *extra, "--time-clock", "cpu")) == 0
+    training = load_checkpoint(out / "last.pt")[1]["training"]
+    assert training["stopped_by_time_limit"] and training["epochs"] == 1
+    assert training["clock"] == "cpu"
+
+
 def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     out = tmp_path / "run"
     base = _args(dataset, out, "--model", "swin_micro_upernet")

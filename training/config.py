@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     run.add_argument("--time-limit", type=float, help="minutes; stop, validate and save after")
+    run.add_argument(
+        "--time-clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what --time-limit counts: wall-clock time, or this process's CPU time (fair "
+        "budgets on a shared machine; use --workers 0 so data loading is counted too)",
+    )
     run.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     run.add_argument("--val-tta", type=int, default=1, choices=(1, 4, 8))
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
