@@ -44,7 +44,7 @@ def test_features_finest_first_at_strides_1_to_32_on_a_non_square_tile(micro):
     with torch.inference_mode():
         features = micro.encoder(x)
     assert micro.encoder.reductions == [1, 2, 4, 8, 16, 32]
-    assert [f.shape[1] for f in features] == micro.encoder.channels == [8, 16, 32, 64, 128, 192]
+    assert [f.shape[1] for f in features] == micro.encoder.channels == [8, 16, 32, 32, 128, 256]
     sides = [(128 // s, 96 // s) for s in (1, 2, 4, 8, 16, 32)]
     assert [tuple(f.shape[-2:]) for f in features] == sides
     with torch.inference_mode():
@@ -71,7 +71,7 @@ def test_every_skip_reaches_the_output(micro):
 def test_deep_supervision_taps_every_decoder_stage_and_every_parameter_learns():
     model = build_model("mt_unet_micro", input_size=64)
     main, aux = model.forward_with_aux(torch.randn(2, 3, 64, 64))
-    assert model.decoder.level_channels == [16, 32, 128, 128]
+    assert model.decoder.level_channels == [16, 32, 64, 128]
     assert len(aux) == 4 and all(a.shape == (2, 1, 64, 64) for a in aux)
     (main.mean() + sum(a.mean() for a in aux)).backward()
     # DDP needs every parameter in the graph of a forward with aux

@@ -91,7 +91,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "encoder": "mt_unet",
         "encoder_args": {
             "conv_widths": [8, 16, 32],
-            "widths": [64, 128, 192],
+            "widths": [32, 128, 256],
             "depths": [1, 1, 1],
             "num_heads": 2,
             "window_size": 4,
