@@ -9,6 +9,7 @@ from training.models import build_model, load_checkpoint, save_checkpoint
 from training.models.mt_attention import (
     ExternalAttention,
     GaussianAxialAttention,
+    LGGSelfAttention,
     MixedTransformerModule,
 )
 
@@ -87,6 +88,22 @@ def test_sizes_the_model_cannot_take_are_refused_in_one_line(micro):
     with pytest.raises(ValueError, match="has no ImageNet encoder file") as info:
         build_model("mt_unet_micro", pretrained="weights.pth")
     assert "\n" not in str(info.value)
+
+
+def test_local_attention_stays_in_its_window_and_the_global_path_reaches_everywhere():
+    torch.manual_seed(0)
+    lgg = LGGSelfAttention(dim=8, num_heads=2, window=4).eval()
+    x = torch.randn(1, 10, 7, 8)  # a grid of 3 x 2 windows once padded
+    far = x.clone()
+    far[:, 9, 2] += 1.0  # in the window at row 2, column 0
+    with torch.no_grad():
+        local = [lgg.local(torch.nn.functional.pad(t, (0, 0, 0, 1, 0, 2))) for t in (x, far)]
+        torch.testing.assert_close(local[0][:, :2], local[1][:, :2])  # other window rows
+        torch.testing.assert_close(local[0][:, 2, 1], local[1][:, 2, 1])  # other window
+        assert not torch.allclose(local[0][:, 2, 0], local[1][:, 2, 0])
+        assert lgg(x).shape == x.shape
+        # the global path: axial, a window reaches the windows of its row and its column
+        assert not torch.allclose(lgg(x)[:, 0, 0], lgg(far)[:, 0, 0])
 
 
 def test_the_gaussian_width_decides_how_far_global_attention_reaches():
