@@ -144,3 +144,23 @@ def test_channels_last_inference_and_a_float16_bundle(tmp_path, micro):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"depths": [1, 1]}, "widths and depths must have one entry per MTM stage"),
+        ({"num_heads": 3}, "MTM width 32 is not divisible by num_heads 3"),
+        ({"window_size": "4"}, "window_size must be a positive int"),
+    ],
+)
+def test_a_checkpoint_with_inconsistent_architecture_arguments_is_refused(tmp_path, args, message):
+    from training.models import CheckpointError
+
+    path = save_checkpoint(tmp_path / "m.pt", build_model("mt_unet_micro", input_size=64))
+    payload = torch.load(path, weights_only=True)
+    payload["architecture"]["args"]["encoder_args"].update(args)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)

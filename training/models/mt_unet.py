@@ -149,9 +149,10 @@ class MTUNetDecoder(nn.Module):
     ``forward(features)`` returns the full-resolution map and the four earlier stages' outputs
     (finest first) for deep supervision."""
 
-    def __init__(self, encoder: MTUNetEncoder, config: dict[str, Any]) -> None:
+    def __init__(self, args: dict[str, Any], decoder_channels: int) -> None:
+        """``args``: the encoder's (the decoder mirrors it); ``decoder_channels``: the width of
+        the full-resolution map the head reads."""
         super().__init__()
-        args = config["encoder_args"]
         conv_widths, widths, depths = args["conv_widths"], args["widths"], args["depths"]
         heads, window = int(args["num_heads"]), int(args["window_size"])
         ea = (int(args["memory_units"]), int(args["ea_expansion"]))
@@ -168,7 +169,7 @@ class MTUNetDecoder(nn.Module):
             stage_channels.append(channels)
         for i in range(len(conv_widths) - 1, -1, -1):
             up = nn.ConvTranspose2d(channels, conv_widths[i], 2, stride=2)
-            channels = conv_widths[i] if i > 0 else int(config["decoder_channels"])
+            channels = conv_widths[i] if i > 0 else decoder_channels
             self.stages.append(_UpStage(up, DoubleConv(2 * conv_widths[i], channels)))
             stage_channels.append(channels)
         self.out_channels = channels
@@ -197,5 +198,5 @@ def mt_unet_encoder(
 
 
 def mt_unet_decoder(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
-    """The registry's builder of ``MTUNetDecoder``."""
-    return MTUNetDecoder(encoder, config)
+    """The registry's builder of ``MTUNetDecoder`` (it mirrors the encoder's arguments)."""
+    return MTUNetDecoder(config["encoder_args"], int(config["decoder_channels"]))
