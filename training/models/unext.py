@@ -187,6 +187,7 @@ class UNeXtEncoder(nn.Module):
         self.input_size = input_size
         self.channels: list[int] = list(embed_dims)
         self.reductions: list[int] = [2, 4, 8, 16, 32]
+        self.fixed_size = False  # no grid is fixed at build time: any multiple of 32 is taken
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` unless both sides are positive multiples of 32."""
