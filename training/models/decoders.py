@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.unext import build_unext_decoder
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
     """Conv (no bias), batch norm, ReLU."""
@@ -114,5 +116,6 @@ def _mt_unet(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
 DECODERS: dict[str, DecoderBuilder] = {
     "upernet": _upernet,
     "daformer": _daformer,
+    "unext": build_unext_decoder,
     "mt_unet": _mt_unet,
 }
