@@ -94,6 +94,8 @@ class MTUNetEncoder(nn.Module):
                 self.downs.append(_down(width, widths[i + 1]))
         self.name = name
         self.input_size = input_size
+        # nothing is fixed at build (no position embedding, windows pad): any multiple of 32
+        self.fixed_size = False
         self.channels: list[int] = conv_widths + widths
         self.reductions: list[int] = [2**i for i in range(len(self.channels))]
 
