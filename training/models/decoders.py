@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.swin_unet import swin_unet_decoder
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
     """Conv (no bias), batch norm, ReLU."""
@@ -105,4 +107,8 @@ def _daformer(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
     return DAFormerDecoder(encoder.channels, config["decoder_channels"])
 
 
-DECODERS: dict[str, DecoderBuilder] = {"upernet": _upernet, "daformer": _daformer}
+DECODERS: dict[str, DecoderBuilder] = {
+    "upernet": _upernet,
+    "daformer": _daformer,
+    "swin_unet": swin_unet_decoder,
+}

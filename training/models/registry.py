@@ -67,6 +67,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "decoder_channels": 64,
         "input_size": 256,
     },
+    # Swin-Unet (Cao et al. 2021): the decoder mirrors the encoder's stages, so it has no
+    # arguments of its own. The paper's Swin-T "lite" (depths 2, 2, 2, 2, drop path 0.2) at the
+    # seeds' tile; the micro has swin_micro_upernet's encoder.
+    "swin_unet_tiny": {
+        "encoder": "swin_tiny_patch4_window7_224",
+        "encoder_args": {"depths": [2, 2, 2, 2], "drop_path_rate": 0.2},
+        "decoder": "swin_unet",
+        "input_size": 768,
+    },
+    "swin_unet_micro": {
+        "encoder": "swin_tiny_patch4_window7_224",
+        "encoder_args": {
+            "embed_dim": 32,
+            "depths": [1, 1, 2, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 8,
+        },
+        "decoder": "swin_unet",
+        "input_size": 256,
+    },
 }
 
 # A generous ceiling on every integer argument, so that a file cannot ask for an absurd build.
