@@ -125,6 +125,8 @@ class SwinUnetDecoder(nn.Module):
             if i < len(self.expands):
                 x = self.expands[i](x)
         fused = self.final_expand(self.norm_up(x))
+        # a channels-last view: the full-resolution map is the largest tensor of the model, and
+        # the head's 1x1 conv takes either layout (a contiguous copy costs time and memory)
         return fused.permute(0, 3, 1, 2), [_nchw(level) for level in reversed(levels)]
 
 
