@@ -7,6 +7,7 @@ import torch
 
 from training.models import build_model, load_checkpoint, save_checkpoint
 from training.models.encoders import TimmEncoder
+from training.models.registry import CONFIGS
 from training.models.swin_unet import SwinUnetDecoder
 
 
@@ -162,3 +163,15 @@ def test_channels_last_inference_mode_and_a_float16_checkpoint(micro, tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     with torch.inference_mode():
         torch.testing.assert_close(loaded.eval()(x), expected, atol=2e-2, rtol=0)
+
+
+def test_a_swin_file_of_other_depths_is_refused_with_the_reason(tmp_path):
+    # the paper's encoder is Swin-T with depths 2, 2, 2, 2; ImageNet's Swin-T has 2, 2, 6, 2:
+    # timm's checkpoint filter fails on the extra blocks before any strict load
+    import timm
+
+    args = {**CONFIGS["swin_unet_micro"]["encoder_args"], "depths": [1, 1, 3, 1]}
+    donor = timm.create_model("swin_tiny_patch4_window7_224", **args)
+    torch.save(donor.state_dict(), tmp_path / "deeper.pth")
+    with pytest.raises(ValueError, match=r"deeper\.pth does not fit the encoder swin_tiny"):
+        build_model("swin_unet_micro", input_size=64, pretrained=tmp_path / "deeper.pth")
