@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.swin_unet import swin_unet_decoder
+from training.models.unext import build_unext_decoder
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
@@ -111,4 +112,5 @@ DECODERS: dict[str, DecoderBuilder] = {
     "upernet": _upernet,
     "daformer": _daformer,
     "swin_unet": swin_unet_decoder,
+    "unext": build_unext_decoder,
 }

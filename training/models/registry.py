@@ -20,6 +20,7 @@ from torch import nn
 from training.models.decoders import DECODERS
 from training.models.encoders import TimmEncoder
 from training.models.segmenter import Segmenter
+from training.models.unext import build_unext_encoder
 
 # input_size: the tile side the model is built for. Swin takes any multiple of 32 once built
 # (timm pads to whole windows), so window 7 need not divide 768 / 32; CoaT's patch embeddings fix
@@ -85,6 +86,32 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "window_size": 8,
         },
         "decoder": "swin_unet",
+        "input_size": 256,
+    },
+    # UNeXt (Valanarasu & Patel 2022): the paper's widths (1.47 M parameters, 0.56 GMACs at
+    # 256 px); the micro narrows the three conv stages, where the compute is, for a CPU. UNeXt
+    # takes any multiple of 32, so input_size is only the training tile: the full one trains on
+    # the seeds' full-model tiles (768 px at 0.4 um/px), not the paper's 256 px images.
+    "unext": {
+        "encoder": "unext",
+        "encoder_args": {
+            "embed_dims": [16, 32, 128, 160, 256],
+            "mlp_ratio": 1,
+            "shift_size": 5,
+            "drop_path_rate": 0.0,
+        },
+        "decoder": "unext",
+        "input_size": 768,
+    },
+    "unext_micro": {
+        "encoder": "unext",
+        "encoder_args": {
+            "embed_dims": [8, 16, 64, 160, 256],
+            "mlp_ratio": 1,
+            "shift_size": 5,
+            "drop_path_rate": 0.0,
+        },
+        "decoder": "unext",
         "input_size": 256,
     },
 }
@@ -195,11 +222,16 @@ COAT = EncoderFamily(
         "drop_path_rate": _RATE,
     }
 )
+UNEXT = EncoderFamily(
+    args={"embed_dims": _INTS, "mlp_ratio": _NUMBER, "shift_size": _INT, "drop_path_rate": _RATE},
+    build=build_unext_encoder,
+)
 ENCODER_FAMILIES: dict[str, EncoderFamily] = {
     "swin_tiny_patch4_window7_224": SWIN,
     "swin_small_patch4_window7_224": SWIN,
     "coat_lite_medium": COAT,
     "coat_lite_tiny": COAT,
+    "unext": UNEXT,
 }
 
 
