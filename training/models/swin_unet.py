@@ -50,8 +50,9 @@ class PatchExpand(nn.Module):
         """``(B, H, W, C)`` tokens -> ``(B, scale*H, scale*W, out_channels)``."""
         b, h, w, _ = x.shape
         s, c = self.scale, self.out_channels
-        x = self.expand(x).reshape(b, h, w, s, s, c).permute(0, 1, 3, 2, 4, 5)
-        return self.norm(x.reshape(b, h * s, w * s, c))
+        # the norm of each output token's channels is the same before the rearrangement
+        x = self.norm(self.expand(x).reshape(b, h, w, s, s, c))
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, c)
 
 
 def _swin_stages(encoder: nn.Module) -> list[nn.Module]:
