@@ -108,9 +108,16 @@ def _daformer(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
     return DAFormerDecoder(encoder.channels, config["decoder_channels"])
 
 
+def _mt_unet(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
+    from training.models.mt_unet import mt_unet_decoder  # it imports this module
+
+    return mt_unet_decoder(encoder, config)
+
+
 DECODERS: dict[str, DecoderBuilder] = {
     "upernet": _upernet,
     "daformer": _daformer,
     "swin_unet": swin_unet_decoder,
     "unext": build_unext_decoder,
+    "mt_unet": _mt_unet,
 }
