@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.swin_unet import swin_unet_decoder
 from training.models.unext import build_unext_decoder
 
 
@@ -116,6 +117,7 @@ def _mt_unet(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
 DECODERS: dict[str, DecoderBuilder] = {
     "upernet": _upernet,
     "daformer": _daformer,
+    "swin_unet": swin_unet_decoder,
     "unext": build_unext_decoder,
     "mt_unet": _mt_unet,
 }

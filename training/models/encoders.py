@@ -120,9 +120,11 @@ def create_with_weights(name: str, path: str | os.PathLike, args: dict[str, Any]
         "source": None,
         "custom_load": False,
     }
+    # AttributeError: timm's Swin filter looks up each of the file's blocks by name, so a file
+    # of a deeper Swin (ImageNet's Swin-T into Swin-Unet's 2, 2, 2, 2) fails before the load
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, AttributeError) as exc:
         detail = textwrap.shorten(" ".join(str(exc).split()), 400)
         raise ValueError(
             f"{path.name} does not fit the encoder {name} (weights of another model?): {detail}"

@@ -69,6 +69,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "decoder_channels": 64,
         "input_size": 256,
     },
+    # Swin-Unet (Cao et al. 2021): the decoder mirrors the encoder's stages, so it has no
+    # arguments of its own. The paper's Swin-T "lite" (depths 2, 2, 2, 2, drop path 0.2) at the
+    # seeds' tile; the micro has swin_micro_upernet's encoder.
+    "swin_unet_tiny": {
+        "encoder": "swin_tiny_patch4_window7_224",
+        "encoder_args": {"depths": [2, 2, 2, 2], "drop_path_rate": 0.2},
+        "decoder": "swin_unet",
+        "input_size": 768,
+    },
+    "swin_unet_micro": {
+        "encoder": "swin_tiny_patch4_window7_224",
+        "encoder_args": {
+            "embed_dim": 32,
+            "depths": [1, 1, 2, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 8,
+        },
+        "decoder": "swin_unet",
+        "input_size": 256,
+    },
     # MT-UNet (Wang et al. 2022): the official configuration (conv stem 64-128-256, MTM widths
     # 256-512-1024, two MTMs per stage, 8 heads, windows of 4, 64 external memory units); the
     # micro one keeps the structure at a CPU's scale. decoder_channels: the full-resolution map.
