@@ -11,7 +11,7 @@ import torch
 from training.models import build_model, list_models
 from training.models.registry import CONFIGS, ENCODER_FAMILIES, timm_encoder
 
-FULL = {"swin_tiny_upernet", "swin_small_upernet", "coat_lite_medium_daformer"}
+FULL = {"swin_tiny_upernet", "swin_small_upernet", "coat_lite_medium_daformer", "swin_unet_tiny"}
 # the configurations whose encoder is a timm backbone (ImageNet files fit only those)
 TIMM = [n for n in list_models() if ENCODER_FAMILIES[CONFIGS[n]["encoder"]].build is timm_encoder]
 
