@@ -444,3 +444,29 @@ def test_objects_keep_their_ids_and_colours_as_the_sliders_move(qtbot, opened_wi
                     kept += 1
         assert kept, (threshold, min_area)
     assert not errors
+
+
+def test_the_seeds_other_architectures_segment_from_the_model_list(
+    qtbot, opened, errors, tmp_path
+):
+    """An ensemble of one Swin-Unet, one UNeXt and one MT-UNet (untrained, 128 px tiles at
+    2 um/px) chosen in the model list runs like the shipped models."""
+    import yaml
+
+    from training.models import build_model, save_checkpoint
+
+    names = ["swin_unet_micro", "unext_micro", "mt_unet_micro"]
+    for name in names:
+        model = build_model(name, input_size=128)
+        save_checkpoint(tmp_path / f"{name}.pt", model, {"pixel_size_um": 2.0})
+    manifest = tmp_path / "new.yaml"
+    manifest.write_text(yaml.safe_dump({"members": [{"checkpoint": f"{n}.pt"} for n in names]}))
+    viewer, widget, layer = opened
+    widget.add_model(manifest)
+    widget.start()
+    wait_for_run(qtbot, widget)
+    assert not errors
+    probability = viewer.layers[probability_name(layer.name)]
+    assert probability.data.shape == (205, 205)  # 1024 px at 0.4 um/px, seen at 2 um/px
+    session = viewer.layers[mask_name(layer.name)].metadata[_segment_widget.SESSION_KEY]
+    assert session.probability.shape == (205, 205)
