@@ -8,7 +8,8 @@
 Each member is run once through the engine on every image (members at another pixel size are
 resampled onto the finest member's grid); then for every combination of weights the mean
 probability gets its threshold and minimum area tuned as training validation tunes them
-(``tune_postprocess``), and the mean per-image Dice is printed, best first. The tuning is on
+(``tune_postprocess``), and the mean per-image Dice (with the background Dice and their mean,
+the selection score) is printed, best score first. The tuning is on
 the same images it is scored on: use validation images, never the test set.
 """
 
@@ -67,14 +68,20 @@ def main() -> None:
             items.append(ImageScore(record, mean / sum(weights), grid.pixel_size_um))
         thresholds, areas = tune_postprocess(items)
         summary = summarise(score(items, thresholds, areas))
-        rows.append((summary["dice"], weights, thresholds, areas, summary["data_source"]))
+        rows.append((summary, weights, thresholds, areas))
     members = " ".join(map(str, args.members))
     print(f"{len(records)} {args.organ} images, TTA {args.tta}; members: {members}")
-    for dice, weights, thresholds, areas, sources in sorted(rows, key=lambda r: -r[0])[: args.top]:
-        by_source = ", ".join(f"{k} {v:.4f}" for k, v in sources.items())
+    # best first by the selection score (the mean of the FTU and background Dice: dense tiles
+    # cannot fool it), as training validation chooses
+    for summary, weights, thresholds, areas in sorted(rows, key=lambda r: -r[0]["score"])[
+        : args.top
+    ]:
+        by_source = ", ".join(f"{k} {v:.4f}" for k, v in summary["data_source"].items())
         print(
-            f"weights {' '.join(f'{w:g}' for w in weights)}: Dice {dice:.4f} ({by_source}); "
-            f"threshold {thresholds[args.organ]}, min area {areas[args.organ]:g} um²"
+            f"weights {' '.join(f'{w:g}' for w in weights)}: score {summary['score']:.4f}, "
+            f"Dice {summary['dice']:.4f}, background {summary['background_dice']:.4f} "
+            f"({by_source}); threshold {thresholds[args.organ]}, "
+            f"min area {areas[args.organ]:g} um²"
         )
 
 
