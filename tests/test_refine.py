@@ -259,3 +259,40 @@ def test_a_manifest_names_a_refiner_used_by_default(tmp_path, refiner):
     manifest.write_text("members:\n  - checkpoint: seg.pt\nrefiner: seg.pt\n")
     with pytest.raises(CheckpointError, match=r"seg\.pt is a segmentation model, not a boundary"):
         load_ensemble(manifest)
+
+
+def test_train_refiner_command(tmp_path, capsys):
+    from helpers import phantom_dataset
+
+    from training.train_refiner import main
+
+    data = phantom_dataset(tmp_path / "train", organs=("kidney",), seeds=range(2))
+    val = phantom_dataset(tmp_path / "val", organs=("kidney",), seeds=range(5, 6))
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--val-data", str(val), "--out", str(out), "--patch", "32"]
+    argv += ["--base", "8", "--steps", "4", "--val-every", "2", "--batch-size", "4"]
+    assert main(argv) == 0
+    _, meta = load_refiner(out / "best.pt")
+    assert meta["pixel_size_um"] == 2.0 and meta["patch_size"] == 32
+    assert meta["training"]["coarse"] == "simulated" and meta["training"]["val_ids"] == ["kidney5"]
+    assert {"val_bf", "val_dice", "coarse_val_bf"} <= set(meta["training"])
+    assert load_refiner(out / "last.pt")[1]["training"]["steps"] == 4
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert main(argv) == 2
+    assert "best.pt exists: give a new --out" in capsys.readouterr().err
+
+
+def test_train_refiner_on_a_models_own_maps(tmp_path):
+    from helpers import phantom_dataset, tiny_checkpoint
+
+    from training.train_refiner import main
+
+    data = phantom_dataset(tmp_path / "train", organs=("kidney",), seeds=range(1))
+    coarse = tiny_checkpoint(tmp_path / "coarse.pt")
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--val-data", str(data), "--out", str(out), "--patch", "32"]
+    argv += ["--base", "8", "--steps", "2", "--val-every", "2", "--coarse-model", str(coarse)]
+    assert main(argv) == 0
+    assert load_refiner(out / "best.pt")[1]["training"]["coarse"] == "coarse.pt"
+    refiner_given = ["--coarse-model", str(out / "best.pt"), "--out", str(tmp_path / "run2")]
+    assert main([*argv[:4], *argv[6:-2], *refiner_given]) == 2
