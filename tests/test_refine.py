@@ -296,3 +296,101 @@ def test_train_refiner_on_a_models_own_maps(tmp_path):
     assert load_refiner(out / "best.pt")[1]["training"]["coarse"] == "coarse.pt"
     refiner_given = ["--coarse-model", str(out / "best.pt"), "--out", str(tmp_path / "run2")]
     assert main([*argv[:4], *argv[6:-2], *refiner_given]) == 2
+
+
+@pytest.fixture
+def bundle(tmp_path, refiner):
+    """A tiny segmentation checkpoint, a refiner checkpoint and a manifest naming both."""
+    from helpers import tiny_checkpoint
+
+    seg = tiny_checkpoint(tmp_path / "seg.pt")
+    bpr = save_refiner(tmp_path / "bpr.pt", refiner.model, {**refiner.meta, "pixel_size_um": 1.0})
+    manifest = tmp_path / "ensemble.yaml"
+    manifest.write_text("members:\n  - checkpoint: seg.pt\nrefiner: bpr.pt\n")
+    return seg, bpr, manifest
+
+
+def test_segment_command_refine_flags(tmp_path, bundle, caplog, capsys):
+    from napari_ftu.cli import main
+    from training.slides import write_pyramid
+
+    seg, bpr, manifest = bundle
+    slide = write_pyramid(tmp_path / "disc.tiff", disc(seed=3)[0], 1.0)
+    common = [str(slide), "--organ", "kidney", "--quiet", "--no-tissue-detection"]
+    caplog.set_level("INFO")
+    assert (
+        main(
+            [
+                "segment",
+                *common,
+                "--model",
+                str(seg),
+                "--refine",
+                str(bpr),
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
+    assert "disc.tiff: boundaries refined by bpr.pt (" in caplog.text
+    caplog.clear()
+    assert (
+        main(
+            [
+                "segment",
+                *common,
+                "--model",
+                str(manifest),
+                "--no-refine",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
+    assert "boundaries refined" not in caplog.text
+    assert main(["segment", *common, "--model", str(manifest), "--out", str(tmp_path / "c")]) == 0
+    assert "disc.tiff: boundaries refined by bpr.pt (" in caplog.text
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "segment",
+                *common,
+                "--model",
+                str(seg),
+                "--refine",
+                str(seg),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
+    assert "seg.pt is a segmentation model, not a boundary refiner" in capsys.readouterr().err
+
+
+def test_evaluate_refine_reports_the_boundary_f_score(tmp_path, bundle, capsys):
+    import json
+
+    from helpers import phantom_dataset
+
+    from training.evaluate import main
+
+    seg, bpr, manifest = bundle
+    data = phantom_dataset(tmp_path / "data", organs=("kidney",), seeds=range(1), pixel_size_um=1.0)
+    out = tmp_path / "scores.json"
+    assert (
+        main(["--data", str(data), "--model", str(seg), "--refine", str(bpr), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "boundary F-score (2 px)" in printed and "(boundary refiner: bpr.pt)" in printed
+    scores = json.loads(out.read_text())
+    assert scores["refiner"].endswith("bpr.pt") and 0 <= scores["boundary_f"] <= 1
+    assert set(scores["boundary_f_by_organ"]) == {"kidney"}
+    assert main(["--data", str(data), "--model", str(manifest), "--no-refine"]) == 0
+    assert "(boundary refiner: none)" in capsys.readouterr().out
+    assert main(["--data", str(data), "--model", str(seg), "--refine", str(seg)]) == 2
+    assert "seg.pt is a segmentation model, not a boundary refiner" in capsys.readouterr().err
