@@ -33,6 +33,7 @@ class SegmentRequest:
     overlap: float = 0.25
     tta: int = 1
     stain: Any = None  # a fitted normaliser, or None
+    refine: Any = None  # BPR: None the model's own refiner (if any), False none, or a file
 
 
 @dataclass
@@ -101,6 +102,7 @@ def segment_job(
             tta=request.tta,
             stain=request.stain,
             device=device,
+            refiner=request.refine,
         )
         with FeatureTap(members) as tap:  # the encoder features the domain check needs
             while True:
