@@ -394,3 +394,16 @@ def test_evaluate_refine_reports_the_boundary_f_score(tmp_path, bundle, capsys):
     assert "(boundary refiner: none)" in capsys.readouterr().out
     assert main(["--data", str(data), "--model", str(seg), "--refine", str(seg)]) == 2
     assert "seg.pt is a segmentation model, not a boundary refiner" in capsys.readouterr().err
+
+
+def test_train_refiner_holds_out_a_split_of_the_data(tmp_path):
+    from helpers import phantom_dataset
+
+    from training.train_refiner import main
+
+    data = phantom_dataset(tmp_path / "train", organs=("kidney",), seeds=range(3))
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--out", str(out), "--patch", "32", "--base", "8"]
+    assert main([*argv, "--steps", "1", "--val-every", "1", "--val-fraction", "0.34"]) == 0
+    held = load_refiner(out / "best.pt")[1]["training"]["val_ids"]
+    assert len(held) == 1 and held[0] in {"kidney0", "kidney1", "kidney2"}

@@ -1,7 +1,7 @@
 """``python -m training.train_refiner``: train a BPR boundary refiner on dataset folders.
 
     python -m training.train_refiner --data DIR [DIR:WEIGHT ...] --val-data VAL --out RUN
-    python -m training.train_refiner --data DIR --val-data VAL --coarse-model model.pt --out RUN
+    python -m training.train_refiner --data DIR --split-of M.pt --coarse-model M.pt --out RUN
 
 Pairs come from the same dataset folders as ``training.train`` (images + ``train.csv`` RLE
 masks), read at the refiner's pixel size (``--pixel-size``, default the finest of the images').
@@ -9,9 +9,11 @@ The coarse masks are either simulated from the truth (downsampled 4x or 8x and b
 grown or shrunk a little: the blocky outlines a 1/4-resolution decoder leaves) or, with
 ``--coarse-model CKPT_OR_MANIFEST``, predicted by that model through the engine (as the paper
 prefers: the refiner learns the model's own errors). Each step trains on patches centred on
-boundaries (BCE + Dice); every ``--val-every`` steps the held-out ``--val-data`` images are
-refined whole (their coarse maps fixed: simulated with a set seed, or the model's) and scored
-with the boundary F-score at 2 px and the Dice. The run folder gets ``best.pt`` (best boundary
+boundaries (BCE + Dice); every ``--val-every`` steps the held-out images (``--val-data``; else
+the images ``--split-of CKPT`` validated on, the segmentation model's held-out split; else
+``--val-fraction`` of each organ's images, by ``--seed``) are refined whole (their coarse maps
+fixed: simulated with a set seed, or the model's) and scored with the boundary F-score at 2 px
+and the Dice. The run folder gets ``best.pt`` (best boundary
 F-score), ``last.pt`` (both refiner checkpoints: give them to ``napari-ftu segment --refine``
 or a manifest's ``refiner:``) and ``metrics.csv``. ``--time-limit`` (minutes) and
 ``--time-clock cpu`` work as in ``training.train``.
@@ -41,7 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Boundary Patch Refinement (BPR) refiner on dataset folders.",
     )
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]")
-    parser.add_argument("--val-data", nargs="+", required=True, type=Path, metavar="DIR")
+    parser.add_argument(
+        "--val-data",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="held-out images (default: a "
+        "split of --data: --split-of's validation images, else --val-fraction of each organ's)",
+    )
+    parser.add_argument(
+        "--split-of",
+        type=Path,
+        metavar="CKPT",
+        help="validate on the images CKPT validated on (its val_ids), train on the others",
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--out", required=True, type=Path, help="run folder (must not hold a run)")
     parser.add_argument(
         "--coarse-model", type=Path, help="checkpoint or manifest whose maps are refined"
@@ -89,8 +105,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train as ``args`` say; the training summary (also in the checkpoints' meta)."""
     import torch
 
-    from training.data.records import load_records, parse_data_spec
-    from training.evaluate import load_images
+    from training.data.records import load_records, parse_data_spec, split_records
+    from training.evaluate import load_images, validation_ids
     from training.refine.fit import RefinerFit
     from training.refine.model import build_refiner, save_refiner
     from training.refine.pairs import load_pair
@@ -107,9 +123,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     records = load_records(specs)
     if args.organ:
         records = [r for r in records if r.organ in set(args.organ)]
-    val_records = load_images(args.val_data, args.organ)
-    if not records:
-        raise ValueError(f"no training image of organ(s) {args.organ}")
+    if args.val_data:
+        val_records = load_images(args.val_data, args.organ)
+    elif args.split_of is not None:
+        held = set(validation_ids(args.split_of))
+        val_records = [r for r in records if r.id in held]
+        records = [r for r in records if r.id not in held]
+    else:
+        records, val_records = split_records(records, args.val_fraction, args.seed)
+    if not records or not val_records:
+        raise ValueError(
+            f"{len(records)} training and {len(val_records)} validation image(s): both are needed"
+        )
     pixel_size = args.pixel_size or min(r.pixel_size_um for r in records)
     coarse_model = None
     if args.coarse_model is not None:
@@ -127,7 +152,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "patch_size": args.patch,
         "training": {
             "data": [str(spec.path) for spec in specs],
-            "val_data": [str(path) for path in args.val_data],
+            "val_data": [str(path) for path in (args.val_data or [spec.path for spec in specs])],
             "val_ids": [pair.id for pair in val_pairs],
             "coarse": str(args.coarse_model.name) if args.coarse_model else "simulated",
             "organs": sorted({r.organ for r in records}),
