@@ -407,3 +407,15 @@ def test_train_refiner_holds_out_a_split_of_the_data(tmp_path):
     assert main([*argv, "--steps", "1", "--val-every", "1", "--val-fraction", "0.34"]) == 0
     held = load_refiner(out / "best.pt")[1]["training"]["val_ids"]
     assert len(held) == 1 and held[0] in {"kidney0", "kidney1", "kidney2"}
+
+
+def test_the_cli_bar_grows_with_the_refinements_patches():
+    from napari_ftu.cli import TileBar
+    from training.inference import Progress
+
+    bar = TileBar("disc.tiff")
+    bar(Progress(0, 10, "10 tiles to run"))
+    bar(Progress(10, 10, "model: 10/10 tiles"))
+    bar(Progress(12, 16, "refining boundaries: 2/6 patches"))
+    assert (bar.bar.n, bar.bar.total) == (12, 16)
+    bar.close()
