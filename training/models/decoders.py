@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.unext import build_unext_decoder
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
     """Conv (no bias), batch norm, ReLU."""
@@ -105,4 +107,15 @@ def _daformer(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
     return DAFormerDecoder(encoder.channels, config["decoder_channels"])
 
 
-DECODERS: dict[str, DecoderBuilder] = {"upernet": _upernet, "daformer": _daformer}
+def _mt_unet(encoder: nn.Module, config: dict[str, Any]) -> nn.Module:
+    from training.models.mt_unet import mt_unet_decoder  # it imports this module
+
+    return mt_unet_decoder(encoder, config)
+
+
+DECODERS: dict[str, DecoderBuilder] = {
+    "upernet": _upernet,
+    "daformer": _daformer,
+    "unext": build_unext_decoder,
+    "mt_unet": _mt_unet,
+}

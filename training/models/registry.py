@@ -19,7 +19,9 @@ from torch import nn
 
 from training.models.decoders import DECODERS
 from training.models.encoders import TimmEncoder
+from training.models.mt_unet import mt_unet_encoder
 from training.models.segmenter import Segmenter
+from training.models.unext import build_unext_encoder
 
 # input_size: the tile side the model is built for. Swin takes any multiple of 32 once built
 # (timm pads to whole windows), so window 7 need not divide 768 / 32; CoaT's patch embeddings fix
@@ -65,6 +67,67 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "encoder_args": {"embed_dims": [32, 64, 128, 256], "serial_depths": [1, 1, 1, 1]},
         "decoder": "daformer",
         "decoder_channels": 64,
+        "input_size": 256,
+    },
+    # MT-UNet (Wang et al. 2022): the official configuration (conv stem 64-128-256, MTM widths
+    # 256-512-1024, two MTMs per stage, 8 heads, windows of 4, 64 external memory units); the
+    # micro one keeps the structure at a CPU's scale. decoder_channels: the full-resolution map.
+    "mt_unet": {
+        "encoder": "mt_unet",
+        "encoder_args": {
+            "conv_widths": [64, 128, 256],
+            "widths": [256, 512, 1024],
+            "depths": [2, 2, 2],
+            "num_heads": 8,
+            "window_size": 4,
+            "memory_units": 64,
+            "ea_expansion": 4,
+            "drop_path_rate": 0.0,
+        },
+        "decoder": "mt_unet",
+        "decoder_channels": 64,
+        "input_size": 256,
+    },
+    "mt_unet_micro": {
+        "encoder": "mt_unet",
+        "encoder_args": {
+            "conv_widths": [8, 16, 32],
+            "widths": [32, 128, 256],
+            "depths": [1, 1, 1],
+            "num_heads": 2,
+            "window_size": 4,
+            "memory_units": 32,
+            "ea_expansion": 2,
+            "drop_path_rate": 0.0,
+        },
+        "decoder": "mt_unet",
+        "decoder_channels": 8,
+        "input_size": 256,
+    },
+    # UNeXt (Valanarasu & Patel 2022): the paper's widths (1.47 M parameters, 0.56 GMACs at
+    # 256 px); the micro narrows the three conv stages, where the compute is, for a CPU. UNeXt
+    # takes any multiple of 32, so input_size is only the training tile: the full one trains on
+    # the seeds' full-model tiles (768 px at 0.4 um/px), not the paper's 256 px images.
+    "unext": {
+        "encoder": "unext",
+        "encoder_args": {
+            "embed_dims": [16, 32, 128, 160, 256],
+            "mlp_ratio": 1,
+            "shift_size": 5,
+            "drop_path_rate": 0.0,
+        },
+        "decoder": "unext",
+        "input_size": 768,
+    },
+    "unext_micro": {
+        "encoder": "unext",
+        "encoder_args": {
+            "embed_dims": [8, 16, 64, 160, 256],
+            "mlp_ratio": 1,
+            "shift_size": 5,
+            "drop_path_rate": 0.0,
+        },
+        "decoder": "unext",
         "input_size": 256,
     },
 }
@@ -175,11 +238,30 @@ COAT = EncoderFamily(
         "drop_path_rate": _RATE,
     }
 )
+MT_UNET = EncoderFamily(
+    args={
+        "conv_widths": _INTS,
+        "widths": _INTS,
+        "depths": _INTS,
+        "num_heads": _INT,
+        "window_size": _INT,
+        "memory_units": _INT,
+        "ea_expansion": _INT,
+        "drop_path_rate": _RATE,
+    },
+    build=mt_unet_encoder,
+)
+UNEXT = EncoderFamily(
+    args={"embed_dims": _INTS, "mlp_ratio": _NUMBER, "shift_size": _INT, "drop_path_rate": _RATE},
+    build=build_unext_encoder,
+)
 ENCODER_FAMILIES: dict[str, EncoderFamily] = {
     "swin_tiny_patch4_window7_224": SWIN,
     "swin_small_patch4_window7_224": SWIN,
     "coat_lite_medium": COAT,
     "coat_lite_tiny": COAT,
+    "mt_unet": MT_UNET,
+    "unext": UNEXT,
 }
 
 
