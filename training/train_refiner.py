@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--organ", nargs="+", help="only images of these organs")
     parser.add_argument("--pixel-size", type=float, help="um/px the refiner sees")
     parser.add_argument("--patch", type=positive_integer, default=64, help="patch side (px)")
-    parser.add_argument("--base", type=positive_integer, default=32, help="channels at full size")
+    parser.add_argument(
+        "--base",
+        type=positive_integer,
+        default=24,
+        help="channels at full size (24: 0.27 M parameters)",
+    )
     parser.add_argument("--levels", type=positive_integer, default=3)
     parser.add_argument("--batch-size", type=positive_integer, default=16)
     parser.add_argument("--steps", type=positive_integer, default=2000)
@@ -168,12 +173,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     batches = _batches(pairs, weights / weights.sum(), args, rng)
     fit = RefinerFit(refiner, lr=args.lr)
     clock = time.process_time if args.time_clock == "cpu" else time.monotonic
-    start, rows, step = clock(), [], 0
+    coarse_bf = validate(refiner, val_pairs, refine=False)["val_bf"]
+    start, rows, step = clock(), [], 0  # the time limit counts training and its validations
 
     def out_of_time() -> bool:
         return args.time_limit is not None and clock() - start > 60 * args.time_limit
 
-    coarse_bf = validate(refiner, val_pairs, refine=False)["val_bf"]
     best = {"val_bf": -1.0, "step": 0}
     args.out.mkdir(parents=True, exist_ok=True)
     while step < args.steps:
