@@ -30,10 +30,11 @@ class RefineOptions:
     """How boundaries are refined: ``patch_px`` the patch side in refiner pixels (default: the
     refiner's own), ``per_object`` patches at most per object, ``batch_size`` patches per
     forward pass, ``band`` the part of the patch side (either way of the outline) that may
-    change."""
+    change. 16 patches half a patch apart cover the outline of an object up to 8 patch sides
+    round (a glomerulus of 200 um, with 64 px patches at 0.65 um/px)."""
 
     patch_px: int | None = None
-    per_object: int = 8
+    per_object: int = 16
     batch_size: int = 16
     band: float = 0.25
 
