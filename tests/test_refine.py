@@ -419,3 +419,19 @@ def test_the_cli_bar_grows_with_the_refinements_patches():
     bar(Progress(12, 16, "refining boundaries: 2/6 patches"))
     assert (bar.bar.n, bar.bar.total) == (12, 16)
     bar.close()
+
+
+def test_a_refiner_far_from_the_slides_pixel_size_is_refused_before_the_tiles(refiner):
+    image, _ = disc(seed=11)
+    far = Refiner(refiner.model, {**refiner.meta, "pixel_size_um": 0.004})
+    events = []
+    with pytest.raises(ValueError, match=r"0\.004 um/px differ 125-fold"):
+        run(
+            image,
+            member(Blocky(), pixel_size=WORKING_UM, tile=64),
+            "kidney",
+            refiner=far,
+            on_progress=events.append,
+            **engine_args(),
+        )
+    assert events == []

@@ -175,6 +175,8 @@ def segment(
         members = ensemble.for_organ(organ)
         run = _Run(slide, members, options)
         run.refiner = _as_refiner(refiner, ensemble, options.device)  # BPR
+        if run.refiner is not None:  # refused before the tiles, not after them
+            check_pixel_sizes(slide.pixel_size_um, run.refiner.pixel_size_um, slide.path.name)
         result = yield from run.execute(
             organ, ensemble.threshold(organ), ensemble.min_area_um2(organ), stain
         )
