@@ -435,3 +435,19 @@ def test_a_refiner_far_from_the_slides_pixel_size_is_refused_before_the_tiles(re
             **engine_args(),
         )
     assert events == []
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.65, 1.0])
+def test_a_patch_reads_the_map_on_its_grid_and_puts_it_back_in_place(scale):
+    from training.refine.patches import PatchBox
+
+    yy, xx = np.mgrid[:120, :100].astype(np.float32)
+    smooth = (yy * 0.004 + xx * 0.003).astype(np.float32)  # linear: bilinear reads it exactly
+    box = PatchBox.around(np.array([60, 50]), 32, scale)
+    y0, x0, back = box.to_working(box.coarse(smooth))
+    assert back.shape[0] >= int(32 * scale) - 1
+    # within 0.15 px of the slope (area means of piecewise-constant pixels at other ratios)
+    np.testing.assert_allclose(
+        back, smooth[y0 : y0 + back.shape[0], x0 : x0 + back.shape[1]], atol=0.15 * 0.004
+    )
+    assert abs(y0 + back.shape[0] / 2 - 60.5) <= 1 and abs(x0 + back.shape[1] / 2 - 50.5) <= 1
