@@ -451,3 +451,25 @@ def test_a_patch_reads_the_map_on_its_grid_and_puts_it_back_in_place(scale):
         back, smooth[y0 : y0 + back.shape[0], x0 : x0 + back.shape[1]], atol=0.15 * 0.004
     )
     assert abs(y0 + back.shape[0] / 2 - 60.5) <= 1 and abs(x0 + back.shape[1] / 2 - 50.5) <= 1
+
+
+def test_a_crop_of_the_map_is_refined_from_the_slide_itself(refiner):
+    """A region run's map is a crop at the working scale: its patches are read from the slide
+    (at the refiner's finer pixel size), so the crop refines as the whole map does there."""
+    slide, _, coarse = held_out()
+    whole = coarse.copy()
+    list(refine_map(whole, slide, refiner, WORKING_UM, (0.5, 0.0)))
+    top, left = 6, 3
+    crop = coarse[top:124, left:125].copy()
+    from_slide = refiner.reading(slide, (top, left))
+    list(
+        refine_map(
+            crop,
+            Slide.from_array(np.zeros((1, 1, 3), np.uint8), 1.0),
+            from_slide,
+            WORKING_UM,
+            (0.5, 0.0),
+        )
+    )
+    np.testing.assert_allclose(crop, whole[top:124, left:125], atol=1e-5)
+    assert not np.array_equal(crop, coarse[top:124, left:125])

@@ -90,3 +90,33 @@ def test_a_model_without_one_offers_a_file_and_asks_for_it(qtbot, opened, models
     assert shown[1:] == []
     assert any(line.startswith("refining boundaries: ") for line in seen)
     assert mask_name("disc") in viewer.layers
+
+
+def test_a_region_run_refines_with_patches_from_the_slide(models):
+    """The job reads a region at the working scale; its refiner reads the slide itself."""
+    import threading
+
+    from napari_ftu._segment_job import SegmentRequest, segment_job
+
+    _, _, manifest = models
+    image = np.full((256, 256, 3), 230, np.uint8)
+    image[60:200, 50:190] = (90, 40, 120)
+    request = SegmentRequest(
+        image=image,
+        pixel_size_um=1.0,
+        organ="kidney",
+        model=manifest,
+        device="cpu",
+        region=(20, 20, 220, 220),
+    )
+    job = segment_job(request, threading.Event())
+    messages = []
+    while True:
+        try:
+            messages.append(next(job).message)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert any(m.startswith("refining boundaries: ") for m in messages)
+    assert result.result.meta["refiner"].endswith("bpr.pt") and result.origin == (10, 10)
+    result.result.close()

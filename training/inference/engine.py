@@ -174,7 +174,9 @@ def segment(
         ensemble = _as_ensemble(models, device)
         members = ensemble.for_organ(organ)
         run = _Run(slide, members, options)
-        run.refiner = _as_refiner(refiner, ensemble, options.device)  # BPR
+        from training.refine.stage import resolve_refiner  # here: training.refine imports us
+
+        run.refiner = resolve_refiner(refiner, ensemble, options.device)  # BPR
         if run.refiner is not None:  # refused before the tiles, not after them
             check_pixel_sizes(slide.pixel_size_um, run.refiner.pixel_size_um, slide.path.name)
         result = yield from run.execute(
@@ -474,22 +476,6 @@ def _as_slide(
             "the slide can be read at the model's scale"
         )
     return slide
-
-
-def _as_refiner(refiner: Any, ensemble: Ensemble, device: torch.device) -> Any:
-    """The BPR refiner to run: the one given (a ``Refiner`` or a checkpoint path), the
-    ensemble's own for ``None``, none for ``False``."""
-    from training.refine.stage import Refiner
-
-    if refiner is False:
-        return None
-    if refiner is None or refiner is True:
-        return ensemble.refiner
-    if isinstance(refiner, (str, os.PathLike)):
-        return Refiner.load(refiner, device, ensemble.refiner_options)
-    if not isinstance(refiner, Refiner):
-        raise TypeError("refiner must be a training.refine.Refiner, a checkpoint path, or False")
-    return refiner
 
 
 def _as_ensemble(models: Any, device: str | torch.device) -> Ensemble:

@@ -71,11 +71,13 @@ class PatchBox:
         cy, cx = ((float(c) + 0.5) / scale - size / 2 for c in centre)
         return cls(round(cy), round(cx), size, scale)
 
-    def coarse(self, probability: Any) -> np.ndarray:
-        """The working map resampled (bilinearly, edges repeated) onto this patch's grid."""
+    def coarse(self, probability: Any, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """The working map (its top-left at working pixel ``origin``) resampled (bilinearly,
+        edges repeated) onto this patch's grid."""
         height, width = probability.shape
         centres = (np.arange(self.size) + 0.5) * self.scale - 0.5
-        ys, xs = self.y * self.scale + centres, self.x * self.scale + centres
+        ys = self.y * self.scale + centres - origin[0]
+        xs = self.x * self.scale + centres - origin[1]
         y0, x0 = _clip(math.floor(ys[0]), height), _clip(math.floor(xs[0]), width)
         y1, x1 = _clip(math.ceil(ys[-1]) + 1, height) + 1, _clip(math.ceil(xs[-1]) + 1, width) + 1
         region = np.asarray(probability[y0:y1, x0:x1], np.float32)

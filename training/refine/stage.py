@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,14 @@ class Refiner:
     meta: dict[str, Any]
     options: RefineOptions = field(default_factory=RefineOptions)
     name: str = ""
+    # patches read from this slide, the map's top-left at this working pixel of it (a region
+    # run's map is a crop: its patches come from the slide itself, at the refiner's pixel size)
+    window: tuple[Slide, tuple[int, int]] | None = None
+
+    def reading(self, slide: Slide, origin: tuple[int, int]) -> Refiner:
+        """This refiner reading its patches from ``slide``, of whose working grid the map to
+        refine is the crop at ``origin`` ``(y, x)``."""
+        return replace(self, window=(slide, origin))
 
     @classmethod
     def load(
@@ -114,6 +122,21 @@ class Refiner:
         return torch.cat([(rgb - mean) / std, prior], dim=1)
 
 
+def resolve_refiner(refiner: Any, ensemble: Any, device: Any) -> Refiner | None:
+    """The refiner a run uses: the one given (a :class:`Refiner` or a checkpoint path, loaded
+    with the ensemble's ``refine`` options), the ensemble's own for ``None``, none for
+    ``False``."""
+    if refiner is False:
+        return None
+    if refiner is None or refiner is True:
+        return ensemble.refiner
+    if isinstance(refiner, (str, os.PathLike)):
+        return Refiner.load(refiner, device, ensemble.refiner_options)
+    if not isinstance(refiner, Refiner):
+        raise TypeError("refiner must be a training.refine.Refiner, a checkpoint path, or False")
+    return refiner
+
+
 def refine_map(
     probability: Any,
     slide: Slide,
@@ -136,15 +159,17 @@ def refine_map(
     yield 0, total
     if not total:
         return 0
+    slide, origin = refiner.window or (slide, (0, 0))
     source = TileSource(slide, refiner.pixel_size_um, size, stain, workers=0)
     blend = BlendAccumulator(labels.shape)
     batch = refiner.options.batch_size
     for start in range(0, total, batch):
-        boxes = [PatchBox.around(c, size, scale) for c in centres[start : start + batch]]
+        boxes = [PatchBox.around(c + origin, size, scale) for c in centres[start : start + batch]]
         images = np.stack([source.region(b.y, b.x, size, size) for b in boxes])
-        coarse = np.stack([b.coarse(probability) for b in boxes])
+        coarse = np.stack([b.coarse(probability, origin) for b in boxes])
         for box, refined in zip(boxes, refiner.predict(images, coarse), strict=True):
-            blend.add(*box.to_working(refined))
+            y0, x0, values = box.to_working(refined)
+            blend.add(y0 - origin[0], x0 - origin[1], values)
         yield min(start + batch, total), total
     blend.blend_into(probability, labels > 0, band_px=refiner.options.band * size * scale)
     return total
