@@ -73,6 +73,15 @@ def segment_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N"
     )
     group.add_argument("--no-tissue-detection", action="store_true")
+    refine = group.add_mutually_exclusive_group()  # BPR (training.refine)
+    refine.add_argument(
+        "--refine",
+        type=Path,
+        metavar="REFINER",
+        help="refine FTU boundaries with this BPR refiner checkpoint (python -m "
+        "training.train_refiner); default: the model's own, if its manifest names one",
+    )
+    refine.add_argument("--no-refine", action="store_true", help="skip the manifest's refiner")
     group.add_argument(
         "--stain",
         choices=STAIN_METHODS,
@@ -252,6 +261,12 @@ def _load(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
 
         torch.cuda.set_device(device)  # else every rank also opens a context on GPU 0
     ensemble = load_ensemble(args.model, device)
+    if args.refine is not None or args.no_refine:  # BPR: replaces or drops the manifest's
+        from training.refine import Refiner
+
+        ensemble.refiner = None
+        if args.refine is not None:
+            ensemble.refiner = Refiner.load(args.refine, device, ensemble.refiner_options)
     stain = None
     if args.stain_reference is not None:
         from training.stain import StainNormalizer
@@ -310,6 +325,14 @@ def _segment_slide(
             bar.close()
         check = check_slide(slide, members, tap.features, stain=stain)
         (log.warning if check.far else log.info)("%s", check.line(path.name))
+        if result.meta.get("refiner"):
+            name = Path(result.meta["refiner"]).name
+            log.info(
+                "%s: boundaries refined by %s (%d patches)",
+                path.name,
+                name,
+                result.meta["refined_patches"],
+            )
         labels = result.labels(args.threshold, args.min_area_um2)
         row = result_row(
             path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}
@@ -359,6 +382,7 @@ class TileBar:
             self.bar = tqdm(
                 total=event.total, desc=self.name, unit="tile", position=self.position, leave=True
             )
+        self.bar.total = event.total  # grows when boundary refinement (BPR) adds its patches
         self.bar.n = event.done
         self.bar.refresh()
 

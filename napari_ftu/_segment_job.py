@@ -33,6 +33,7 @@ class SegmentRequest:
     overlap: float = 0.25
     tta: int = 1
     stain: Any = None  # a fitted normaliser, or None
+    refine: Any = None  # BPR: None the model's own refiner (if any), False none, or a file
 
 
 @dataclass
@@ -70,10 +71,12 @@ def segment_job(
     from training.domain import FeatureTap, check_slide
     from training.inference import segment
     from training.models.ensemble import load_ensemble
+    from training.refine.stage import resolve_refiner
     from training.slides import Slide, open_slide
 
     device = resolve_device(request.device)
     ensemble = load_ensemble(request.model, device)
+    refiner = resolve_refiner(request.refine, ensemble, device)  # BPR
     members = ensemble.for_organ(request.organ)
     working = min(float(m.meta["pixel_size_um"]) for m in members)
     image = request.image
@@ -93,6 +96,8 @@ def segment_job(
             y, x, h, w = working_box(request.region, to_working, full)
             origin = (y, x)
             source = Slide.from_array(slide.read_region_at(working, y, x, h, w), working)
+            if refiner is not None:  # BPR patches from the slide itself, not the working crop
+                refiner = refiner.reading(slide, origin)
         engine = segment(
             source,
             ensemble,
@@ -101,6 +106,7 @@ def segment_job(
             tta=request.tta,
             stain=request.stain,
             device=device,
+            refiner=refiner or False,
         )
         with FeatureTap(members) as tap:  # the encoder features the domain check needs
             while True:

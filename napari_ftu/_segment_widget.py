@@ -42,6 +42,7 @@ from napari_ftu._ftu_layers import (
     show_session,
 )
 from napari_ftu._geometry import camera_of
+from napari_ftu._refine_group import RefineGroup
 from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slide_hints
 
 __all__ = ["SESSION_KEY", "SegmentWidget", "mask_name", "probability_name"]
@@ -86,6 +87,7 @@ class SegmentWidget(Container):
         self.tta = ComboBox(
             label="TTA", choices=[("none", 1), ("flips (x4)", 4), ("flips + transposes (x8)", 8)]
         )
+        self.refine = RefineGroup()  # BPR
         self.run_button = PushButton(text="Segment FTUs")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.threshold = FloatSlider(
@@ -100,8 +102,8 @@ class SegmentWidget(Container):
             widgets=[
                 self.image, self.organ, self.pixel_size, self.model, self.model_file,
                 self.device, self.region, self.rectangles, self.overlap, self.tta,
-                self.run_button, self.cancel_button, self.threshold, self.min_area, self.status,
-                self.notes,
+                self.refine, self.run_button, self.cancel_button, self.threshold, self.min_area,
+                self.status, self.notes,
             ]
         )  # fmt: skip
         self.worker: Any = None
@@ -113,6 +115,8 @@ class SegmentWidget(Container):
         self._image_name = ""
 
         self.image.changed.connect(self._prefill)
+        self.model.changed.connect(self.refine.show_model)
+        self.refine.show_model(self.model.value)
         self.model_file.changed.connect(self._add_model_file)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -273,6 +277,7 @@ class SegmentWidget(Container):
             overlap=float(self.overlap.value),
             tta=int(self.tta.value),
             stain=_active_normaliser(self.viewer),
+            refine=self.refine.choice(),
         )
 
     def _region_box(self, layer: Any) -> tuple[int, int, int, int] | None:
@@ -309,6 +314,7 @@ class SegmentWidget(Container):
         if self._progress is None:
             self._progress = progress(total=event.total, desc="Segment FTUs")
         bar = self._progress
+        bar.total = event.total  # grows when boundary refinement adds its patches
         bar.update(event.done - bar.n)
         bar.set_description(event.message)
 

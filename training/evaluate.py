@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, type=Path, help="a checkpoint or an ensemble manifest"
     )
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    refine = parser.add_mutually_exclusive_group()  # BPR (training.refine)
+    refine.add_argument(
+        "--refine",
+        type=Path,
+        metavar="REFINER",
+        help="refine boundaries with this BPR refiner checkpoint (default: the manifest's, if "
+        "it names one); the boundary F-score at 2 px is reported beside the Dice",
+    )
+    refine.add_argument("--no-refine", action="store_true", help="skip the manifest's refiner")
     add_image_arguments(
         parser,
         "only the images CKPT was validated on (its training summary's val_ids), to compare "
@@ -72,22 +81,52 @@ def evaluate(
     tta: int = 1,
     organs: Sequence[str] | None = None,
     ids: Sequence[str] | None = None,
+    refine: Path | bool | None = None,
 ) -> dict[str, Any]:
     """Scores of ``model`` on the images of ``data`` (see :func:`training.validation.summarise`),
     or on those of them whose id is in ``ids``, with the threshold and minimum area (um²) used
-    per organ."""
+    per organ. ``refine``: a BPR refiner checkpoint, ``False`` for none, ``None`` for the
+    manifest's own (if any); the summary's ``boundary_f`` is the mean per-image boundary
+    F-score at 2 level-0 px, and ``refiner`` names the refiner used."""
     from training.models.ensemble import load_ensemble
     from training.validation import predict, score, summarise
 
     records = load_images(data, organs, ids)
     ensemble = load_ensemble(model, device)
+    if refine is not None:
+        from training.refine import Refiner
+
+        ensemble.refiner = None
+        if refine is not False:
+            ensemble.refiner = Refiner.load(refine, device, ensemble.refiner_options)
     scores = score(predict(ensemble, records, device=device, tta=tta))
     summary = summarise(scores)
+    summary.update(boundary_scores(scores))
+    summary["refiner"] = ensemble.refiner.name if ensemble.refiner is not None else None
     summary["model"] = str(model)
     summary["data"] = [str(path) for path in data]
     summary["thresholds"] = {s.record.organ: s.threshold for s in scores}
     summary["min_area_um2"] = {s.record.organ: s.min_area_um2 for s in scores}
     return summary
+
+
+def boundary_scores(scores: Sequence[Any]) -> dict[str, Any]:
+    """The mean per-image boundary F-score (2 px at level 0) of the scored masks, overall
+    (``boundary_f``) and per organ (``boundary_f_by_organ``)."""
+    from training.refine.metrics import boundary_f_score
+    from training.validation import full_size_mask
+
+    by_organ: dict[str, list[float]] = {}
+    for item in scores:
+        value = boundary_f_score(full_size_mask(item), item.truth, tolerance_px=2)
+        by_organ.setdefault(item.record.organ, []).append(value)
+    every = [v for values in by_organ.values() for v in values]
+    return {
+        "boundary_f": round(float(sum(every) / len(every)), 4),
+        "boundary_f_by_organ": {
+            organ: round(float(sum(v) / len(v)), 4) for organ, v in sorted(by_organ.items())
+        },
+    }
 
 
 def load_images(
@@ -124,6 +163,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     """A small text table of the scores: per group, the FTU Dice, the background Dice, the
     all-FTU baseline's Dice and whether the model's FTU Dice beats that baseline."""
     lines = [f"mean per-image Dice {summary['dice']:.4f} over {summary['images']} images"]
+    if "boundary_f" in summary:
+        refiner = Path(summary["refiner"]).name if summary.get("refiner") else "none"
+        lines.append(
+            f"mean per-image boundary F-score (2 px) {summary['boundary_f']:.4f} "
+            f"(boundary refiner: {refiner})"
+        )
     lines.append(
         f"  {'group':<12} {'name':<28} {'images':>6} {'dice':>7} {'background':>10} "
         f"{'all-FTU':>7}  beats all-FTU"
@@ -154,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ids = validation_ids(args.split_of) if args.split_of is not None else None
         device = resolve_device(args.device)
-        summary = evaluate(args.data, args.model, device, args.tta, args.organ, ids)
+        refine = False if args.no_refine else args.refine
+        summary = evaluate(args.data, args.model, device, args.tta, args.organ, ids, refine)
     except (CatalogError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"python -m training.evaluate: error: {exc}", file=sys.stderr)
         return 2

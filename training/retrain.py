@@ -285,6 +285,7 @@ def read_scores(run_dir: Path) -> Scores | None:
         rows = [r for r in csv.DictReader(handle) if _number(r.get("val_dice")) is not None]
     if not rows:
         return None
+
     def score(row: dict[str, str]) -> float:  # a run from before selection scores: its Dice
         value = _number(row.get("val_score"))
         return _number(row["val_dice"]) if value is None else value

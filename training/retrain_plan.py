@@ -102,11 +102,15 @@ class RunPlan:
         """One line for the widget: images, epochs, crops and the expected duration."""
         if self.train_images is None:
             return "the corrections' train.csv cannot be read"
-        val = "validation as the flags say" if self.val_images is None else (
-            f"{self.val_images} validation"
+        val = (
+            "validation as the flags say"
+            if self.val_images is None
+            else (f"{self.val_images} validation")
         )
-        size = "the training command's default epoch" if self.crops is None else (
-            f"{self.crops} crops of {self.tile or BASE_TILE} px"
+        size = (
+            "the training command's default epoch"
+            if self.crops is None
+            else (f"{self.crops} crops of {self.tile or BASE_TILE} px")
         )
         text = f"{self.train_images} training + {val} image(s); {self.epochs} epoch(s) of {size}"
         if self.fitted_from:

@@ -140,6 +140,7 @@ def segment(
     workdir: str | os.PathLike | None = None,
     streams: int | None = None,
     read_workers: int = 2,
+    refiner: Any = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment FTUs of ``organ`` in a slide; yields :class:`Progress`, returns the result.
 
@@ -150,8 +151,11 @@ def segment(
     ``transform(rgb_uint8) -> rgb_uint8`` (fixed to the slide first when it has
     ``for_slide``). ``streams``: batches run at once on worker threads, each with an equal share
     of torch's threads (default: 2 on a CPU with at least 2 threads, else 1). ``read_workers``:
-    threads reading tiles ahead. Closing the generator (cancelling) between batches removes
-    any partial output.
+    threads reading tiles ahead. ``refiner`` (BPR, :mod:`training.refine`): a ``Refiner`` or
+    a refiner checkpoint path refines the objects' boundaries after the tiles (the progress
+    total grows by its patches); ``None`` uses the ensemble's own refiner if it has one,
+    ``False`` none. Closing the generator (cancelling) between batches removes any partial
+    output.
     """
     options = RunOptions(
         overlap=overlap,
@@ -170,6 +174,11 @@ def segment(
         ensemble = _as_ensemble(models, device)
         members = ensemble.for_organ(organ)
         run = _Run(slide, members, options)
+        from training.refine.stage import resolve_refiner  # here: training.refine imports us
+
+        run.refiner = resolve_refiner(refiner, ensemble, options.device)  # BPR
+        if run.refiner is not None:  # refused before the tiles, not after them
+            check_pixel_sizes(slide.pixel_size_um, run.refiner.pixel_size_um, slide.path.name)
         result = yield from run.execute(
             organ, ensemble.threshold(organ), ensemble.min_area_um2(organ), stain
         )
@@ -246,6 +255,7 @@ class _Run:
         self.streams = options.streams_for()  # before the thread share lowers torch's count
         self.out_shape, self.working_px = working_map(slide, members, options.overlap)
         self.to_working = slide.pixel_size_um / self.working_px
+        self.refiner: Any = None  # BPR: a training.refine.Refiner, run after the tiles
 
     def execute(self, organ: str, threshold: float, min_area_um2: float, stain: Any) -> Generator:
         """Plan, then run every member's tiles; yields progress, returns the result (with the
@@ -273,6 +283,17 @@ class _Run:
                         done += count
                         band = self._band(store, rows, so_far) if rows else None
                         yield Progress(done, total, f"{name}: {done}/{total} tiles", band)
+            refined = 0
+            if self.refiner is not None:  # BPR
+                from training.refine.stage import refine_map
+
+                postprocess = (threshold, min_area_um2 / self.working_px**2)
+                steps = refine_map(
+                    store.array, self.slide, self.refiner, self.working_px, postprocess, self.stain
+                )
+                for refined, patches in steps:
+                    message = f"refining boundaries: {refined}/{patches} patches"
+                    yield Progress(done + refined, total + patches, message)
             probability, path = store.finish()
         except BaseException:
             store.discard()
@@ -292,6 +313,8 @@ class _Run:
                 "tta": options.tta,
                 "overlap": options.overlap,
                 "tissue_fraction": float(tissue[0].mean()) if tissue is not None else 1.0,
+                "refined_patches": refined,
+                "refiner": self.refiner.name if self.refiner is not None else None,
             },
             min_area_um2=min_area_um2,
         )

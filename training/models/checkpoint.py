@@ -34,6 +34,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_TILE_SIZE = 4096
 
 
+KINDS = {  # what a checkpoint holds, as error messages name it
+    "segmenter": "a segmentation model",
+    "refiner": "a boundary refiner (BPR: give it as --refine or a manifest's 'refiner')",
+}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason."""
 
@@ -108,8 +114,9 @@ def _half(tensor: torch.Tensor) -> torch.Tensor:
     return small
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint's payload (weights as tensors) without building the model."""
+def read_checkpoint(path: str | os.PathLike, kind: str = "segmenter") -> dict[str, Any]:
+    """Read and check a checkpoint's payload (weights as tensors) without building the model;
+    ``kind``: what the file must hold, a ``segmenter`` or (BPR) a ``refiner``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -134,6 +141,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path.name} is not a napari-ftu checkpoint (a bare state dict or another tool's "
             "file); save models with training.models.save_checkpoint"
         )
+    found = payload.get("kind", "segmenter")  # BPR refiners (training.refine) say "refiner"
+    if found != kind:
+        raise CheckpointError(f"{path.name} is {KINDS.get(found, repr(found))}, not {KINDS[kind]}")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(

@@ -9,6 +9,8 @@ members:
     organs: [lung]                     # used for lung only, ignored elsewhere
 thresholds: {kidney: 0.45}             # optional: calibrated for the ensemble as a whole
 min_area_um2: {kidney: 4000}           # optional: objects under this many um² are dropped
+refiner: bpr.pt                        # optional (BPR): a boundary refiner, used by default
+refine: {patch_px: 64, per_object: 8}  # optional: its options (training.refine.RefineOptions)
 ```
 
 An organ's threshold and minimum object area are the manifest's top-level ``thresholds`` and
@@ -57,6 +59,8 @@ class Ensemble:
     members: list[Member] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     min_areas_um2: dict[str, float] = field(default_factory=dict)
+    refiner: Any = None  # BPR: a training.refine.Refiner the engine runs unless told not to
+    refiner_options: Any = None  # the manifest's ``refine`` options (a RefineOptions)
 
     def for_organ(self, organ: str) -> list[Member]:
         """Members that apply to ``organ``; an error if none does."""
@@ -110,11 +114,21 @@ def load_ensemble(path: str | os.PathLike, device: str = "cpu") -> Ensemble:
         checkpoint = (path.parent / entry["checkpoint"]).resolve()
         model, meta = load_checkpoint(checkpoint, device)
         members.append(Member(model, meta, weight, organs, name=checkpoint.name))
-    return Ensemble(
+    ensemble = Ensemble(
         members,
         calibration(manifest, "thresholds", path.name),
         calibration(manifest, "min_area_um2", path.name),
     )
+    if "refiner" in manifest or "refine" in manifest:  # BPR
+        from training.refine.stage import RefineOptions, Refiner
+
+        ensemble.refiner_options = RefineOptions.from_dict(manifest.get("refine"), path.name)
+        if "refiner" in manifest:
+            if not isinstance(manifest["refiner"], str) or not manifest["refiner"]:
+                raise ValueError(f"{path.name}: 'refiner' must name a refiner checkpoint file")
+            refiner = (path.parent / manifest["refiner"]).resolve()
+            ensemble.refiner = Refiner.load(refiner, device, ensemble.refiner_options)
+    return ensemble
 
 
 def is_manifest(path: str | os.PathLike) -> bool:

@@ -167,8 +167,12 @@ def adapted(version: ModelVersion) -> str:
     """How ``version`` was adapted, e.g. ``grl, 12 unlabeled images``, or "-" when it was not."""
     if not version.adapt:
         return "-"
-    count = "? unlabeled images" if version.target_images is None else (
-        f"{version.target_images} unlabeled image" + ("" if version.target_images == 1 else "s")
+    count = (
+        "? unlabeled images"
+        if version.target_images is None
+        else (
+            f"{version.target_images} unlabeled image" + ("" if version.target_images == 1 else "s")
+        )
     )
     return f"{version.adapt}, {count}"
 

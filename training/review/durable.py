@@ -58,4 +58,3 @@ def clear_journal(location: Path) -> None:
     """Remove the region journal once its write is on disk."""
     (location / JOURNAL).unlink(missing_ok=True)
     fsync_dir(location)
-
