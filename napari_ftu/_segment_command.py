@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_ftu._torchrun import Team, rank_device
-from training.arguments import OneLineParser, number, positive_integer
+from training.arguments import OneLineParser, add_refine_arguments, number, positive_integer
 
 log = logging.getLogger("napari_ftu")
 
@@ -73,15 +73,7 @@ def segment_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N"
     )
     group.add_argument("--no-tissue-detection", action="store_true")
-    refine = group.add_mutually_exclusive_group()  # BPR (training.refine)
-    refine.add_argument(
-        "--refine",
-        type=Path,
-        metavar="REFINER",
-        help="refine FTU boundaries with this BPR refiner checkpoint (python -m "
-        "training.train_refiner); default: the model's own, if its manifest names one",
-    )
-    refine.add_argument("--no-refine", action="store_true", help="skip the manifest's refiner")
+    add_refine_arguments(group, "FTU boundaries")
     group.add_argument(
         "--stain",
         choices=STAIN_METHODS,

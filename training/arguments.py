@@ -44,3 +44,19 @@ def positive_integer(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not at least 1")
     return value
+
+
+def add_refine_arguments(parser: Any, what: str) -> None:
+    """``--refine REFINER | --no-refine`` (BPR, :mod:`training.refine`) on ``parser`` (or an
+    argument group); ``what`` says what the refiner's boundaries are for, in the help."""
+    from pathlib import Path
+
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument(
+        "--refine",
+        type=Path,
+        metavar="REFINER",
+        help=f"refine {what} with this BPR refiner checkpoint (python -m training.train_refiner); "
+        "default: the model's own, if its manifest names one",
+    )
+    refine.add_argument("--no-refine", action="store_true", help="skip the manifest's refiner")

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.arguments import add_refine_arguments
+
 if TYPE_CHECKING:
     from training.data.records import Record
 
@@ -39,15 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, type=Path, help="a checkpoint or an ensemble manifest"
     )
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
-    refine = parser.add_mutually_exclusive_group()  # BPR (training.refine)
-    refine.add_argument(
-        "--refine",
-        type=Path,
-        metavar="REFINER",
-        help="refine boundaries with this BPR refiner checkpoint (default: the manifest's, if "
-        "it names one); the boundary F-score at 2 px is reported beside the Dice",
-    )
-    refine.add_argument("--no-refine", action="store_true", help="skip the manifest's refiner")
+    # the boundary F-score at 2 px is reported beside the Dice, refined or not
+    add_refine_arguments(parser, "boundaries")
     add_image_arguments(
         parser,
         "only the images CKPT was validated on (its training summary's val_ids), to compare "

@@ -86,15 +86,32 @@ def save_checkpoint(
     full_meta = check_meta(full_meta, path.name)
     _check_tile_fits(model, full_meta["tile_size"], path.name)
     arch_args = {k: v for k, v in config.items() if k not in ("name",)}
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": {"name": config["name"], "args": arch_args},
-        "meta": full_meta,
-        "state_dict": {
+    architecture = {"name": config["name"], "args": arch_args}
+    return write_payload(path, model, architecture, full_meta, half=half)
+
+
+def write_payload(
+    path: Path,
+    model: nn.Module,
+    architecture: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    half: bool = False,
+    kind: str = "segmenter",
+) -> Path:
+    """Write one checkpoint file atomically: the format, ``kind`` (a segmentation model is
+    written without one, as before kinds existed), the architecture, the checked ``meta`` and
+    the weights (float16 where it holds them, with ``half``)."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    if kind != "segmenter":
+        payload["kind"] = kind
+    payload.update(
+        architecture=architecture,
+        meta=meta,
+        state_dict={
             k: _half(v) if half else v.detach().cpu() for k, v in model.state_dict().items()
         },
-    }
+    )
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path

@@ -26,16 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.atomic import atomic_path
 from training.models.checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
     IMAGENET_MEAN,
     IMAGENET_STD,
     CheckpointError,
-    _half,
     _load_state,
     read_checkpoint,
+    write_payload,
 )
 from training.slides import PLAUSIBLE_UM_PER_PX
 
@@ -175,19 +172,8 @@ def save_refiner(
     full.update(copy.deepcopy(meta or {}))
     full = check_refiner_meta(full, path.name, model.multiple)
     args = {k: v for k, v in model.config.items() if k != "name"}
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": KIND,
-        "architecture": {"name": ARCHITECTURE, "args": args},
-        "meta": full,
-        "state_dict": {
-            k: _half(v) if half else v.detach().cpu() for k, v in model.state_dict().items()
-        },
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    architecture = {"name": ARCHITECTURE, "args": args}
+    return write_payload(path, model, architecture, full, half=half, kind=KIND)
 
 
 def load_refiner(
