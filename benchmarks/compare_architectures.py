@@ -161,7 +161,10 @@ def row(run: Path, data: Path) -> dict:
 def report(runs: Path, data: Path) -> None:
     """Print (and write to RUNS/report.md) the table of every finished run."""
     rows = [row(run, data) for run in sorted(runs.iterdir()) if (run / "best.pt").is_file()]
-    table = pd.DataFrame(rows).to_markdown(index=False)
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    table = "\n".join(lines)
     (runs / "report.md").write_text(table + "\n")
     print(table)
 

@@ -36,6 +36,9 @@ MEMBERS = (  # from scripts/train_default_model.sh: the stage-3 fine-tunes and t
     ("kidney-coat1g512", "kidney_coat_daformer.pt", {"weight": 1.0, "organs": ["kidney"]}),
     ("colon-coat", "colon_coat_daformer.pt", {"weight": 1.0, "organs": ["largeintestine"]}),
     ("colon-mix", "colon_mix_coat_daformer.pt", {"weight": 1.0, "organs": ["largeintestine"]}),
+    # stage 10 (session 14): UNeXt from the architecture comparison, which large-intestine
+    # validation added beside the colon pair (docs/benchmarks.md, "The seeds' other methods")
+    ("unext_micro", "colon_unext.pt", {"weight": 1.0, "organs": ["largeintestine"]}),
 )
 DESCRIBED_ON = {  # the folders of runs/data each member trained on, for its domain description
     "swin_upernet.pt": ("phantoms-hpa-train", "phantoms-hubmap-train", "kidney-dev"),
@@ -44,6 +47,12 @@ DESCRIBED_ON = {  # the folders of runs/data each member trained on, for its dom
     "kidney_coat_daformer.pt": ("kidney-dev",),
     "colon_coat_daformer.pt": ("colon-train",),
     "colon_mix_coat_daformer.pt": ("colon-train", "phantoms-hpa-train", "phantoms-hubmap-train"),
+    "colon_unext.pt": (
+        "phantoms-hpa-train",
+        "phantoms-hubmap-train",
+        "kidney-train49",
+        "colon-train",
+    ),
 }
 
 

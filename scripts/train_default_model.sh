@@ -111,6 +111,14 @@ PACK=${PACK:-$RUNS/kidney-1um}
     --init "$RUNS/colon-coat/best.pt" --lr 2e-4 --warmup 0.3 --epochs 20 --samples-per-epoch 400 \
     --batch-size 8 --workers 1 --val-every 1 --seed 43 --no-progress --device cpu --time-limit 25 \
     --out "$RUNS/colon-mix"
+# Stage 10 (session 14): UNeXt (unext_micro) from scratch, as in the architecture comparison
+# (benchmarks/compare_architectures.py: phantoms, real kidney 4x, real colon 4x, 20 CPU minutes
+# of one thread, about 24 epochs). Large-intestine validation (6 real colon images of 3 patients
+# and the 8 large-intestine validation phantoms) added it to the two colon members
+# (docs/benchmarks.md, "The seeds' other methods").
+[ -f "$DATA/kidney-train49/train.csv" ] || $PY benchmarks/compare_architectures.py prepare --data "$DATA"
+[ -f "$RUNS/unext_micro/best.pt" ] || $PY benchmarks/compare_architectures.py train unext_micro \
+    --budget 20 --data "$DATA" --runs "$RUNS"
 $PY scripts/assemble_default_model.py "$RUNS" "$DATA"
 # Calibrate the ensemble's threshold and minimum object area per organ on validation images:
 # fresh phantoms (seeds 200-203, never trained on) for the other organs, and for kidney the
@@ -120,7 +128,7 @@ MANIFEST=training/models/default/ensemble.yaml
 $PY -m training.calibrate --model "$MANIFEST" --write \
     --data "$DATA/phantoms-hpa-val" "$DATA/phantoms-hubmap-val" \
     --organ spleen lung prostate
-# the large intestine on the colon members' validation images: 6 real colon images of 3 patients
+# the large intestine on the colon members' validation images (threshold 0.60 with UNeXt): 6 real colon images of 3 patients
 # and the 8 large-intestine validation phantoms
 $PY -m training.calibrate --model "$MANIFEST" --write --organ largeintestine \
     --data "$DATA/colon-val" "$DATA/phantoms-hpa-val" "$DATA/phantoms-hubmap-val"

@@ -21,16 +21,16 @@ def test_the_default_ensemble_has_the_seeds_shape_and_fits_a_laptop():
     ensemble = load_ensemble(manifest)
     names = [m.model.config["name"] for m in ensemble.members]
     swin, coat = "swin_micro_upernet", "coat_micro_daformer"
-    assert names == [swin, coat, swin, coat, coat, coat]
+    assert names == [swin, coat, swin, coat, coat, coat, "unext_micro"]
     general = ("spleen", "lung", "prostate")
     colon = ("largeintestine",)
-    organs = [general, general, ("lung",), ("kidney",), colon, colon]
+    organs = [general, general, ("lung",), ("kidney",), colon, colon, colon]
     assert [m.organs for m in ensemble.members] == organs
     assert len(ensemble.for_organ("lung")) == 3 and len(ensemble.for_organ("kidney")) == 1
-    assert len(ensemble.for_organ("largeintestine")) == 2  # the colon members, no general one
+    assert len(ensemble.for_organ("largeintestine")) == 3  # the colon members, no general one
     # kidney: one specialist on 512 px tiles, where the others take 256
-    assert [m.meta["tile_size"] for m in ensemble.members] == [256, 256, 256, 512, 256, 256]
-    assert [m.meta["pixel_size_um"] for m in ensemble.members] == [1.0] * 6
+    assert [m.meta["tile_size"] for m in ensemble.members] == [256, 256, 256, 512, 256, 256, 256]
+    assert [m.meta["pixel_size_um"] for m in ensemble.members] == [1.0] * 7
     for member in ensemble.members:
         assert member.meta["training"]["epochs"] >= 1  # trained here, not a random init
         assert "kidney" in member.meta["organs"]
