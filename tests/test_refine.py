@@ -317,57 +317,20 @@ def test_segment_command_refine_flags(tmp_path, bundle, caplog, capsys):
     seg, bpr, manifest = bundle
     slide = write_pyramid(tmp_path / "disc.tiff", disc(seed=3)[0], 1.0)
     common = [str(slide), "--organ", "kidney", "--quiet", "--no-tissue-detection"]
+
+    def segment(model, out, *extra):
+        return main(["segment", *common, "--model", str(model), *extra, "--out", str(out)])
+
     caplog.set_level("INFO")
-    assert (
-        main(
-            [
-                "segment",
-                *common,
-                "--model",
-                str(seg),
-                "--refine",
-                str(bpr),
-                "--out",
-                str(tmp_path / "a"),
-            ]
-        )
-        == 0
-    )
+    assert segment(seg, tmp_path / "a", "--refine", str(bpr)) == 0
     assert "disc.tiff: boundaries refined by bpr.pt (" in caplog.text
     caplog.clear()
-    assert (
-        main(
-            [
-                "segment",
-                *common,
-                "--model",
-                str(manifest),
-                "--no-refine",
-                "--out",
-                str(tmp_path / "b"),
-            ]
-        )
-        == 0
-    )
+    assert segment(manifest, tmp_path / "b", "--no-refine") == 0
     assert "boundaries refined" not in caplog.text
-    assert main(["segment", *common, "--model", str(manifest), "--out", str(tmp_path / "c")]) == 0
+    assert segment(manifest, tmp_path / "c") == 0
     assert "disc.tiff: boundaries refined by bpr.pt (" in caplog.text
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "segment",
-                *common,
-                "--model",
-                str(seg),
-                "--refine",
-                str(seg),
-                "--out",
-                str(tmp_path / "d"),
-            ]
-        )
-        == 2
-    )
+    assert segment(seg, tmp_path / "d", "--refine", str(seg)) == 2
     assert "seg.pt is a segmentation model, not a boundary refiner" in capsys.readouterr().err
 
 

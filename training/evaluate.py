@@ -89,11 +89,9 @@ def evaluate(
     records = load_images(data, organs, ids)
     ensemble = load_ensemble(model, device)
     if refine is not None:
-        from training.refine import Refiner
+        from training.refine.stage import resolve_refiner
 
-        ensemble.refiner = None
-        if refine is not False:
-            ensemble.refiner = Refiner.load(refine, device, ensemble.refiner_options)
+        ensemble.refiner = resolve_refiner(refine, ensemble, device)
     scores = score(predict(ensemble, records, device=device, tta=tta))
     summary = summarise(scores)
     summary.update(boundary_scores(scores))
