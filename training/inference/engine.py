@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from training.inference.accumulator import BandAccumulator
+from training.inference.device_path import SpanPredictor, SpanSource
 from training.inference.limits import check_map_fits, check_pixel_sizes
 from training.inference.postprocess import probability_to_labels
-from training.inference.predictor import TTA_CHOICES, Predictor
+from training.inference.predictor import PRECISIONS, TTA_CHOICES, Predictor
 from training.inference.source import TileSource
 from training.inference.store import OutputStore
 from training.inference.tiling import TilePlan, blend_window, plan_tiles, tile_grid
@@ -141,6 +142,9 @@ def segment(
     streams: int | None = None,
     read_workers: int = 2,
     refiner: Any = None,
+    precision: str = "auto",
+    compile: bool = False,
+    device_path: bool | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment FTUs of ``organ`` in a slide; yields :class:`Progress`, returns the result.
 
@@ -154,7 +158,8 @@ def segment(
     threads reading tiles ahead. ``refiner`` (BPR, :mod:`training.refine`): a ``Refiner`` or
     a refiner checkpoint path refines the objects' boundaries after the tiles (the progress
     total grows by its patches); ``None`` uses the ensemble's own refiner if it has one,
-    ``False`` none. Closing the generator (cancelling) between batches removes any partial
+    ``False`` none. ``precision``, ``compile``, ``device_path``: see :class:`RunOptions`.
+    Closing the generator (cancelling) between batches removes any partial
     output.
     """
     options = RunOptions(
@@ -167,6 +172,9 @@ def segment(
         workdir=workdir,
         streams=streams,
         read_workers=read_workers,
+        precision=precision,
+        compile=compile,
+        device_path=device_path,
     )
     with contextlib.ExitStack() as cleanup:
         slide = _as_slide(source, pixel_size_um, cleanup)
@@ -187,7 +195,13 @@ def segment(
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a segmentation runs (see :func:`segment`); checked when made."""
+    """How a segmentation runs (see :func:`segment`); checked when made.
+
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``fp32`` or ``bf16``.
+    ``compile``: run each member through ``torch.compile`` (inductor; its code cached on disk,
+    so only a process's first run of a model pays the compile). ``device_path``: resample the
+    tiles on the model's device (:mod:`training.inference.device_path`); ``None``: on CUDA only.
+    """
 
     overlap: float = 0.25
     batch_size: int = 4
@@ -198,8 +212,13 @@ class RunOptions:
     workdir: str | os.PathLike | None = None
     streams: int | None = None
     read_workers: int = 2
+    precision: str = "auto"
+    compile: bool = False
+    device_path: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
         if self.tta not in TTA_CHOICES:
             raise ValueError(f"tta must be one of {TTA_CHOICES}; got {self.tta}")
         if not 0 <= self.overlap < 1:
@@ -210,6 +229,13 @@ class RunOptions:
             raise ValueError(f"streams must be at least 1; got {self.streams}")
         if self.read_workers < 0:
             raise ValueError(f"read_workers must be 0 or more; got {self.read_workers}")
+
+    def uses_device_path(self, stain: Any = None) -> bool:
+        """Whether tiles are resampled on the device (:mod:`~training.inference.device_path`):
+        as asked, else on CUDA; never with a stain normaliser (it works on host pixels)."""
+        if stain is not None:
+            return False
+        return self.device.type == "cuda" if self.device_path is None else self.device_path
 
     def streams_for(self) -> int:
         """Batches at once: as asked, else 2 on a CPU with at least 2 threads, else 1."""
@@ -354,10 +380,19 @@ class _Run:
         tile_w = round(plan.tile * scale)
         window = blend_window(tile_w, round((plan.tile - plan.stride) * scale))
         band = BandAccumulator(store, window, weight, device, first)
-        predictor = Predictor(member, device, options.tta, tile_w)
-        source = TileSource(
-            self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+        predictor = Predictor(
+            member, device, options.tta, tile_w, options.precision, options.compile
         )
+        if options.uses_device_path(self.stain):  # pixels resampled on the device
+            predictor = SpanPredictor(predictor, plan.tile)
+            pin = device.type == "cuda"
+            source = SpanSource(
+                self.slide, plan.pixel_size_um, plan.tile, options.read_workers, pin
+            )
+        else:
+            source = TileSource(
+                self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+            )
         requests = plan.batches(options.batch_size)
         row_tops = [round(y * scale) for y, _ in plan.rows] + [store.shape[0]]
         finished = 0
