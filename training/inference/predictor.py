@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,16 +58,24 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_compiled_lock = threading.Lock()
+
+
 def compiled(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``torch.compile`` of ``model`` (inductor) whose generated code is cached on disk, in
-    ``TORCHINDUCTOR_CACHE_DIR`` or else ``~/.cache/napari-ftu/inductor``, so a second process
-    compiling the same model reuses it instead of paying the compile again."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        folder = Path.home() / ".cache" / "napari-ftu" / "inductor"
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    # every batch but a row's last has the same size: one graph, dynamic only after a second
-    return torch.compile(model, dynamic=None)
+    """``torch.compile`` of ``model`` (inductor), one per model in this process, whose
+    generated code is cached on disk (``TORCHINDUCTOR_CACHE_DIR``, else
+    ``~/.cache/napari-ftu/inductor``), so a second process compiling the same model reuses it
+    instead of paying the compile again."""
+    with _compiled_lock:
+        if model not in _compiled:
+            if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+                folder = Path.home() / ".cache" / "napari-ftu" / "inductor"
+                folder.mkdir(parents=True, exist_ok=True)
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+            # batches but a row's last are one size: one graph, dynamic only after a second
+            _compiled[model] = torch.compile(model, dynamic=None)
+        return _compiled[model]
 
 
 class Predictor:
