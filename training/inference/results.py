@@ -61,8 +61,9 @@ class SegmentationResult:
     region: tuple[int, int, int, int] | None = None  # the level-0 box asked, if any
 
     def __post_init__(self) -> None:
-        if self.grid_shape is None:
-            self.grid_shape = tuple(self.probability.shape[:2])
+        shape = getattr(self.probability, "shape", None)
+        if self.grid_shape is None and shape is not None:  # a whole-slide run's map
+            self.grid_shape = tuple(shape[:2])
 
     @property
     def origin_level0(self) -> tuple[float, float]:
