@@ -63,6 +63,10 @@ class BatchOptions:
     threshold: float | None = None
     min_area_um2: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.run.region is not None:  # a row and its files describe the whole slide
+            raise ValueError("a batch segments whole slides: its run options take no region")
+
 
 @dataclass
 class SlideResult:
