@@ -146,6 +146,12 @@ class SpanPredictor:
         self.device = predictor.device
 
     def __call__(self, spans: list[Span]) -> torch.Tensor:
+        count = sum(len(span.offsets) for span in spans)
+        with self.predictor.memory_guard(count, self.tile):  # the upload and resampling too
+            tiles = self._tiles(spans)
+        return self.predictor.forward(tiles)
+
+    def _tiles(self, spans: list[Span]) -> torch.Tensor:
         tiles = []
         for span in spans:
             image = resample(
@@ -154,7 +160,7 @@ class SpanPredictor:
                 _blocks_to(span.along_x, self.device),
             )
             tiles.extend(image[:, :, x : x + self.tile] for x in span.offsets)
-        return self.predictor.forward(torch.stack(tiles))
+        return torch.stack(tiles)
 
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,13 +114,20 @@ class Predictor:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, tile, tile)`` pixels 0..255 (any dtype) on the device -> probabilities."""
-        try:
+        with self.memory_guard(x.shape[0], x.shape[-1]):
             return self._forward(x)
+
+    @contextlib.contextmanager
+    def memory_guard(self, tiles: int, size: int) -> Iterator[None]:
+        """A device out of memory inside becomes one :class:`DeviceMemoryError` naming the
+        batch (``tiles`` of ``size`` px) and what to lower."""
+        try:
+            yield
         except torch.OutOfMemoryError:
             raise DeviceMemoryError(
-                f"{self.device} ran out of memory running {x.shape[0]} tiles x "
-                f"{len(self.views)} TTA views of {x.shape[-1]} px at once; run with a smaller "
-                "--batch-size (batch_size) or fewer TTA views"
+                f"{self.device} ran out of memory running {tiles} tiles x {len(self.views)} TTA "
+                f"views of {size} px at once; run with a smaller --batch-size (batch_size) or "
+                "fewer TTA views"
             ) from None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
