@@ -23,6 +23,8 @@ returned to the host, as a user gets it. The model alone on random batches runs 
 process, so "% of model alone" compares like with like::
 
     python benchmarks/bench_vs_monai.py --device cuda --repeats 3 --variants default,host-path
+    python benchmarks/bench_vs_monai.py --device cuda --repeats 3 --cudnn-benchmark \
+        --variants default,compile    # the measured choices of issue 24 on a GPU
 
 Runs from a plain checkout (the repository root is put on ``sys.path``; nothing needs
 installing but wheels): torch (a CUDA build for ``--device cuda``), timm, numpy, scipy,
@@ -183,6 +185,9 @@ def main() -> None:
     parser.add_argument("--images", default="glass,tissue", help="glass (~40%%), tissue")
     parser.add_argument("--model-seconds", type=float, default=10.0)
     parser.add_argument("--model-alone", action="store_true", help="also on the CPU")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on"
+    )
     args = parser.parse_args()
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
@@ -190,6 +195,7 @@ def main() -> None:
             f"--device cuda: torch {torch.__version__} finds no CUDA device (built for CUDA "
             f"{torch.version.cuda}); run on a GPU machine with a CUDA build of torch"
         )
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark  # for every runner alike
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -218,6 +224,7 @@ def main() -> None:
         f"{args.model}, tile {tile}, overlap {args.overlap}, batch {args.batch_size}, "
         f"torch threads {torch.get_num_threads()}, {device_name}, "
         f"{'bf16 autocast' if args.bf16 else 'fp32 unless the variant says bf16'}"
+        + (", cudnn.benchmark" if args.cudnn_benchmark else "")
     )
     # one tile row with a full batch and a short one: the two shapes torch.compile meets
     stride = max(1, round(tile * (1 - args.overlap)))
