@@ -177,8 +177,9 @@ def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[st
 
 
 def batch_options(args: argparse.Namespace, run: RunOptions | None = None) -> BatchOptions:
-    """What the arguments ask a batch to write, with the engine's ``run`` options."""
-    from training.inference.batch import BatchOptions, Outputs
+    """What the arguments ask a batch to write, with the engine's ``run`` options. Each
+    :class:`~training.inference.batch.Outputs` flag is the argument of the same name."""
+    from training.inference.batch import SUFFIXES, BatchOptions, Outputs
     from training.inference.options import RunOptions
 
     return BatchOptions(
@@ -186,7 +187,7 @@ def batch_options(args: argparse.Namespace, run: RunOptions | None = None) -> Ba
         organ=args.organ,
         model=args.model,
         run=run or RunOptions(),
-        outputs=Outputs(labels_tiff=args.labels_tiff, geojson=args.geojson, overlay=args.overlay),
+        outputs=Outputs(**{name: getattr(args, name) for name in SUFFIXES}),
         overwrite=args.overwrite,
         threshold=args.threshold,
         min_area_um2=args.min_area_um2,

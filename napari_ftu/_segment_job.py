@@ -44,7 +44,7 @@ class JobResult:
 
     result: Any  # training.inference.SegmentationResult
     origin: tuple[int, int]  # the map's top-left in the whole slide's working-scale pixels
-    grid: Any  # napari_ftu._session.Grid: the whole slide at the working scale
+    grid: Any  # training.review.session.Grid: the whole slide at the working scale
     model: Path
     labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
     domain: Any = None  # training.domain.DomainCheck: how far the image is from the training data
@@ -66,10 +66,10 @@ def segment_job(
 ) -> Generator[Any, None, JobResult | None]:
     """Yield the engine's progress; return the result, or ``None`` once ``cancel`` is set (the
     engine's partial output is removed before returning)."""
-    from napari_ftu._session import Grid
     from training.domain import FeatureTap, check_slide
     from training.inference import segment
     from training.models.ensemble import load_ensemble
+    from training.review.session import Grid
     from training.slides import Slide, open_slide
 
     device = resolve_device(request.device)

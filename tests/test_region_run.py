@@ -85,6 +85,8 @@ def test_a_region_equals_the_same_box_of_a_whole_slide_run(slide_image, overlap)
         assert part.probability.shape == (h, w), box
         np.testing.assert_array_equal(part.probability, whole.probability[y : y + h, x : x + w])
         assert part.tiles_run <= whole.tiles_run
+        if box == (0, 0, 420, 420):  # the whole grid: every tile, every skip
+            assert (part.tiles_run, part.tiles_skipped) == (whole.tiles_run, whole.tiles_skipped)
 
 
 def test_a_region_on_a_coarser_working_grid_and_on_disk(slide_image):

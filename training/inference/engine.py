@@ -228,8 +228,11 @@ class _Run:
     def _view(self, plan: TilePlan) -> MemberView:
         """The member's tiles and band placement for this run's window."""
         scale = plan.pixel_size_um / self.working_px
-        grid_width = math.ceil(self.slide.shape[1] * self.slide.pixel_size_um / plan.pixel_size_um)
-        return self.window.view(plan, scale, grid_width)
+        to_member = self.slide.pixel_size_um / plan.pixel_size_um  # as the plan's grid has it
+        grid = tile_grid(
+            self.slide.shape[:2], to_member, plan.tile, self.options.overlap, plan.pixel_size_um
+        )
+        return self.window.view(plan, scale, grid[1])
 
     def _band(self, store: OutputStore, rows: tuple[int, int], weight: float) -> Band:
         """The finished ``rows`` of ``store``, divided by the weight of the members so far."""
