@@ -281,7 +281,7 @@ def test_write_pyramid_from_a_memmap_source(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
 def test_block_mean_matches_the_plain_mean(dtype):
-    from training.resample import block_mean
+    from training.slides.resample import block_mean
 
     rng = np.random.default_rng(0)
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
@@ -342,7 +342,7 @@ def test_non_integer_factors_are_exact_area_means(pixel_size, region):
 
 
 def test_regions_read_apart_stitch_exactly_and_strips_change_nothing(monkeypatch):
-    from training import slides as slides_module
+    from training.slides import slide as slides_module
     from training.slides import Slide
 
     image = np.random.default_rng(1).integers(0, 256, (500, 400, 3), dtype=np.uint8)
