@@ -225,3 +225,20 @@ def _ome_pixel_size(xml: str) -> float | None:
             factor = _UNIT_TO_UM.get(element.get("PhysicalSizeXUnit", "µm"))
             return plausible(float(value) * factor) if factor else None
     return None
+
+
+def is_ventana(path: Path) -> bool:
+    """Whether ``path`` is a Roche/Ventana slide (BIF): Ventana's ``iScan`` metadata in the first
+    directory's XMP or description, as OpenSlide detects it. Only the header is read."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            xmp = page.tags.get(700)
+            texts = [page.description or "", xmp.value if xmp is not None else b""]
+    except Exception:  # not a readable TIFF: open_tiff says why
+        return False
+    return any(
+        (b"<iScan" in text) if isinstance(text, bytes) else ("<iScan" in text) for text in texts
+    )
