@@ -342,8 +342,8 @@ def test_non_integer_factors_are_exact_area_means(pixel_size, region):
 
 
 def test_regions_read_apart_stitch_exactly_and_strips_change_nothing(monkeypatch):
-    from training.slides import slide as slides_module
     from training.slides import Slide
+    from training.slides import slide as slides_module
 
     image = np.random.default_rng(1).integers(0, 256, (500, 400, 3), dtype=np.uint8)
     slide = Slide.from_array(image, 0.25)

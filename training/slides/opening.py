@@ -109,6 +109,11 @@ def _open(path: Path, reader: str | None) -> Slide:
         magic = handle.read(8)
     if magic[:4] in _TIFF_MAGIC:
         if is_ventana(path):
+            if reader == "tifffile":  # a wrong image is worse than an error
+                raise SlideError(
+                    f"{path.name} is a Roche/Ventana BIF, whose overlapping tiles tifffile does "
+                    "not stitch (seams); open it with OpenSlide (the default reader)"
+                )
             return _open_openslide_format(path)
         return _open_tiff(path, fallback=reader is None)
     if reader == "tifffile":
