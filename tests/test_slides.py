@@ -207,7 +207,7 @@ def test_missing_empty_and_non_image_files(tmp_path):
     with pytest.raises(SlideError, match=r"empty\.tiff is empty \(0 bytes\)"):
         open_slide(tmp_path / "empty.tiff")
     (tmp_path / "notes.tiff").write_text("id,organ\n1,kidney\n")
-    with pytest.raises(SlideError, match=r"notes\.tiff is not a TIFF, PNG or JPEG image"):
+    with pytest.raises(SlideError, match=r"notes\.tiff is not a TIFF, PNG, JPEG or DICOM image"):
         open_slide(tmp_path / "notes.tiff")
 
 

@@ -163,3 +163,23 @@ def test_the_engine_segments_a_dicom_slide_as_the_tiff_it_came_from(pair):
     np.testing.assert_array_equal(
         np.asarray(from_dicom.probability), np.asarray(from_tiff.probability)
     )
+
+
+def test_napari_ftu_segment_takes_a_dicom_folder_as_a_slide(pair, tmp_path):
+    from napari_ftu.cli import main
+    from training.data.catalog import read_catalog
+    from training.models import build_model, save_checkpoint
+
+    model = save_checkpoint(
+        tmp_path / "model.pt",
+        build_model("swin_micro_upernet", input_size=64),
+        {"pixel_size_um": 1.0, "tile_size": 64},
+    )
+    tiff_path, folder = pair
+    out = tmp_path / "out"
+    args = ["segment", str(tiff_path), str(folder), "--organ", "kidney", "--model", str(model)]
+    assert main([*args, "--out", str(out), "--quiet", "--no-tissue-detection"]) == 0
+    rows = read_catalog(out).set_index("id")
+    assert list(rows.index) == ["slide", "slide_dcm"]
+    assert rows.loc["slide_dcm", "pixel_size"] == PIXEL_SIZE
+    assert rows.loc["slide_dcm", "rle"] == rows.loc["slide", "rle"]  # the same pixels, read apart
