@@ -438,3 +438,14 @@ def test_decoded_tiles_are_cached_within_a_budget(pyramid, gradient):
         )
         slide.clear_cache()
         assert cache._bytes == 0 and not cache._items
+
+
+def test_a_thumbnail_is_the_area_mean_of_the_whole_slide():
+    from training.slides import Slide
+
+    image = np.random.default_rng(5).integers(0, 256, (1000, 600, 3), dtype=np.uint8)
+    thumbnail = Slide.from_array(image, None).thumbnail(100)  # no pixel size needed
+    means = image.reshape(100, 10, 60, 10, 3).mean(axis=(1, 3))
+    assert thumbnail.shape == (100, 60, 3) and thumbnail.dtype == np.uint8
+    assert np.abs(thumbnail - means).max() <= 0.5 + 1e-9
+    assert Slide.from_array(image, 0.5).thumbnail(2000).shape == image.shape  # never enlarged

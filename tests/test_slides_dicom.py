@@ -57,6 +57,7 @@ def test_every_level_equals_the_tiff_it_was_written_from(pair, how):
                 dicom.read_region(-3, 5, height, width, level),
                 tiff.read_region(-3, 5, height, width, level),  # white glass above the top
             )
+        np.testing.assert_array_equal(dicom.thumbnail(100), tiff.thumbnail(100))
         # any pixel size, read from the best level the same way
         np.testing.assert_array_equal(
             dicom.read_region_at(1.3, 7, 3, 90, 80), tiff.read_region_at(1.3, 7, 3, 90, 80)

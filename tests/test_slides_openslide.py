@@ -106,6 +106,8 @@ def test_an_svs_read_through_openslide_equals_tifffiles_reading(tmp_path, image)
             by_openslide.read_region(200, -10, 100, 90, level=1),  # white past the left edge
             by_tifffile.read_region(200, -10, 100, 90, level=1),
         )
+        assert by_openslide.thumbnail(100).shape == (100, 100, 3)
+        np.testing.assert_array_equal(by_openslide.thumbnail(100), by_tifffile.thumbnail(100))
         np.testing.assert_array_equal(
             by_openslide.read_region_at(0.7, 11, 5, 120, 100),
             by_tifffile.read_region_at(0.7, 11, 5, 120, 100),

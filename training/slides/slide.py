@@ -195,6 +195,17 @@ class Slide:
                 out[top : top + rows] = self._resample(level, ratio, y + top, x, rows, w, fill)
         return out
 
+    def thumbnail(self, max_side: int = 1024) -> np.ndarray:
+        """The whole slide with its longer side at most ``max_side`` pixels, read from the best
+        level with area means (as ``read_region_at``), the same whatever the reader."""
+        if max_side < 1:
+            raise ValueError(f"max_side must be at least 1; got {max_side}")
+        height, width = self.shape[:2]
+        factor = max(1.0, max(height, width) / max_side)
+        size = max(1, math.floor(height / factor)), max(1, math.floor(width / factor))
+        view = self if self.pixel_size_um else self.with_pixel_size(1.0)  # a scale to read at
+        return view.read_region_at(view.pixel_size_um * factor, 0, 0, *size)
+
     def best_level(self, downsample: float) -> int:
         """Index of the coarsest level whose downsample does not exceed ``downsample`` by more
         than 1% (level sizes of real pyramids are floored: a 4x level may be 4.001x)."""
