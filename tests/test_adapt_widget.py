@@ -1,4 +1,4 @@
-""" "Train on corrections" adapting to unlabeled images: the open slides with a file and added
+""""Train on corrections" adapting to unlabeled images: the open slides with a file and added
 folders offered as ``--target``, the mode as ``--adapt``, the plan, the refusal of a mode with
 nothing checked, the versions table, and (once ``training.train`` has ``--target``) a real run."""
 

@@ -235,7 +235,9 @@ def test_of_two_writers_racing_for_each_row_exactly_one_adds_it(tmp_path):
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(2)
     folder = tmp_path / "out"
-    writers = [context.Process(target=claim_rows, args=(folder, name, 20, start)) for name in "pq"]
+    writers = [
+        context.Process(target=claim_rows, args=(folder, name, 20, start)) for name in "pq"
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:

@@ -525,7 +525,9 @@ def test_a_damaged_latest_save_offers_the_save_before_it(
     assert np.array_equal(again.labels_array(), first * 2) and again.previous_complete
 
 
-def test_no_earlier_save_is_offered_without_a_complete_one(tmp_path: Path, slide: Path) -> None:
+def test_no_earlier_save_is_offered_without_a_complete_one(
+    tmp_path: Path, slide: Path
+) -> None:
     location = store_location(slide)
     store = small_store(location, slide)
     store.set_model(store_labels())  # one save: the other generation never written

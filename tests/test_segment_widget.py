@@ -446,7 +446,9 @@ def test_objects_keep_their_ids_and_colours_as_the_sliders_move(qtbot, opened_wi
     assert not errors
 
 
-def test_the_seeds_other_architectures_segment_from_the_model_list(qtbot, opened, errors, tmp_path):
+def test_the_seeds_other_architectures_segment_from_the_model_list(
+    qtbot, opened, errors, tmp_path
+):
     """An ensemble of one Swin-Unet, one UNeXt and one MT-UNet (untrained, 128 px tiles at
     2 um/px) chosen in the model list runs like the shipped models."""
     import yaml

@@ -40,7 +40,9 @@ def probability() -> np.ndarray:
     return truth.astype(np.float32) * 0.9
 
 
-def test_a_failed_autosave_is_shown_until_a_save_succeeds(make_napari_viewer, qtbot, slide, errors):
+def test_a_failed_autosave_is_shown_until_a_save_succeeds(
+    make_napari_viewer, qtbot, slide, errors
+):
     viewer = make_napari_viewer()
     (image,) = viewer.open(str(slide), plugin="napari-ftu")
     location = store_location(slide)
@@ -74,7 +76,6 @@ def test_a_failed_autosave_is_shown_until_a_save_succeeds(make_napari_viewer, qt
     qtbot.waitUntil(lambda: widget.status.value.startswith("FTUs:"), timeout=15_000)
     assert session.save_error is None
     assert MaskStore.open(location).read(5, 5, 4, 4).tolist() == [[99] * 4] * 4
-
 
 def test_a_damaged_store_is_named_moved_aside_and_never_read_as_background(
     make_napari_viewer, slide, errors
