@@ -67,7 +67,7 @@ def open_tiff(path: Path, size: int) -> Slide:
             zarr.open_array(_cached_store(series.aszarr(level=i), cache, i), mode="r")
             for i in range(len(levels))
         ]
-        # tiled levels are read straight from the file (training.tiled_tiff); zarr serves the
+        # tiled levels are read straight from the file (training.slides.tiled_tiff); zarr serves the
         # others and the lazy dask view
         tiles = TileFile(path) if tif.filehandle.is_file else None
         sources = [
@@ -130,7 +130,7 @@ class _TileCache:
 
 
 def _size(value: Any) -> int:
-    """Bytes of a cached tile: a decoded array (training.tiled_tiff) or a zarr buffer."""
+    """Bytes of a cached tile: a decoded array (training.slides.tiled_tiff) or a zarr buffer."""
     return value.nbytes if isinstance(value, np.ndarray) else len(value)
 
 
