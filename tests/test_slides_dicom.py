@@ -88,6 +88,8 @@ def test_folders_that_are_not_one_dicom_slide_are_refused(pair, tmp_path, image)
     (plain / "notes.txt").write_text("no slide here")
     with pytest.raises(SlideError, match=r"is a directory, not a slide file nor a DICOM slide"):
         open_slide(plain)
+    with pytest.raises(SlideError, match=r"is a directory; tifffile reads single files"):
+        open_slide(pair[1], reader="tifffile")
     two = tmp_path / "two"
     shutil.copytree(pair[1], two)
     with open_slide(pair[0]) as slide:  # a second slide (a new series) beside the first

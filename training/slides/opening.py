@@ -103,6 +103,8 @@ def _open(path: Path, reader: str | None) -> Slide:
         return open_dicom(path)
     if reader == "openslide":
         return open_openslide(_first_dicom_file(path) if path.is_dir() else path)
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory; tifffile reads single files")
     if reader is None and path.suffix.lower() in OPENSLIDE_SUFFIXES:
         return _open_openslide_format(path)
     with open(path, "rb") as handle:

@@ -78,7 +78,9 @@ class _LevelReader:
         self.handle, self.level, self.downsample = handle, level, downsample
 
     def __call__(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        # OpenSlide places regions in level-0 coordinates at every level
+        # OpenSlide places regions in level-0 coordinates at every level: exact for whole-number
+        # downsamples (2, 4, ...); a floored level (4.001) is placed to within half a level-0
+        # pixel, as OpenSlide's own readers are
         origin = (round(x * self.downsample), round(y * self.downsample))
         image = self.handle.read_region(origin, self.level, (w, h))
         return rgb_on_white(np.asarray(image))
