@@ -4,6 +4,7 @@ engine. (No real DICOM slide is at hand: ../shared has none.)"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,23 @@ def test_every_dicom_level_has_its_own_pixel_spacing(pair):
     )
     # mm per pixel: 0.5 um at level 0, doubling
     assert spacings == pytest.approx([0.0005, 0.001, 0.002, 0.004])
+
+
+def test_a_slide_wsidicom_refuses_is_read_through_openslide(pair, monkeypatch):
+    import wsidicom
+
+    def refuse(*args, **kwargs):  # as wsidicom refuses levels that are not powers of two apart
+        raise NotImplementedError("Levels needs to be integer")
+
+    monkeypatch.setattr(wsidicom.WsiDicom, "open", refuse)
+    tiff_path, folder = pair
+    with open_slide(tiff_path) as tiff, open_slide(folder) as dicom:
+        assert dicom.metadata["reader"] == "openslide"
+        assert dicom.pixel_size_um == pytest.approx(PIXEL_SIZE)
+        np.testing.assert_array_equal(np.asarray(dicom.levels[2]), tiff.levels[2])
+    monkeypatch.setitem(sys.modules, "openslide", None)  # neither reader: the reason, one line
+    with pytest.raises(SlideError, match=r"slide_dcm: not a readable DICOM whole-slide image \("):
+        open_slide(folder)
 
 
 def test_folders_that_are_not_one_dicom_slide_are_refused(pair, tmp_path, image):

@@ -2,7 +2,8 @@
 
 A DICOM slide is a folder of instances: opening the folder, or any one file of the slide, opens
 every level of that file's series. The pixel size is the base level's PixelSpacing (mm -> µm).
-Where wsidicom is not installed, OpenSlide 4 reads DICOM too.
+Where wsidicom is not installed, or refuses the slide (it reads only levels a power of two
+apart), OpenSlide 4 reads it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def open_dicom(path: Path) -> Slide:
     try:
         wsi = WsiDicom.open(files)
     except Exception as exc:  # wsidicom's errors vary with what is missing or inconsistent
+        # wsidicom reads only levels a power of two apart; OpenSlide reads any pyramid
+        if openslide_vendor(files[0]) == "dicom":
+            log.info("%s: read through OpenSlide (wsidicom: %s)", path.name, exc)
+            return open_openslide(files[0])
         raise SlideError(
             f"{path.name}: not a readable DICOM whole-slide image ({type(exc).__name__}: {exc})"
         ) from exc
