@@ -192,3 +192,25 @@ def test_pixels_that_are_not_square_are_refused():
     assert square_pixel_size(Path("a.svs"), 400.0, 400.0) is None  # a screen's, not a scanner's
     with pytest.raises(SlideError, match=r"a\.svs has pixels of 0\.25 x 0\.5 um \(not square\)"):
         square_pixel_size(Path("a.svs"), 0.25, 0.5)
+
+
+@pytest.mark.parametrize(("vendor", "read_by"), [("philips", "openslide"), ("aperio", None)])
+def test_openslide_takes_over_where_tifffile_fails_on_a_format_only_it_knows(
+    tmp_path, image, monkeypatch, vendor, read_by
+):
+    from training.slides import opening
+
+    path = aperio_svs(tmp_path / "scan.tiff", image)
+
+    def fails(*args):
+        raise SlideError("scan.tiff is a damaged TIFF (as tifffile found it)")
+
+    monkeypatch.setattr(opening, "open_tiff", fails)
+    monkeypatch.setattr(opening, "openslide_vendor", lambda path: vendor)
+    if read_by is None:  # a format tifffile reads itself: its error stands
+        with pytest.raises(SlideError, match="damaged TIFF"):
+            open_slide(path)
+        return
+    with open_slide(path) as slide:
+        assert slide.metadata["reader"] == read_by
+        np.testing.assert_array_equal(slide.read_region(0, 0, 512, 512), image)

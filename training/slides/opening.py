@@ -3,7 +3,7 @@
 - tifffile (``training.slides.tiff``): TIFF, OME-TIFF, SVS, NDPI, SCN, QPTIFF, BigTIFF;
 - OpenSlide (``training.slides.openslide_reader``): MIRAX, Hamamatsu VMS/VMU, Ventana BIF (also
   a TIFF whose first directory carries Ventana's ``iScan`` XMP, whatever its name), SVSlide,
-  and TIFF-based formats tifffile fails on but OpenSlide knows;
+  and TIFF-based formats tifffile fails on and only OpenSlide knows (Philips, Trestle);
 - wsidicom (``training.slides.dicom_reader``): DICOM WSI, a folder or one of its files;
 - Pillow: PNG, JPEG (decoded once).
 """
@@ -56,6 +56,8 @@ REFUSED_SUFFIXES = {
 }
 READERS = ("tifffile", "openslide", "wsidicom")
 MIN_SIDE = 8
+# OpenSlide's names of the formats tifffile reads itself (generic TIFF, SVS, NDPI, SCN)
+_TIFFFILE_VENDORS = ("generic-tiff", "aperio", "hamamatsu", "leica")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -133,13 +135,14 @@ def _open(path: Path, reader: str | None) -> Slide:
 
 
 def _open_tiff(path: Path, fallback: bool) -> Slide:
-    """tifffile's reading of ``path``; where it fails on a scanner format OpenSlide knows,
-    (``fallback``) OpenSlide's."""
+    """tifffile's reading of ``path``; where it fails on a scanner format OpenSlide knows and
+    tifffile does not (Philips, Trestle), (``fallback``) OpenSlide's. Formats tifffile reads
+    itself keep its error: a damaged file is named at open, not at the first region."""
     try:
         return open_tiff(path, path.stat().st_size)
     except SlideError:
         vendor = openslide_vendor(path) if fallback else None
-        if vendor in (None, "generic-tiff"):
+        if vendor is None or vendor in _TIFFFILE_VENDORS:
             raise
         return open_openslide(path)
 
