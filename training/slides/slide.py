@@ -353,6 +353,7 @@ class RegionLevel:
             asarray=False,
             fancy=False,
             meta=np.empty((0, 0, 0), self.dtype),
+            name=False,  # a random key, not a hash of a reader that holds an open file
         )
 
 
