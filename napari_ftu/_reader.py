@@ -52,7 +52,7 @@ def slide_layer_data(path: str | os.PathLike) -> LayerData:
     # metadata keeps pixel_size_um None, so "Segment FTUs" still asks for the real one
     pixel_size = slide.pixel_size_um or 1.0
     kwargs = {
-        "name": Path(path).stem,
+        "name": _layer_name(Path(path)),
         "rgb": rgb,
         "multiscale": len(levels) > 1,
         "scale": (pixel_size, pixel_size),
@@ -66,3 +66,10 @@ def slide_layer_data(path: str | os.PathLike) -> LayerData:
     }
     data = levels if len(levels) > 1 else levels[0]
     return data, kwargs, "image"
+
+
+def _layer_name(path: Path) -> str:
+    """The slide's name: its file's stem, or for a DICOM slide (files named by UIDs) its folder's."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return path.resolve().parent.name
+    return path.stem

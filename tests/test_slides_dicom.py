@@ -146,6 +146,7 @@ def test_the_napari_reader_gives_a_multiscale_layer_in_micrometres(pair, tmp_pat
         assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
         assert kwargs["scale"] == (PIXEL_SIZE, PIXEL_SIZE) and kwargs["units"] == ("um", "um")
         assert kwargs["metadata"]["slide_format"] == "dicom"
+        assert kwargs["name"] == "slide_dcm"  # the folder's name, not a file's UID
         assert [level.shape for level in data] == [
             (320, 256, 3),
             (160, 128, 3),
