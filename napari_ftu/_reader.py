@@ -69,7 +69,7 @@ def slide_layer_data(path: str | os.PathLike) -> LayerData:
 
 
 def _layer_name(path: Path) -> str:
-    """The slide's name: its file's stem, or for a DICOM slide (files named by UIDs) its folder's."""
+    """The slide's name: its file's stem; a DICOM slide's folder's (its files are UIDs)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return path.resolve().parent.name
     return path.stem
