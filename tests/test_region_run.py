@@ -150,5 +150,9 @@ def test_overrides_replace_options_and_unknown_names_are_refused(slide_image):
         next(segment(slide_image, member(BlurRamp()), "kidney", options, tiles=3))
     with pytest.raises(ValueError, match="tta must be one of"):
         options.with_overrides(tta=3)
+    with pytest.raises(ValueError, match=r"batch_size must be a whole number; got 2\.5"):
+        options.with_overrides(batch_size=2.5)
+    with pytest.raises(ValueError, match=r"device must be a torch device .* got 'gpu'"):
+        options.with_overrides(device="gpu")
     with pytest.raises(TypeError, match="options must be a RunOptions"):
         next(segment(slide_image, member(BlurRamp()), "kidney", {"tta": 4}))

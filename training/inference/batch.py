@@ -138,12 +138,13 @@ def preflight(
     ids shared among all ``slides``, an unwritable folder, an unreadable train.csv) and, unless
     ``overwrite``, the results of ``share`` that exist."""
     from training.data.catalog import CSV_NAME, read_catalog
+    from training.slides.dicom_reader import is_dicom_folder
 
     out = options.out
     problems = [
         f"{path}: is a directory, not a slide file" if path.is_dir() else f"{path}: no such file"
         for path in share
-        if not path.is_file()
+        if not path.is_file() and not is_dicom_folder(path)  # a DICOM slide is a folder
     ]
     ids = [path.stem for path in slides]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -62,7 +62,16 @@ class RunOptions:
     device_path: bool | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "device", torch.device(self.device))
+        try:
+            object.__setattr__(self, "device", torch.device(self.device))
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device must be a torch device such as cpu or cuda:0; got {self.device!r}"
+            ) from None
+        for name in ("batch_size", "read_workers", "streams"):
+            value = getattr(self, name)
+            if value is not None and not (_whole(value) and isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number; got {value!r}")
         if self.tta not in TTA_CHOICES:
             raise ValueError(f"tta must be one of {TTA_CHOICES}; got {self.tta}")
         if not 0 <= self.overlap < 1:
