@@ -28,8 +28,8 @@ import torch
 
 from training.inference.predictor import Predictor
 from training.inference.source import TileSource, _spans, as_rgb_uint8
-from training.resample import area_weights, linear_weights
 from training.slides import LEVEL_TOLERANCE, Slide
+from training.slides.resample import area_weights, linear_weights
 
 # output rows (columns) per dense weight block: on a GPU few launches of small matrices; on a
 # CPU the dense blocks' wasted products cost more than the launches (measured: 32 px blocks
