@@ -11,9 +11,8 @@ import torch
 from helpers import member
 from torch import nn
 
-from training.inference import RunOptions, run, segment
+from training.inference import DeviceMemoryError, RunOptions, run, segment
 from training.inference.device_path import SpanSource, resample
-from training.inference.predictor import DeviceMemoryError
 from training.inference.source import TileSource
 from training.slides import Slide, open_slide, write_pyramid
 
