@@ -51,8 +51,10 @@ def tta_views(tta: int) -> list[View]:
 
 
 def uses_bf16(device: torch.device, precision: str) -> bool:
-    """Whether the model runs under bf16 autocast: ``auto`` means on CUDA only (on this
-    project's CPU fp32 measured faster, see docs/benchmarks.md, issue 24)."""
+    """Whether the model runs under bf16 autocast: ``auto`` means on CUDA only. On a CPU with
+    bf16 units it halves the model's time (docs/benchmarks.md, issue 24) but moves values by up
+    to about 0.02: asked for, not the default, so a CPU run's values do not depend on the CPU
+    and match the fp32 runs the thresholds were calibrated on."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
