@@ -1,0 +1,203 @@
+"""The "Measurements" widget: the mask layer's features as a table (rows after a segmentation
+or on a hand-made labels layer), numeric sorting, a row chosen centres and highlights its
+object, edits refresh the rows they touch, CSV export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_ftu import _measure_widget
+from napari_ftu._ftu_layers import show_session
+from napari_ftu._geometry import camera_of
+from napari_ftu._measure_layer import TISSUE_KEY, table_of
+from napari_ftu._measure_widget import MeasurementsWidget
+from napari_ftu._segment_widget import SegmentWidget, mask_name
+from napari_ftu._session import FTUSession, Grid
+from training.slides import write_pyramid
+from training.synthetic import make_phantom
+
+pytestmark = pytest.mark.gui
+RUN_TIMEOUT_MS = 180_000
+SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)  # um per pixel, and where pixel (0, 0) lies
+# three discs of radius 2, 6 and 20 px: areas whose text sorts in another order than their value
+DISCS = {1: ((30, 30), 2), 2: ((30, 80), 6), 3: ((100, 60), 20)}
+
+
+def disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def hand_made() -> np.ndarray:
+    labels = np.zeros((140, 130), np.uint16)
+    for label, (centre, radius) in DISCS.items():
+        labels[disc(labels.shape, centre, radius)] = label
+    return labels
+
+
+@pytest.fixture
+def measured(make_napari_viewer, qtbot):
+    """A hand-made labels layer (scaled and shifted in um) with the widget showing it."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(hand_made(), name="hand", scale=SCALE, translate=TRANSLATE)
+    widget = MeasurementsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measurements")
+    assert widget.mask.value == "hand"
+    qtbot.waitUntil(lambda: widget.model.rowCount() == 3 and not widget.measuring)
+    return viewer, widget, layer
+
+
+def column(widget, name):
+    return widget.model.columns.index(name)
+
+
+def shown_column(widget, name) -> list[float]:
+    """A column's numbers in the order the view shows them (through the sorting proxy)."""
+    proxy, index = widget.proxy, column(widget, name)
+    return [
+        proxy.data(proxy.index(row, index), _measure_widget.SORT_ROLE)
+        for row in range(proxy.rowCount())
+    ]
+
+
+def world_centroid(layer, label) -> np.ndarray:
+    """The world position of object ``label``'s centroid, from its pixels."""
+    return np.asarray(layer.data_to_world(np.argwhere(layer.data == label).mean(axis=0)))
+
+
+def test_rows_of_a_hand_made_layer_in_micrometres(measured):
+    _, widget, layer = measured
+    table = table_of(layer)
+    assert table["label"].tolist() == [1, 2, 3]
+    pixels = [int((layer.data == label).sum()) for label in (1, 2, 3)]
+    np.testing.assert_allclose(table["area_um2"], np.array(pixels) * 0.25)
+    assert layer.features["index"].tolist() == [1, 2, 3]  # napari's row of each label
+    assert (
+        widget.summary.value.startswith("3 FTUs") and "tissue area unknown" in widget.summary.value
+    )
+
+
+def test_sorting_by_area_is_numeric(measured):
+    _, widget, _ = measured
+    area = column(widget, "area_um2")
+    texts = [widget.model.data(widget.model.index(r, area)) for r in range(3)]
+    assert sorted(texts) != [
+        texts[i] for i in np.argsort([float(t.replace(",", "")) for t in texts])
+    ]
+    widget.view.sortByColumn(area, Qt.SortOrder.AscendingOrder)
+    shown = shown_column(widget, "area_um2")
+    assert shown == sorted(shown) and shown[0] < 10 < 100 < shown[-1]
+    widget.view.sortByColumn(area, Qt.SortOrder.DescendingOrder)
+    assert shown_column(widget, "label") == [3.0, 2.0, 1.0]
+
+
+def test_a_chosen_row_centres_the_camera_on_its_object_and_highlights_it(measured):
+    viewer, widget, layer = measured
+    widget.view.sortByColumn(column(widget, "area_um2"), Qt.SortOrder.DescendingOrder)
+    widget.view.selectRow(1)  # the middle-sized disc, by a click on its row
+    assert widget.selected == 2
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], world_centroid(layer, 2), atol=1e-6)
+    assert layer.selected_label == 2 and layer.show_selected_label
+    widget.select_label(3)
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], world_centroid(layer, 3), atol=1e-6)
+    assert widget.view.selectionModel().selectedRows()[0].row() == 0  # its row, shown chosen
+    widget.highlight.value = False
+    assert not layer.show_selected_label
+
+
+def test_edits_refresh_the_rows_they_touch(measured, qtbot):
+    _, widget, layer = measured
+    before = table_of(layer).set_index("label")
+    layer.paint((30, 86), 2)  # a brush stroke on disc 2's right edge (brush size 10)
+    assert (layer.data == 2).sum() > (hand_made() == 2).sum()
+    layer.data_setitem(tuple(np.nonzero(layer.data == 1)), 0)  # disc 1 erased
+    qtbot.waitUntil(lambda: widget.model.rowCount() == 2)  # (once the loop turns)
+    after = table_of(layer).set_index("label")
+    assert after.index.tolist() == [2, 3] and widget.model.rowCount() == 2
+    assert after.loc[2, "area_um2"] == pytest.approx((layer.data == 2).sum() * 0.25)
+    assert after.loc[2, "area_um2"] > before.loc[2, "area_um2"]
+    pd.testing.assert_series_equal(after.loc[3], before.loc[3])  # untouched: the same row
+    # painting a new object adds its row; undo (no paint event in napari) re-measures it all
+    layer.paint((120, 110), 7)
+    qtbot.waitUntil(lambda: 7 in table_of(layer)["label"].tolist())
+    layer.undo()
+    layer.undo()
+    qtbot.waitUntil(lambda: table_of(layer)["label"].tolist() == [1, 2, 3] and not widget.measuring)
+    restored = table_of(layer).set_index("label").sort_index()
+    pd.testing.assert_frame_equal(restored.loc[[1, 3]], before.loc[[1, 3]])
+
+
+def test_export_writes_the_table_and_never_replaces_a_file_silently(
+    measured, tmp_path, monkeypatch, qtbot
+):
+    _, widget, layer = measured
+    target = tmp_path / "hand.objects.csv"
+    assert widget.export_csv(target) == target
+    written = pd.read_csv(target)
+    assert written.columns.tolist() == table_of(layer).columns.tolist()  # no napari index
+    np.testing.assert_allclose(written["area_um2"], table_of(layer)["area_um2"])
+    layer.data_setitem(tuple(np.nonzero(layer.data == 1)), 0)
+    qtbot.waitUntil(lambda: len(table_of(layer)) == 2)
+    asked = []
+    monkeypatch.setattr(_measure_widget, "confirm_overwrite", lambda p: asked.append(p) or False)
+    assert widget.export_csv(target) is None and asked == [target]
+    assert len(pd.read_csv(target)) == 3 and "not replaced" in widget.status.value
+    monkeypatch.setattr(_measure_widget, "confirm_overwrite", lambda p: True)
+    assert widget.export_csv(target) == target and len(pd.read_csv(target)) == 2
+    assert widget.export_csv("relative.csv") is None and "full path" in widget.status.value
+
+
+def test_an_ftu_mask_on_a_coarser_grid_is_measured_and_centred_over_its_slide(
+    make_napari_viewer, qtbot
+):
+    """A session whose grid is 2 level-0 pixels per pixel: rows carry the model's confidence,
+    and a chosen object is centred where the slide shows it."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        np.full((280, 260, 3), 200, np.uint8),
+        name="img",
+        rgb=True,
+        scale=SCALE,
+        translate=TRANSLATE,
+    )
+    probability = np.where(hand_made() > 0, 0.8, 0.0).astype(np.float32)
+    session = FTUSession("img", "kidney", Grid((140, 130), 1.0, 2.0), threshold=0.5)
+    session.add_result(probability, (0, 0))
+    mask = show_session(viewer, image, session)
+    widget = MeasurementsWidget(viewer)
+    assert widget.mask.value == mask_name("img")
+    qtbot.waitUntil(lambda: widget.model.rowCount() == 3 and not widget.measuring)
+    table = table_of(mask)
+    np.testing.assert_allclose(table["mean_probability"], 0.8, rtol=1e-6)
+    label = int(mask.data[100, 60])
+    widget.select_label(label)
+    np.testing.assert_allclose(
+        camera_of(viewer).center[-2:], world_centroid(mask, label), atol=1e-6
+    )
+    # the same place on the slide: level-0 pixel (2 * 100 + 0.5, 2 * 60 + 0.5) of the image
+    centre = image.data_to_world(np.argwhere(mask.data == label).mean(axis=0) * 2 + 0.5)
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], centre, atol=1e-6)
+
+
+def test_rows_after_a_segmentation_with_the_slides_tissue_area(make_napari_viewer, qtbot, tmp_path):
+    image, _, _ = make_phantom("kidney", size=1024, seed=3)
+    path = write_pyramid(tmp_path / "kidney.tiff", image, 0.4, tile=256)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-ftu")
+    segment = SegmentWidget(viewer)
+    segment.organ.value = "kidney"
+    widget = MeasurementsWidget(viewer)
+    segment.start()
+    qtbot.waitUntil(lambda: not segment.running, timeout=RUN_TIMEOUT_MS)
+    mask = viewer.layers[mask_name(layer.name)]
+    widget.mask.value = mask.name
+    qtbot.waitUntil(lambda: widget.model.rowCount() > 0 and not widget.measuring)
+    table = table_of(mask)
+    assert sorted(table["label"]) == sorted(set(np.unique(mask.data).tolist()) - {0})
+    assert table["mean_probability"].between(0.5, 1).all()  # above the model's threshold
+    tissue = mask.metadata[TISSUE_KEY]
+    assert 0 < tissue <= 1024 * 1024 * 0.4**2 / 1e6 * 1.01
+    assert "FTUs/mm²" in widget.summary.value and f"{tissue:.2f} mm²" in widget.summary.value
