@@ -218,7 +218,7 @@ class LayerMeasurements:
             self.placement.pixel_size_um,
             probability=None if probability is None else np.asarray(probability[y0:y1, x0:x1]),
             rgb=None if rgb is None else rgb[y0:y1, x0:x1],
-            origin=(round(y0 * d), round(x0 * d)),
+            origin=(y0 * d, x0 * d),
             downsample=d,
             only=sorted(touched),
         )

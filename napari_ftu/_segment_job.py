@@ -49,6 +49,7 @@ class JobResult:
     model: Path
     labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
     domain: Any = None  # training.domain.DomainCheck: how far the image is from the training data
+    tissue_area_mm2: float | None = None  # the slide's (the engine's tissue mask); whole runs only
 
 
 def resolve_device(name: str) -> str:
@@ -70,6 +71,7 @@ def segment_job(
     from napari_ftu._session import Grid
     from training.domain import FeatureTap, check_slide
     from training.inference import segment
+    from training.inference.tissue import tissue_area_mm2
     from training.models.ensemble import load_ensemble
     from training.refine.stage import resolve_refiner
     from training.slides import Slide, open_slide
@@ -123,10 +125,12 @@ def segment_job(
             # the objects are found here, off the GUI thread, ready for a new mask layer
             labels = result.labels()
             domain = check_slide(source, members, tap.features, slide.pixel_size_um, request.stain)
+            # a region's tissue is not the slide's, whose objects the mask layer holds
+            tissue = tissue_area_mm2(slide) if request.region is None else None
         except BaseException:
             result.close()
             raise
-        return JobResult(result, origin, grid, request.model, labels, domain)
+        return JobResult(result, origin, grid, request.model, labels, domain, tissue)
 
 
 def working_box(region: Box, to_working: float, full: tuple[int, int]) -> Box:

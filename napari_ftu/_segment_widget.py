@@ -397,7 +397,7 @@ class SegmentWidget(Container):
         # stalls the viewer for longer than either (the run counts as running until then)
         self._showing = True
         # (after a pause, so that input and painting get their turn between the two)
-        tissue = _tissue_area_mm2(job)
+        tissue = job.tissue_area_mm2  # (None after a region run: the slide's stays as it was)
         QTimer.singleShot(MASK_DELAY_MS, lambda: self._show_mask(layer, session, tissue))
 
     def _show_mask(self, layer: Any, session: Any, tissue_mm2: float | None = None) -> None:
@@ -493,18 +493,6 @@ class SegmentWidget(Container):
         self.status.value = (
             f"FTUs: {counts.objects} · edited: {counts.edited} · erased: {counts.erased}"
         )
-
-
-def _tissue_area_mm2(job: JobResult) -> float | None:
-    """The slide's tissue area (the engine's tissue mask) when the run covered the whole slide,
-    else ``None`` (a region's tissue is not the slide's: the slide's area stays as it was)."""
-    result = job.result
-    fraction = (result.meta or {}).get("tissue_fraction")
-    whole = job.origin == (0, 0) and tuple(result.probability.shape) == job.grid.shape
-    if fraction is None or not whole:
-        return None
-    height, width = job.grid.shape
-    return float(fraction) * height * width * job.grid.pixel_size_um**2 / 1e6
 
 
 def _registered_models() -> dict[str, Path]:

@@ -16,7 +16,9 @@ from napari_ftu._measure_layer import TISSUE_KEY, table_of
 from napari_ftu._measure_widget import MeasurementsWidget
 from napari_ftu._segment_widget import SegmentWidget, mask_name
 from napari_ftu._session import FTUSession, Grid
-from training.slides import write_pyramid
+from training.inference.tissue import tissue_area_mm2
+from training.measure.objects import measure_objects
+from training.slides import open_slide, write_pyramid
 from training.synthetic import make_phantom
 
 pytestmark = pytest.mark.gui
@@ -120,9 +122,16 @@ def test_edits_refresh_the_rows_they_touch(measured, qtbot):
     assert after.loc[2, "area_um2"] == pytest.approx((layer.data == 2).sum() * 0.25)
     assert after.loc[2, "area_um2"] > before.loc[2, "area_um2"]
     pd.testing.assert_series_equal(after.loc[3], before.loc[3])  # untouched: the same row
+    layer.paint((2, 120), 9)  # an object at the mask's border: cut by the edge, not the crop's
+    qtbot.waitUntil(lambda: 9 in table_of(layer)["label"].tolist())
+    whole = measure_objects(layer.data, SCALE[0])  # the rows refreshed are the whole mask's
+    pd.testing.assert_frame_equal(table_of(layer), whole)
+    assert table_of(layer).set_index("label").loc[9, "touches_edge"]
+    assert not table_of(layer).set_index("label").loc[2, "touches_edge"]
     # painting a new object adds its row; undo (no paint event in napari) re-measures it all
     layer.paint((120, 110), 7)
     qtbot.waitUntil(lambda: 7 in table_of(layer)["label"].tolist())
+    layer.undo()
     layer.undo()
     layer.undo()
     qtbot.waitUntil(lambda: table_of(layer)["label"].tolist() == [1, 2, 3] and not widget.measuring)
@@ -198,6 +207,9 @@ def test_rows_after_a_segmentation_with_the_slides_tissue_area(make_napari_viewe
     table = table_of(mask)
     assert sorted(table["label"]) == sorted(set(np.unique(mask.data).tolist()) - {0})
     assert table["mean_probability"].between(0.5, 1).all()  # above the model's threshold
+    assert np.isfinite(table["od_hematoxylin"]).all()  # the slide read on the mask's grid
     tissue = mask.metadata[TISSUE_KEY]
-    assert 0 < tissue <= 1024 * 1024 * 0.4**2 / 1e6 * 1.01
+    with open_slide(path) as slide:  # the same tissue area as `napari-ftu segment --measure`
+        assert tissue == pytest.approx(tissue_area_mm2(slide))
+    assert 0 < tissue <= 1024 * 1024 * 0.4**2 / 1e6
     assert "FTUs/mm²" in widget.summary.value and f"{tissue:.2f} mm²" in widget.summary.value
