@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
-from qtpy.QtWidgets import QAbstractItemView, QSplitter, QTableView
+from qtpy.QtWidgets import QAbstractItemView, QSizePolicy, QSplitter, QTableView
 
 from napari_ftu._ftu_layers import SESSION_KEY
 from napari_ftu._geometry import camera_of
@@ -97,9 +97,8 @@ class MeasurementsWidget(Container):
         self.csv_file = FileEdit(label="CSV file", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV")
         self.status = Label(value="")
-        super().__init__(
-            widgets=[self.mask, Container(widgets=[self.summary], labels=False), self.highlight]
-        )
+        below = Container(widgets=[self.highlight, self.csv_file, self.export_button, self.status])
+        super().__init__(widgets=[self.mask, below])
         self.model = TableModel()
         self.proxy = QSortFilterProxyModel()
         self.proxy.setSourceModel(self.model)
@@ -111,8 +110,12 @@ class MeasurementsWidget(Container):
         splitter.addWidget(self.canvas)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
-        self.native.layout().addWidget(splitter, 1)
-        self.extend([self.csv_file, self.export_button, self.status])
+        for label in (self.summary, self.status):  # long lines wrap: the dock keeps its width
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        # the summary above the table, the whole width (a wrapped label gets the height it needs)
+        self.native.layout().insertWidget(1, self.summary.native)
+        self.native.layout().insertWidget(2, splitter, 1)
         self.layer: Any = None  # the mask shown
         self.selected: int | None = None  # the label of the chosen row
         self.view.selectionModel().currentRowChanged.connect(self._row_chosen)
@@ -195,6 +198,8 @@ class MeasurementsWidget(Container):
         return " · ".join(parts)
 
     def _draw_histogram(self, table: Any) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         self.figure.clear()
         axes = self.figure.add_subplot(111)
         areas = np.array([]) if table is None else table["area_um2"].to_numpy(float)
@@ -205,6 +210,7 @@ class MeasurementsWidget(Container):
                 axes.axvline(float(chosen.iloc[0]), color="#dd8452", linewidth=2)
         axes.set_xlabel("area (µm²)")
         axes.set_ylabel("objects")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no half objects
         axes.tick_params(labelsize=7)
         self.figure.tight_layout()
         self.canvas.draw_idle()
