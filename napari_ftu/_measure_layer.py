@@ -155,11 +155,15 @@ class LayerMeasurements:
 
     def _on_finished(self) -> None:
         self.worker = None
-        if self._again or self._changed():
+        labels = self.labels()  # edited while measured (a stored mask: only set_data tells)
+        edited = labels is not None and _checksum(np.asarray(labels)) != self._measured
+        if self._again or edited:
             self._again = False
             self.remeasure()
 
     def _changed(self) -> bool:
+        """Whether the labels differ from those measured (a stored mask: assumed after a
+        ``set_data``, as its overview is refreshed only when the store changed)."""
         labels = self.labels()
         return labels is None or _checksum(np.asarray(labels)) != self._measured
 
@@ -247,30 +251,32 @@ class LayerMeasurements:
 
 
 class MeasureJob:
-    """A whole layer's measurement, run in a worker on copies (or on a stored mask's store)."""
+    """A whole layer's measurement, run in a worker on copies (or on a stored mask's store), a
+    band of rows at a time (within the measure core's memory budget)."""
 
     def __init__(
         self, labels: Any, probability: Any, placement: Placement, session: Any, image: Any
     ) -> None:
         self.labels, self.placement, self.session, self.image = labels, placement, session, image
-        self.probability = None if probability is None else np.array(probability)
+        # an in-memory map is copied (a new run pastes into it); a stored one is read lazily
+        in_memory = isinstance(probability, np.ndarray)
+        self.probability = np.array(probability) if in_memory else probability
 
     def run(self) -> tuple[Any, np.ndarray | None]:
         """The table, and the slide's pixels on the labels grid (``None`` without an image)."""
-        from training.measure.objects import measure_objects
+        from training.measure.objects import Geometry
+        from training.measure.slide import measure_bands
 
         labels = self.labels
-        if labels is None:  # a stored mask: its labels and probability from the store
+        if labels is None:  # a stored mask: its labels from the store (as the review queue)
             labels = self.session.store.labels_array()
+        labels = np.asarray(labels)
         rgb = self._rgb(labels.shape)
-        table = measure_objects(
-            labels,
-            self.placement.pixel_size_um,
-            probability=self.probability,
-            rgb=rgb,
-            downsample=self.placement.downsample,
+        geometry = Geometry(
+            self.placement.pixel_size_um, (0.0, 0.0), self.placement.downsample, labels.shape
         )
-        return table, rgb
+        read_rgb = None if rgb is None else (lambda y, x, h, w: rgb[y : y + h, x : x + w])
+        return measure_bands(labels, geometry, self.probability, read_rgb), rgb
 
     def _rgb(self, shape: tuple[int, int]) -> np.ndarray | None:
         from training.slides import Slide, open_slide

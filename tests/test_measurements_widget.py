@@ -213,3 +213,26 @@ def test_rows_after_a_segmentation_with_the_slides_tissue_area(make_napari_viewe
         assert tissue == pytest.approx(tissue_area_mm2(slide))
     assert 0 < tissue <= 1024 * 1024 * 0.4**2 / 1e6
     assert "FTUs/mm²" in widget.summary.value and f"{tissue:.2f} mm²" in widget.summary.value
+
+
+def test_a_mask_above_the_direct_edit_limit_is_measured_from_its_store(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path
+):
+    from napari_ftu import _session
+    from training.review.store import MaskStore
+
+    monkeypatch.setattr(_session, "EDIT_LIMIT_PIXELS", 100 * 100)  # 140 x 130 is "large"
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.full((140, 130, 3), 200, np.uint8), name="img", rgb=True)
+    grid = Grid((140, 130), 1.0, 1.0)
+    store = MaskStore.create(tmp_path / "mask.ftu.zarr", grid.shape, 1.0, 1.0, {})
+    session = FTUSession("img", "kidney", grid, threshold=0.5, store=store)
+    session.add_result(np.where(hand_made() > 0, 0.7, 0.0).astype(np.float32), (0, 0))
+    mask = show_session(viewer, image, session)
+    assert not mask.editable  # an overview: measured from the store in the worker
+    widget = MeasurementsWidget(viewer)
+    qtbot.waitUntil(lambda: widget.model.rowCount() == 3 and not widget.measuring)
+    table = table_of(mask)
+    np.testing.assert_allclose(table["mean_probability"], 0.7, rtol=1e-6)
+    pixels = sorted(int((hand_made() == label).sum()) for label in DISCS)
+    assert sorted(table["area_um2"]) == pixels
