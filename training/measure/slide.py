@@ -4,7 +4,9 @@ whatever the slide's.
 
 Each object belongs to the band its top row falls in, and that band is read down to the
 bottom of its lowest object: an object crossing a band border is measured once, whole, and
-its row is the one a measurement of the whole map gives.
+its row is the one a measurement of the whole map gives. An object taller than a band is
+measured on its own, strip by strip (:mod:`training.measure.streamed`), so a band never grows
+past twice its height.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pandas as pd
 from scipy import ndimage
 
 from training.measure.objects import Geometry, empty_objects, measure_crop, stain_od
+from training.measure.streamed import measure_tall_object
 from training.measure.summary import summarize
 
-__all__ = ["BAND_MB", "measure_result"]
+__all__ = ["BAND_MB", "measure_bands", "measure_labels", "measure_result"]
 
 BAND_MB = 128.0  # the measurement's working memory per band, beyond the labels themselves
 # bytes per map pixel of a band: uint8 RGB, float32 ODs, the float64 channels measured,
@@ -41,8 +44,6 @@ def measure_result(
     threshold and minimum area). The stain ODs are read from ``slide`` at the working scale;
     the tissue area is that of the engine's tissue thumbnail inside the analysed region.
     """
-    from training.inference.tissue import tissue_area_mm2
-
     if labels is None:
         labels = result.labels()
     shape = tuple(np.shape(result.probability)[:2])
@@ -53,17 +54,46 @@ def measure_result(
         )
     _check_slide(result, slide, image_id)
     origin = tuple(getattr(result, "origin", (0, 0)))  # a region run's box in the working grid
-    geometry = Geometry(
-        float(result.pixel_size_um),
-        (origin[0] * result.downsample, origin[1] * result.downsample),
-        float(result.downsample),
-        shape,
+    return measure_labels(
+        labels,
+        slide,
+        image_id=image_id,
+        downsample=float(result.downsample),
+        origin=(origin[0] * result.downsample, origin[1] * result.downsample),
+        probability=result.probability,
+        band_mb=band_mb,
     )
-    reader = _SlideReader(slide, result)
-    objects = measure_bands(labels, geometry, result.probability, reader, band_mb)
-    box = (*geometry.origin, shape[0] * geometry.downsample, shape[1] * geometry.downsample)
-    tissue = tissue_area_mm2(slide, box) if slide.pixel_size_um else None
-    return objects, summarize(objects, image_id, tissue)
+
+
+def measure_labels(
+    labels: np.ndarray,
+    slide: Any,
+    *,
+    image_id: str,
+    downsample: float = 1.0,
+    origin: tuple[float, float] = (0.0, 0.0),
+    probability: Any = None,
+    band_mb: float = BAND_MB,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The objects table and summary row of instance ``labels`` on a grid ``downsample``
+    times coarser than ``slide``'s level 0 whose pixel ``(0, 0)`` lies at level-0 ``origin``
+    (the analysed region is the labels' box); ``probability``: on the labels' grid, or
+    ``None``. Stain ODs from the slide's pixels on that grid; tissue area inside the box."""
+    from training.inference.tissue import tissue_area_mm2
+
+    if slide.pixel_size_um is None:
+        raise ValueError(f"{image_id}: the slide's pixel size is unknown; give it (um per pixel)")
+    geometry = Geometry(
+        slide.pixel_size_um * downsample,
+        (float(origin[0]), float(origin[1])),
+        downsample,
+        labels.shape,
+    )
+    reader = _SlideReader(slide, geometry)
+    objects = measure_bands(labels, geometry, probability, reader, band_mb)
+    height, width = labels.shape
+    box = (*geometry.origin, height * downsample, width * downsample)
+    return objects, summarize(objects, image_id, tissue_area_mm2(slide, box))
 
 
 def measure_bands(
@@ -82,8 +112,15 @@ def measure_bands(
         return empty_objects()
     rows = max(1, int(band_mb * 2**20 // (labels.shape[1] * _BYTES_PER_PIXEL)))
     frames = []
+    # an object taller than a band is read strip by strip on its own (memory stays a band's)
+    tall = [(value, box) for value, box in found if box[0].stop - box[0].start > rows]
+    found = [(value, box) for value, box in found if box[0].stop - box[0].start <= rows]
+    for value, box in tall:
+        frames.append(
+            measure_tall_object(labels, value, box, geometry, probability, read_rgb, rows)
+        )
     found.sort(key=lambda item: item[1][0].start)
-    band_of = np.array([box[0].start // rows for _, box in found])
+    band_of = np.array([box[0].start // rows for _, box in found], dtype=np.int64)
     for band in np.unique(band_of):
         members = [found[i] for i in np.flatnonzero(band_of == band)]
         y0 = min(box[0].start for _, box in members)
@@ -104,12 +141,13 @@ def measure_bands(
 
 
 class _SlideReader:
-    """Reads the slide's RGB over a box of a result's map, on the map's own grid."""
+    """Reads the slide's RGB over a box of a label grid (:class:`Geometry`), on that grid."""
 
-    def __init__(self, slide: Any, result: Any) -> None:
+    def __init__(self, slide: Any, geometry: Geometry) -> None:
         self.slide = slide
-        self.pixel_size_um = float(result.pixel_size_um)
-        self.origin = tuple(getattr(result, "origin", (0, 0)))
+        self.pixel_size_um = geometry.pixel_size_um
+        # the grid's own origin, in its pixels (whole for a region run's map)
+        self.origin = tuple(round(v / geometry.downsample) for v in geometry.origin)
 
     def __call__(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         from training.inference.source import as_rgb_uint8
