@@ -15,9 +15,9 @@ from napari_ftu._geometry import camera_of
 from napari_ftu._measure_layer import TISSUE_KEY, table_of
 from napari_ftu._measure_widget import MeasurementsWidget
 from napari_ftu._segment_widget import SegmentWidget, mask_name
-from napari_ftu._session import FTUSession, Grid
 from training.inference.tissue import tissue_area_mm2
 from training.measure.objects import measure_objects
+from training.review.session import FTUSession, Grid
 from training.slides import open_slide, write_pyramid
 from training.synthetic import make_phantom
 
@@ -218,7 +218,7 @@ def test_rows_after_a_segmentation_with_the_slides_tissue_area(make_napari_viewe
 def test_a_mask_above_the_direct_edit_limit_is_measured_from_its_store(
     make_napari_viewer, qtbot, monkeypatch, tmp_path
 ):
-    from napari_ftu import _session
+    from training.review import session as _session
     from training.review.store import MaskStore
 
     monkeypatch.setattr(_session, "EDIT_LIMIT_PIXELS", 100 * 100)  # 140 x 130 is "large"
