@@ -236,3 +236,30 @@ def test_a_mask_above_the_direct_edit_limit_is_measured_from_its_store(
     np.testing.assert_allclose(table["mean_probability"], 0.7, rtol=1e-6)
     pixels = sorted(int((hand_made() == label).sum()) for label in DISCS)
     assert sorted(table["area_um2"]) == pixels
+
+
+def test_imported_annotations_are_measured_without_a_confidence(
+    make_napari_viewer, qtbot, tmp_path
+):
+    import json
+
+    from napari_ftu._import_widget import ImportWidget
+    from training.data.geojson_export import labels_to_geojson
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        np.full((140, 130, 3), 200, np.uint8), name="img", rgb=True, metadata={"pixel_size_um": 0.5}
+    )
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps(labels_to_geojson(hand_made(), 1.0, "kidney")))
+    importer = ImportWidget(viewer)
+    importer.geojson_file.value = path
+    mask = importer.import_annotations()
+    assert mask is viewer.layers[mask_name(image.name)]
+    widget = MeasurementsWidget(viewer)
+    qtbot.waitUntil(lambda: widget.model.rowCount() == 3 and not widget.measuring)
+    table = table_of(mask)
+    assert table["mean_probability"].isna().all()  # an import's "probability" is the mask
+    pixels = sorted(int((hand_made() == label).sum()) * 0.25 for label in DISCS)
+    np.testing.assert_allclose(sorted(table["area_um2"]), pixels, rtol=0.05)  # as rasterised
+    assert np.isfinite(table["od_hematoxylin"]).all()  # stain read from the image layer
