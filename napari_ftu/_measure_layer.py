@@ -54,7 +54,7 @@ def image_id(layer: Any) -> str:
 def tracker(viewer: Any, layer: Any) -> LayerMeasurements:
     """The layer's :class:`LayerMeasurements`, made (and a first measurement started) once."""
     existing = (layer.metadata or {}).get(MEASURE_KEY)
-    if existing is None:
+    if existing is None or existing.layer is not layer:  # a duplicate shares the metadata
         existing = LayerMeasurements(viewer, layer)
         layer.metadata = {**(layer.metadata or {}), MEASURE_KEY: existing}
         existing.remeasure()

@@ -110,6 +110,19 @@ def test_a_chosen_row_centres_the_camera_on_its_object_and_highlights_it(measure
     assert not layer.show_selected_label
 
 
+def test_a_duplicated_layer_keeps_its_own_rows(measured, qtbot):
+    viewer, widget, layer = measured
+    viewer.layers.selection = {layer}
+    from napari.layers._layer_actions import _duplicate_layer
+
+    _duplicate_layer(viewer.layers)  # Layers > Duplicate: the metadata dict is shared
+    copy = viewer.layers["hand copy"]
+    widget.mask.value = copy.name
+    copy.data_setitem(tuple(np.nonzero(copy.data == 1)), 0)
+    qtbot.waitUntil(lambda: table_of(copy)["label"].tolist() == [2, 3])
+    assert table_of(layer)["label"].tolist() == [1, 2, 3]  # the original's rows stay
+
+
 def test_edits_refresh_the_rows_they_touch(measured, qtbot):
     _, widget, layer = measured
     before = table_of(layer).set_index("label")
