@@ -82,8 +82,8 @@ def test_rows_of_a_hand_made_layer_in_micrometres(measured):
     )
 
 
-def test_sorting_by_area_is_numeric(measured):
-    _, widget, _ = measured
+def test_sorting_by_area_is_numeric(measured, qtbot):
+    _, widget, layer = measured
     area = column(widget, "area_um2")
     texts = [widget.model.data(widget.model.index(r, area)) for r in range(3)]
     assert sorted(texts) != [
@@ -94,6 +94,11 @@ def test_sorting_by_area_is_numeric(measured):
     assert shown == sorted(shown) and shown[0] < 10 < 100 < shown[-1]
     widget.view.sortByColumn(area, Qt.SortOrder.DescendingOrder)
     assert shown_column(widget, "label") == [3.0, 2.0, 1.0]
+    layer.paint((125, 110), 4)  # a new object of the brush's size (~80 px): sorted into place
+    qtbot.waitUntil(lambda: widget.model.rowCount() == 4)
+    assert shown_column(widget, "label")[:2] == [3.0, 2.0]  # the sort holds across edits
+    areas = shown_column(widget, "area_um2")
+    assert areas == sorted(areas, reverse=True) and shown_column(widget, "label")[2] == 4.0
 
 
 def test_a_chosen_row_centres_the_camera_on_its_object_and_highlights_it(measured):
