@@ -72,6 +72,7 @@ class LayerMeasurements:
         self.worker: Any = None
         self.rgb: np.ndarray | None = None  # the slide on the labels grid (stain ODs), once read
         self._measured: int | None = None  # checksum of the labels the table describes
+        self._measuring: int | None = None  # and of those the worker measures
         self._again = False  # the data changed while a worker measured
         self._timer = QTimer()
         self._timer.setSingleShot(True)
@@ -114,7 +115,7 @@ class LayerMeasurements:
             return
         labels = self.labels()
         copy = None if labels is None else np.array(labels)
-        self._measured = _checksum(copy)
+        self._measuring = _checksum(copy)  # of the labels the worker measures
         job = MeasureJob(
             copy, self._probability(), self.placement, self._session(), self._image_source()
         )
@@ -146,7 +147,12 @@ class LayerMeasurements:
         table, rgb = done
         if rgb is not None:
             self.rgb = rgb
+        labels = self.labels()
+        if labels is not None and _checksum(np.asarray(labels)) != self._measuring:
+            self._again = True  # edited meanwhile: a stale table would hide the edit's rows
+            return
         set_table(self.layer, table)
+        self._measured = self._measuring
 
     def _on_error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -155,9 +161,7 @@ class LayerMeasurements:
 
     def _on_finished(self) -> None:
         self.worker = None
-        labels = self.labels()  # edited while measured (a stored mask: only set_data tells)
-        edited = labels is not None and _checksum(np.asarray(labels)) != self._measured
-        if self._again or edited:
+        if self._again:  # edited while measured (a stored mask: a set_data said so)
             self._again = False
             self.remeasure()
 

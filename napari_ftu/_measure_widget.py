@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QSizePolicy, QSplitter, QTableView
 
 from napari_ftu._ftu_layers import SESSION_KEY
@@ -25,6 +25,7 @@ __all__ = ["MeasurementsWidget", "TableModel", "confirm_overwrite"]
 
 SORT_ROLE = Qt.ItemDataRole.UserRole  # the number itself: rows sort by value, not by text
 FOCUS_MARGIN = 3  # the object's box fills a third of the canvas when it is centred
+HISTOGRAM_DELAY_MS = 50
 
 
 def confirm_overwrite(path: Path) -> bool:
@@ -116,6 +117,10 @@ class MeasurementsWidget(Container):
         # the summary above the table, the whole width (a wrapped label gets the height it needs)
         self.native.layout().insertWidget(1, self.summary.native)
         self.native.layout().insertWidget(2, splitter, 1)
+        self._histogram_timer = QTimer(self.native)  # goes with the widget
+        self._histogram_timer.setSingleShot(True)
+        self._histogram_timer.setInterval(HISTOGRAM_DELAY_MS)
+        self._histogram_timer.timeout.connect(self._draw_histogram)
         self.layer: Any = None  # the mask shown
         self.selected: int | None = None  # the label of the chosen row
         self.view.selectionModel().currentRowChanged.connect(self._row_chosen)
@@ -167,13 +172,13 @@ class MeasurementsWidget(Container):
         if table is None:
             self.model.set_table(_empty())
             self.summary.value = "choose a mask (labels) layer"
-            self._draw_histogram(None)
+            self._histogram_later()
             return
         self.model.set_table(table)
         self.summary.value = self._summary_line(table)
         if self.selected is not None:  # the row of the chosen object again, if it is still there
             self._select_row(self.selected)
-        self._draw_histogram(table)
+        self._histogram_later()
 
     def _summary_line(self, table: Any) -> str:
         from training.measure.summary import summarize
@@ -197,9 +202,15 @@ class MeasurementsWidget(Container):
             parts.append(f"{summary['edge_objects']} cut by the edge")
         return " · ".join(parts)
 
-    def _draw_histogram(self, table: Any) -> None:
+    def _histogram_later(self) -> None:
+        """Redraw the histogram once the loop turns: a burst of edits (or an edit and a
+        choice) draws it once, and a stroke does not wait for matplotlib."""
+        self._histogram_timer.start()
+
+    def _draw_histogram(self) -> None:
         from matplotlib.ticker import MaxNLocator
 
+        table = self.table()
         self.figure.clear()
         axes = self.figure.add_subplot(111)
         areas = np.array([]) if table is None else table["area_um2"].to_numpy(float)
@@ -243,7 +254,7 @@ class MeasurementsWidget(Container):
         layer.selected_label = label
         layer.show_selected_label = bool(self.highlight.value)
         self._select_row(label)
-        self._draw_histogram(table)
+        self._histogram_later()
 
     def _select_row(self, label: int) -> None:
         labels = (

@@ -12,7 +12,7 @@ from qtpy.QtCore import Qt
 from napari_ftu import _measure_widget
 from napari_ftu._ftu_layers import show_session
 from napari_ftu._geometry import camera_of
-from napari_ftu._measure_layer import TISSUE_KEY, table_of
+from napari_ftu._measure_layer import TISSUE_KEY, table_of, tracker
 from napari_ftu._measure_widget import MeasurementsWidget
 from napari_ftu._segment_widget import SegmentWidget, mask_name
 from training.inference.tissue import tissue_area_mm2
@@ -101,7 +101,7 @@ def test_sorting_by_area_is_numeric(measured, qtbot):
     assert areas == sorted(areas, reverse=True) and shown_column(widget, "label")[2] == 4.0
 
 
-def test_a_chosen_row_centres_the_camera_on_its_object_and_highlights_it(measured):
+def test_a_chosen_row_centres_the_camera_on_its_object_and_highlights_it(measured, qtbot):
     viewer, widget, layer = measured
     widget.view.sortByColumn(column(widget, "area_um2"), Qt.SortOrder.DescendingOrder)
     widget.view.selectRow(1)  # the middle-sized disc, by a click on its row
@@ -111,8 +111,25 @@ def test_a_chosen_row_centres_the_camera_on_its_object_and_highlights_it(measure
     widget.select_label(3)
     np.testing.assert_allclose(camera_of(viewer).center[-2:], world_centroid(layer, 3), atol=1e-6)
     assert widget.view.selectionModel().selectedRows()[0].row() == 0  # its row, shown chosen
+
+    def marked() -> list[float]:  # where the histogram's line for the chosen object is
+        return [line.get_xdata()[0] for axes in widget.figure.axes for line in axes.lines]
+
+    area = table_of(layer).set_index("label").loc[3, "area_um2"]
+    qtbot.waitUntil(lambda: marked() == [area])
     widget.highlight.value = False
     assert not layer.show_selected_label
+
+
+def test_an_edit_during_a_whole_measurement_is_not_hidden_by_its_stale_table(measured, qtbot):
+    viewer, _, layer = measured
+    keeper = tracker(viewer, layer)
+    keeper.remeasure()  # (its table comes back through the event loop)
+    layer.data_setitem(tuple(np.nonzero(layer.data == 1)), 0)
+    keeper._edited()  # the edit's rows first, as when the worker is slower than the edit
+    assert table_of(layer)["label"].tolist() == [2, 3]
+    qtbot.waitUntil(lambda: table_of(layer)["label"].tolist() == [2, 3] and not keeper.busy)
+    pd.testing.assert_frame_equal(table_of(layer), measure_objects(layer.data, SCALE[0]))
 
 
 def test_a_duplicated_layer_keeps_its_own_rows(measured, qtbot):
