@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,7 @@ class LayerMeasurements:
         self._measured: int | None = None  # checksum of the labels the table describes
         self._measuring: int | None = None  # and of those the worker measures
         self._again = False  # the data changed while a worker measured
+        self._quiet = False  # inside display_only
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(SETTLE_MS)
@@ -172,7 +175,18 @@ class LayerMeasurements:
         return labels is None or _checksum(np.asarray(labels)) != self._measured
 
     def _settle(self, _: Any = None) -> None:
-        self._timer.start()
+        if not self._quiet:
+            self._timer.start()
+
+    @contextmanager
+    def display_only(self) -> Iterator[None]:
+        """Changes of how the layer is drawn (the selected label, show selected): napari
+        announces them as ``set_data``, which must not measure a stored mask all over again."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
 
     def _data_changed(self) -> None:
         if self.layer not in self.viewer.layers:

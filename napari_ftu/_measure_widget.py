@@ -251,8 +251,9 @@ class MeasurementsWidget(Container):
         camera = camera_of(self.viewer)
         camera.center = tuple(np.asarray(layer.data_to_world(centre))[-2:])
         camera.zoom = float(min(self.viewer.canvas.size)) / max(across * FOCUS_MARGIN, 1e-6)
-        layer.selected_label = label
-        layer.show_selected_label = bool(self.highlight.value)
+        with tracker(self.viewer, layer).display_only():
+            layer.selected_label = label
+            layer.show_selected_label = bool(self.highlight.value)
         self._select_row(label)
         self._histogram_later()
 
@@ -271,7 +272,8 @@ class MeasurementsWidget(Container):
 
     def _highlight_changed(self, _: Any = None) -> None:
         if self.layer is not None:
-            self.layer.show_selected_label = bool(self.highlight.value and self.selected)
+            with tracker(self.viewer, self.layer).display_only():
+                self.layer.show_selected_label = bool(self.highlight.value and self.selected)
 
     # ------------------------------------------------------------------ export
     def export_csv(self, path: str | Path | None = None) -> Path | None:

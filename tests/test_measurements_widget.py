@@ -12,7 +12,7 @@ from qtpy.QtCore import Qt
 from napari_ftu import _measure_widget
 from napari_ftu._ftu_layers import show_session
 from napari_ftu._geometry import camera_of
-from napari_ftu._measure_layer import TISSUE_KEY, table_of, tracker
+from napari_ftu._measure_layer import SETTLE_MS, TISSUE_KEY, table_of, tracker
 from napari_ftu._measure_widget import MeasurementsWidget
 from napari_ftu._segment_widget import SegmentWidget, mask_name
 from training.inference.tissue import tissue_area_mm2
@@ -271,6 +271,14 @@ def test_a_mask_above_the_direct_edit_limit_is_measured_from_its_store(
     np.testing.assert_allclose(table["mean_probability"], 0.7, rtol=1e-6)
     pixels = sorted(int((hand_made() == label).sum()) for label in DISCS)
     assert sorted(table["area_um2"]) == pixels
+    keeper, measured = tracker(viewer, mask), []
+    remeasure = keeper.remeasure
+    monkeypatch.setattr(keeper, "remeasure", lambda: measured.append(1) or remeasure())
+    widget.select_label(int(table["label"].iloc[0]))  # napari says set_data: not a change
+    qtbot.wait(2 * SETTLE_MS)
+    assert measured == []
+    mask.refresh()  # as Apply region edits does: measured again from the store
+    qtbot.waitUntil(lambda: measured == [1] and not keeper.busy)
 
 
 def test_imported_annotations_are_measured_without_a_confidence(
