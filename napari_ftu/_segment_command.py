@@ -97,6 +97,11 @@ def segment_parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--overlay", action="store_true", help="write OUT/<id>.overlay.png (FTU outlines)"
     )
+    post.add_argument(
+        "--measure",
+        action="store_true",
+        help="write OUT/<id>.objects.csv (per-FTU measurements) and a row of OUT/summary.csv",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -27,13 +27,19 @@ from training.inference.results import SegmentationResult
 log = logging.getLogger(__name__)
 
 # the file each output writes per slide, OUT/<id><suffix>
-SUFFIXES = {"labels_tiff": ".labels.tiff", "geojson": ".geojson", "overlay": ".overlay.png"}
+SUFFIXES = {
+    "measure": ".objects.csv",  # and the slide's row of OUT/summary.csv
+    "labels_tiff": ".labels.tiff",
+    "geojson": ".geojson",
+    "overlay": ".overlay.png",
+}
 
 
 @dataclass(frozen=True)
 class Outputs:
     """The files written per slide beside its train.csv row (see :data:`SUFFIXES`)."""
 
+    measure: bool = False  # first: the GeoJSON carries the measurements
     labels_tiff: bool = False
     geojson: bool = False
     overlay: bool = False
@@ -77,6 +83,7 @@ class SlideResult:
     result: SegmentationResult
     labels: np.ndarray  # at the working scale
     options: BatchOptions
+    objects: Any = None  # the objects table, once measured (training.measure)
 
 
 @dataclass
@@ -85,6 +92,17 @@ class BatchResult:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+
+
+def write_measurements(done: SlideResult, target: Path) -> None:
+    """The objects table (``target``) and the slide's row of ``summary.csv``."""
+    from training.measure.io import measure_and_write
+
+    options = done.options
+    done.objects = measure_and_write(
+        options.out, done.image_id, done.result, done.slide, done.labels,
+        overwrite=options.overwrite,
+    )  # fmt: skip
 
 
 def write_labels_tiff(done: SlideResult, target: Path) -> None:
@@ -101,10 +119,16 @@ def write_labels_tiff(done: SlideResult, target: Path) -> None:
 def write_geojson(done: SlideResult, target: Path) -> None:
     """The objects' outlines in level-0 pixels (QuPath)."""
     from training.inference import outputs
+    from training.measure.qupath import to_qupath
 
     result = done.result
+    measurements = None if done.objects is None else to_qupath(done.objects)
     geojson = outputs.labels_to_geojson(
-        done.labels, result.downsample, done.options.organ, shape=result.slide_shape
+        done.labels,
+        result.downsample,
+        done.options.organ,
+        shape=result.slide_shape,
+        measurements=measurements,
     )
     outputs.write_json(target, geojson, overwrite=done.options.overwrite)
 
@@ -117,6 +141,7 @@ def write_overlay(done: SlideResult, target: Path) -> None:
 
 
 WRITERS: dict[str, Callable[[SlideResult, Path], None]] = {
+    "measure": write_measurements,
     "labels_tiff": write_labels_tiff,
     "geojson": write_geojson,
     "overlay": write_overlay,
@@ -169,6 +194,14 @@ def preflight(
         except ValueError as exc:
             return [*problems, str(exc)], []
         existing.extend(f"{csv_path}: row {path.stem}" for path in share if path.stem in known)
+    if options.outputs.measure:  # summary.csv rows (the objects tables are outputs' files)
+        from training.measure.io import existing_measurements
+
+        try:
+            found = existing_measurements(out, [path.stem for path in share])
+        except ValueError as exc:
+            return [*problems, str(exc)], []
+        existing.extend(line for line in found if line not in existing)
     return problems, existing
 
 
