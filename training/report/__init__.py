@@ -7,7 +7,13 @@ outlines; :func:`write_report` makes the report from those alone, so ``napari-ft
 can make it again later.
 """
 
-from training.report.record import ReportError, RunRecord, read_run_record, write_run_record
+from training.report.record import (
+    ReportError,
+    RunRecord,
+    read_run_record,
+    run_record,
+    write_run_record,
+)
 from training.report.write import report_paths, run_ids, write_batch_report, write_report
 
 __all__ = [
@@ -16,6 +22,7 @@ __all__ = [
     "read_run_record",
     "report_paths",
     "run_ids",
+    "run_record",
     "write_batch_report",
     "write_report",
     "write_run_record",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,47 @@ class RunRecord:
         still there, else None."""
         name = self.outputs.get(kind)
         return folder / name if name and (folder / name).is_file() else None
+
+
+def run_record(
+    slide: Any,
+    result: Any,
+    members: Sequence[Any],
+    check: Any,
+    *,
+    model: str | Path,
+    settings: dict[str, Any],
+) -> RunRecord:
+    """The record of ``result`` (a :class:`training.inference.SegmentationResult`) of
+    ``slide`` by the ensemble ``members`` under the ``check`` (a
+    :class:`training.domain.DomainCheck`, or None). ``settings``: the run's ``overlap``,
+    ``tta``, ``stain``, ``tissue_detection`` and ``outputs`` (kind -> file name), and any
+    ``threshold`` or ``min_area_um2`` given (None: the model's, which the result holds)."""
+    image_id = Path(slide.path).stem
+    given = dict(settings)
+    outputs = given.pop("outputs")
+    threshold, min_area = given.pop("threshold", None), given.pop("min_area_um2", None)
+    refiner = result.meta.get("refiner")
+    given |= {
+        "threshold": float(result.threshold if threshold is None else threshold),
+        "min_area_um2": float(result.min_area_um2 if min_area is None else min_area),
+        "refine": Path(refiner).name if refiner else None,
+    }
+    region = getattr(result, "region", None)
+    return RunRecord(
+        id=image_id,
+        slide=str(Path(slide.path).resolve()),
+        slide_pixel_size_um=float(slide.pixel_size_um),
+        slide_shape=tuple(int(n) for n in result.slide_shape),
+        organ=result.organ,
+        model=str(Path(model).resolve()),
+        members=[member.name for member in members],
+        settings=given,
+        working_pixel_size_um=float(result.pixel_size_um),
+        outputs=dict(outputs),
+        domain=None if check is None else domain_entry(check, Path(slide.path).name),
+        region=None if region is None else [int(n) for n in region],
+    )
 
 
 def domain_entry(check: Any, name: str) -> dict[str, Any]:
