@@ -18,7 +18,7 @@ import pandas as pd
 import shapely
 from PIL import Image, ImageDraw
 
-from training.data.geojson_export import FTU_COLOURS
+from training.organs import FTU_COLOURS
 
 THUMB_SIDE = 1200  # the longest side of the slide thumbnail, in pixels
 CROP_SIDE = 224  # the side of an object crop, in pixels

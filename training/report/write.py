@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from training.atomic import atomic_path
-from training.data.geojson_export import FTU_NAMES
+from training.organs import FTU_NAMES
 from training.report import figures
 from training.report.inputs import ReportInputs, load_inputs, summary_row
 from training.report.page import Crop, SlidePage, index_page, number, plural, summary_items

@@ -1,0 +1,240 @@
+"""Slide reports: the run record, the page's parts, ``napari-ftu segment --report`` and
+``napari-ftu report`` end to end, and the report of a real kidney image opened in a real
+headless browser (Chromium), whose screenshot is kept as docs/images/report_kidney.png with
+NAPARI_FTU_DOCS_SCREENSHOTS=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from napari_ftu.cli import main
+from training.models import build_model, save_checkpoint
+from training.report import ReportError, read_run_record, run_ids, write_batch_report
+from training.report.inputs import geojson_outlines, label_outlines
+from training.report.write import confidence_ranks
+from training.slides import write_pyramid
+from training.synthetic import make_phantom
+
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+KIDNEY_ID = "267"  # a held-out tile (kidney-test split) with six glomeruli, three at its edges
+
+
+def segment(slides, model, out, *options: str) -> int:
+    """``napari-ftu segment`` of kidney ``slides`` into ``out``, quiet."""
+    args = ["segment", *map(str, slides), "--organ", "kidney", "--out", str(out), "--quiet"]
+    return main([*args, *(["--model", str(model)] if model else []), *options])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A ``segment --report`` run of two phantom slides by an untrained model (threshold 0.5:
+    whatever objects its weights make) and the folder it wrote."""
+    root = tmp_path_factory.mktemp("report")
+    save_checkpoint(
+        root / "model.pt", build_model("swin_micro_upernet", input_size=64), {"pixel_size_um": 1.6}
+    )
+    slides = []
+    for seed in (0, 1):
+        image, _, _ = make_phantom("kidney", size=256, seed=seed)
+        slides.append(write_pyramid(root / f"slide{seed}.tiff", image, 0.4, tile=128))
+    out = root / "out"
+    options = ("--report", "--threshold", "0", "--no-tissue-detection")
+    assert segment(slides, root / "model.pt", out, *options) == 0
+    return root, slides, out
+
+
+def test_segment_report_writes_the_record_the_pages_and_the_index(tiny_run):
+    _, slides, out = tiny_run
+    for slide in slides:
+        image_id = slide.stem
+        for name in ("run.json", "objects.csv", "geojson", "report.html", "report.png"):
+            assert (out / f"{image_id}.{name}").is_file(), name
+        record = read_run_record(out / f"{image_id}.run.json")
+        assert record.slide == str(slide.resolve()) and record.organ == "kidney"
+        assert record.settings["threshold"] == 0 and record.settings["tta"] == 1
+        assert record.settings["tissue_detection"] is False and record.members
+        assert record.working_pixel_size_um == pytest.approx(1.6)
+        assert record.domain is not None and image_id in record.domain["line"]
+        page = (out / f"{image_id}.report.html").read_text()
+        assert "glomeruli" in page and "model.pt" in page
+    index = (out / "report.html").read_text()
+    assert 'href="slide0.report.html"' in index and 'href="slide1.report.html"' in index
+
+
+def test_report_pages_are_self_contained(tiny_run):
+    _, _, out = tiny_run
+    page = (out / "slide0.report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<script" not in page.lower() and "http" not in page.replace("http-equiv", "")
+    assert not re.search(r"url\(", page)  # no stylesheet pulls a file either
+
+
+def test_report_command_remakes_reports_and_refuses_to_overwrite(tiny_run, tmp_path, capsys):
+    *_, out = tiny_run
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    for path in folder.glob("*report*"):
+        path.unlink()
+    assert main(["report", str(folder)]) == 0
+    for name in ("slide0.report.html", "slide0.report.png", "slide1.report.html", "report.html"):
+        assert (folder / name).is_file()
+    with Image.open(folder / "slide0.report.png") as png:
+        assert png.size == (1600, 1200)
+    capsys.readouterr()
+    assert main(["report", str(folder), "--ids", "slide0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "slide0.report.html exists" in err[0]
+    assert main(["report", str(folder), "--ids", "slide0", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no folder", "no such folder"),
+        ("no run", "no run record (*.run.json) here"),
+        ("broken record", "not a readable run record"),
+        ("other json", "not a napari-ftu run record"),
+        ("moved slide", "is not there (moved?)"),
+        ("no objects", "no objects table of slide0"),
+        ("no outlines", "no outlines of slide0"),
+        ("unknown id", "no run of slide7 here"),
+    ],
+)
+def test_report_command_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys, damage, message):
+    *_, out = tiny_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    for path in folder.glob("*report*"):
+        path.unlink()
+    record = folder / "slide0.run.json"
+    args = ["report", str(folder), "--ids", "slide0"]
+    if damage == "no folder":
+        args[1] = str(tmp_path / "nowhere")
+    elif damage == "no run":
+        for path in folder.glob("*.run.json"):
+            path.unlink()
+    elif damage == "broken record":
+        record.write_text("{")
+    elif damage == "other json":
+        record.write_text(json.dumps({"type": "FeatureCollection"}))
+    elif damage == "moved slide":
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps({**data, "slide": str(tmp_path / "gone.tiff")}))
+    elif damage == "no objects":
+        (folder / "slide0.objects.csv").unlink()
+    elif damage == "no outlines":
+        (folder / "slide0.geojson").unlink()
+    elif damage == "unknown id":
+        args[-1] = "slide7"
+    status = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status in (1, 2) and len(err) == 1, err
+    assert err[0].startswith("napari-ftu report: error: ") and message in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_outlines_from_the_label_tiff_match_the_geojson(tmp_path):
+    from training.data.geojson_export import labels_to_geojson
+    from training.report.record import RunRecord
+
+    labels = np.zeros((40, 60), np.uint16)
+    labels[5:15, 8:30] = 1
+    labels[20:38, 40:55] = 2
+    labels[25:30, 45:50] = 0  # a hole
+    write_pyramid(tmp_path / "a.labels.tiff", labels, 2.0, labels=True)
+    geojson = tmp_path / "a.geojson"
+    geojson.write_text(json.dumps(labels_to_geojson(labels, 4.0, "kidney", shape=(160, 240))))
+    record = RunRecord(
+        "a", "a.tiff", 0.5, (160, 240), "kidney", "m.pt", [], {}, 2.0, {"labels": "a.labels.tiff"}
+    )
+    from_tiff = label_outlines(tmp_path / "a.labels.tiff", record)
+    from_geojson = geojson_outlines(geojson)
+    assert [g.area for g in from_tiff] == pytest.approx([g.area for g in from_geojson])
+    assert [g.area for g in from_tiff] == pytest.approx([10 * 22 * 16, (18 * 15 - 25) * 16])
+
+
+def test_confidence_ranks_leave_out_unknown_probabilities():
+    objects = pd.DataFrame({"mean_probability": [0.9, np.nan, 0.5, 0.99, 0.7, 0.6]})
+    assert confidence_ranks(objects, 2) == ([3, 0], [2, 5])
+    assert confidence_ranks(objects, 4) == ([3, 0, 4, 5], [2])  # each object shown once
+    assert confidence_ranks(objects.iloc[[1]], 4) == ([], [])
+
+
+def test_run_ids_and_record_errors_name_the_file(tmp_path):
+    with pytest.raises(ReportError, match="no run record"):
+        run_ids(tmp_path)
+    (tmp_path / "x.run.json").write_text(json.dumps({"format": "napari-ftu run", "version": 1}))
+    assert run_ids(tmp_path) == ["x"]
+    with pytest.raises(ReportError, match=r"x\.run\.json: run record lacks id, slide"):
+        read_run_record(tmp_path / "x.run.json")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReportError, match="no run record"):
+        write_batch_report(empty)
+
+
+def chromium() -> str | None:
+    """The Chromium of Debian's packages (or another on the PATH), if installed."""
+    return next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
+    )
+
+
+def screenshot(page: Path, target: Path, size: tuple[int, int] = (1400, 2100)) -> np.ndarray:
+    """Open ``page`` in headless Chromium and save a screenshot to ``target``."""
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    profile = target.parent / ".chromium-profile"
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",  # as root in a container Chromium refuses to start sandboxed
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={size[0]},{size[1]}",
+        f"--screenshot={target}",
+        page.resolve().as_uri(),
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=180)
+    shutil.rmtree(profile, ignore_errors=True)
+    with Image.open(target) as png:
+        return np.asarray(png.convert("RGB"))
+
+
+@pytest.mark.slow
+def test_report_of_a_real_kidney_image_opens_in_a_browser(shared_data, tmp_path):
+    slide = shared_data / "hubmap-kidney-pas" / "train_images" / f"{KIDNEY_ID}.tiff"
+    if not slide.is_file():
+        pytest.skip(f"{slide} is absent")
+    if chromium() is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    out = tmp_path / "run"
+    assert segment([slide], None, out, "--report") == 0  # the default model
+    page = out / f"{KIDNEY_ID}.report.html"
+    text = page.read_text()
+    assert "glomeruli" in text and "kidney_coat_daformer" in text and "domain distance" in text
+    objects = pd.read_csv(out / f"{KIDNEY_ID}.objects.csv")
+    assert 4 <= len(objects) <= 8  # six glomeruli outlined by the experts
+    assert text.count("<figure>") == min(len(objects), 8)  # the most and least confident crops
+
+    folder = DOCS_IMAGES if os.environ.get("NAPARI_FTU_DOCS_SCREENSHOTS") else tmp_path
+    shot = screenshot(page, folder / "report_kidney.png")
+    assert shot.shape[:2] == (2100, 1400)
+    assert shot.reshape(-1, 3).std(axis=0).min() > 20  # not a blank page
+    colours = np.unique(shot[::4, ::4].reshape(-1, 3), axis=0)
+    assert len(colours) > 2000  # the tissue pictures rendered, not only text
+    outline = (shot[..., 0] < 40) & (shot[..., 1] > 170) & (shot[..., 2] < 40)
+    assert outline.sum() > 500  # the glomerulus outlines are drawn on them
