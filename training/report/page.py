@@ -182,7 +182,8 @@ def index_page(title: str, rows: Sequence[dict[str, str]], columns: Sequence[str
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for row in rows:
-        cells = [f'<td><a href="{esc(row["href"])}">{esc(row["id"])}</a></td>']
+        link = f'<a href="{esc(row["href"])}">{esc(row["id"])}</a>' if row["href"] else None
+        cells = [f"<td>{link or esc(row['id'])}</td>"]
         cells += [f'<td class="num">{esc(row[c])}</td>' for c in columns[1:-1]]
         cells.append(f"<td>{esc(row[columns[-1]])}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from training.report import figures
 from training.report.inputs import ReportInputs, load_inputs, summary_row
 from training.report.page import Crop, SlidePage, index_page, number, plural, summary_items
 from training.report.record import SUFFIX, ReportError, RunRecord, read_run_record
-
-log = logging.getLogger(__name__)
 
 CROPS = 4  # objects shown among the most and among the least confident
 INDEX = "report.html"
@@ -216,24 +213,32 @@ def write_batch_report(folder: Path, *, overwrite: bool = True) -> Path:
     columns = ["id", "FTUs", "tissue mm²", "FTUs per mm²", "area fraction", "median µm²", "domain"]
     rows = []
     for image_id in run_ids(folder):
-        record = read_run_record(folder / f"{image_id}{SUFFIX}")
-        summary = summary_row(folder, image_id) or {}
-        domain = record.domain or {}
-        fraction = summary.get("ftu_area_fraction")
-        rows.append(
-            {
-                "id": image_id,
-                "href": report_paths(folder, image_id)[0].name,
-                "FTUs": number(summary.get("ftu_count")),
-                "tissue mm²": number(summary.get("tissue_area_mm2"), 3),
-                "FTUs per mm²": number(summary.get("ftus_per_mm2"), 3),
-                "area fraction": number(None if fraction is None else fraction * 100, 3, "%"),
-                "median µm²": number(summary.get("area_um2_median"), 3),
-                "domain": ("far: " if domain.get("far") else "")
-                + (f"{domain['distance']:.2f}" if domain.get("distance") is not None else "–"),
-            }
-        )
+        try:
+            rows.append(_index_row(folder, image_id))
+        except ReportError:  # one damaged record must not cost the others their rows (its own
+            # report names the problem)
+            rows.append({"id": image_id, "href": "", **dict.fromkeys(columns[1:-1], "–")})
+            rows[-1]["domain"] = "unreadable run record"
     page = index_page(f"napari-ftu run: {folder.resolve().name}", rows, columns)
     with atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target
+
+
+def _index_row(folder: Path, image_id: str) -> dict[str, str]:
+    record = read_run_record(folder / f"{image_id}{SUFFIX}")
+    summary = summary_row(folder, image_id) or {}
+    domain = record.domain or {}
+    fraction = summary.get("ftu_area_fraction")
+    page = report_paths(folder, image_id)[0]
+    return {
+        "id": image_id,
+        "href": page.name if page.is_file() else "",
+        "FTUs": number(summary.get("ftu_count")),
+        "tissue mm²": number(summary.get("tissue_area_mm2"), 3),
+        "FTUs per mm²": number(summary.get("ftus_per_mm2"), 3),
+        "area fraction": number(None if fraction is None else fraction * 100, 3, "%"),
+        "median µm²": number(summary.get("area_um2_median"), 3),
+        "domain": ("far: " if domain.get("far") else "")
+        + (f"{domain['distance']:.2f}" if domain.get("distance") is not None else "–"),
+    }
