@@ -77,12 +77,22 @@ def _rings(geometries: Iterable[Any]) -> Iterable[Any]:
 
 
 def thumbnail(
-    slide: Any, geometries: Sequence[Any], organ: str, side: int = THUMB_SIDE
+    slide: Any,
+    geometries: Sequence[Any],
+    organ: str,
+    region: Sequence[int] | None = None,
+    side: int = THUMB_SIDE,
 ) -> np.ndarray:
-    """The whole slide at most ``side`` pixels long with the FTU outlines."""
+    """The whole slide at most ``side`` pixels long with the FTU outlines and, for a region
+    run, the analysed box ``(y, x, h, w)`` (level 0) in black."""
     height, width = slide.shape[:2]
     image, origin, scale = read_scaled(slide, (0, 0, height, width), side)
-    return draw_outlines(image, geometries, origin, scale, colour(organ))
+    image = draw_outlines(image, geometries, origin, scale, colour(organ))
+    if region:
+        y, x, h, w = region
+        box = shapely.box(x, y, x + w, y + h)
+        image = draw_outlines(image, [box], origin, scale, (0, 0, 0))
+    return image
 
 
 def crop(
@@ -126,6 +136,9 @@ def histogram(axes: Any, objects: pd.DataFrame, ftu: str, organ: str) -> None:
         color=[whole, EDGE_COLOUR],
         label=["whole", "touching the edge"],
     )
+    from matplotlib.ticker import MaxNLocator
+
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of objects
     median = float(np.median(areas))
     axes.axvline(median, color="black", lw=1, ls="--", label=f"median {median:,.0f} µm²")
     axes.legend(frameon=False, fontsize=8)

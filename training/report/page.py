@@ -21,7 +21,9 @@ h1 { font-size: 26px; margin: 0 0 4px 0; }
 h2 { font-size: 19px; margin: 22px 0 8px 0; border-bottom: 1px solid #ddd; padding-bottom: 3px; }
 .sub { color: #555; margin: 0 0 14px 0; font-size: 14px; }
 .row { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
-.thumb { flex: 0 1 820px; min-width: 320px; }
+.thumb { flex: 0 1 760px; min-width: 320px; }
+.side { flex: 1 1 380px; max-width: 520px; }
+.side img { width: 100%; }
 .thumb img { width: 100%; border: 1px solid #ccc; display: block; }
 table { border-collapse: collapse; font-size: 14px; }
 td, th { padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
@@ -61,7 +63,11 @@ class Crop:
     def caption(self, ftu: str) -> str:
         """``glomerulus 3 · 14,200 µm² · p 0.93`` (and a note if cut by the region's edge)."""
         edge = " · at the edge" if self.touches_edge else ""
-        return f"{ftu} {self.label} · {self.area_um2:,.0f} µm² · p {self.probability:.2f}{edge}"
+        nbsp = "\u00a0"  # keeps each figure with its unit when the caption wraps
+        return (
+            f"{ftu}{nbsp}{self.label} · {self.area_um2:,.0f}{nbsp}µm² · "
+            f"p{nbsp}{self.probability:.2f}{edge}"
+        )
 
 
 def data_uri(png: bytes) -> str:
@@ -162,7 +168,7 @@ class SlidePage:
 <div class="row">
 <div class="thumb"><img alt="slide thumbnail with {esc(self.ftu)} outlines"
  src="{data_uri(png_bytes(self.thumbnail))}"></div>
-<div><h2>Summary</h2>{_table(self.summary)}
+<div class="side"><h2>Summary</h2>{_table(self.summary)}
 <h2>Sizes</h2><img alt="{esc(self.ftu)} size histogram" src="{data_uri(self.histogram)}"></div>
 </div>
 <h2>Most confident {esc(plural(self.ftu))}</h2>

@@ -75,7 +75,7 @@ def slide_page(inputs: ReportInputs) -> SlidePage:
                     f"{record.slide}: {slide.shape[1]} x {slide.shape[0]} px, but the run "
                     f"segmented a {record.slide_shape[1]} x {record.slide_shape[0]} px slide there"
                 )
-            thumbnail = figures.thumbnail(slide, inputs.outlines, record.organ)
+            thumbnail = figures.thumbnail(slide, inputs.outlines, record.organ, record.region)
             most, least, note = _crops(slide, inputs)
     except SlideError as exc:
         raise ReportError(str(exc)) from None
