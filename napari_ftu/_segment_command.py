@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ftu._report_command import record_run
 from napari_ftu._torchrun import Team, rank_device
 from training.arguments import OneLineParser, add_refine_arguments, number, positive_integer
 
@@ -96,6 +97,12 @@ def segment_parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--overlay", action="store_true", help="write OUT/<id>.overlay.png (FTU outlines)"
     )
+    post.add_argument(
+        "--report",
+        action="store_true",
+        help="write OUT/<id>.report.html (self-contained) and .report.png, the slide report, "
+        "and OUT/report.html; implies --measure and, without --labels-tiff, --geojson",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -113,6 +120,8 @@ def segment_command(argv: Sequence[str]) -> int:
             parser.error(str(exc))
     if args.stain and args.stain_reference is None:
         parser.error("--stain needs --stain-reference IMAGE")
+    if args.report:  # a report shows the measurements and draws the outlines the run writes
+        args.measure, args.geojson = True, args.geojson or not args.labels_tiff
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from training.inference.store import remove_stale_folders
 
@@ -141,6 +150,10 @@ def segment_command(argv: Sequence[str]) -> int:
             status = max(status, SLIDES_FAILED)
     if rows:
         log.info("wrote %d row(s) to %s", len(rows), args.out / "train.csv")
+    if rows and args.report:
+        from training.report import write_batch_report
+
+        log.info("wrote %s", write_batch_report(args.out))
     if failures:
         if rows:
             log.info("%d of %d slide(s) segmented", len(rows), len(args.slides))
@@ -221,6 +234,12 @@ def _result_files(args: argparse.Namespace, image_id: str) -> list[Path]:
         *([args.out / f"{image_id}.labels.tiff"] if args.labels_tiff else []),
         *([args.out / f"{image_id}.geojson"] if args.geojson else []),
         *([args.out / f"{image_id}.overlay.png"] if args.overlay else []),
+        *([args.out / f"{image_id}.run.json"] if args.measure else []),
+        *(
+            [args.out / f"{image_id}.report.{kind}" for kind in ("html", "png")]
+            if args.report
+            else []
+        ),
     ]
 
 
@@ -351,6 +370,8 @@ def _segment_slide(
             write_overlay(
                 args.out / f"{path.stem}.overlay.png", slide, labels, overwrite=args.overwrite
             )
+    if args.measure:  # the run record (and with --report, the report) made from the outputs
+        record_run(args, slide, result, members, check)
     _write_row(args, row)
     log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)
     return row

@@ -77,15 +77,15 @@ def read_summary(folder: Path, image_id: str, objects: pd.DataFrame) -> dict[str
 
 def summary_row(folder: Path, image_id: str) -> dict[str, Any] | None:
     """The row of ``image_id`` in ``folder/summary.csv``, or None."""
+    from training.measure.io import read_summary
+
     path = Path(folder) / "summary.csv"
     if not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path, dtype={"id": str})
+        frame = read_summary(path)
     except (OSError, ValueError) as exc:
         raise ReportError(f"{path}: not a readable summary table ({exc})") from None
-    if "id" not in frame.columns:
-        raise ReportError(f"{path}: no id column")
     rows = frame[frame["id"] == image_id]
     return {k: _plain(v) for k, v in rows.iloc[-1].to_dict().items()} if len(rows) else None
 
