@@ -233,7 +233,7 @@ def test_report_of_a_real_kidney_image_opens_in_a_browser(shared_data, tmp_path)
     folder = DOCS_IMAGES if os.environ.get("NAPARI_FTU_DOCS_SCREENSHOTS") else tmp_path
     shot = screenshot(page, folder / "report_kidney.png")
     assert shot.shape[:2] == (1750, 1400)
-    assert shot.reshape(-1, 3).std(axis=0).min() > 20  # not a blank page
+    assert shot.reshape(-1, 3).std(axis=0).min() > 30  # not a blank page
     colours = np.unique(shot[::4, ::4].reshape(-1, 3), axis=0)
     assert len(colours) > 2000  # the tissue pictures rendered, not only text
     outline = (shot[..., 0] < 40) & (shot[..., 1] > 170) & (shot[..., 2] < 40)
