@@ -20,7 +20,7 @@ from PIL import Image
 from napari_ftu.cli import main
 from training.models import build_model, save_checkpoint
 from training.report import ReportError, read_run_record, run_ids, write_batch_report
-from training.report.inputs import geojson_outlines, label_outlines
+from training.report.inputs import geojson_outlines, label_outlines, read_outlines
 from training.report.write import confidence_ranks
 from training.slides import write_pyramid
 from training.synthetic import make_phantom
@@ -133,8 +133,9 @@ def test_report_command_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys, 
         record.write_text(json.dumps({**data, "slide": str(tmp_path / "gone.tiff")}))
     elif damage == "no objects":
         (folder / "slide0.objects.csv").unlink()
-    elif damage == "no outlines":
+    elif damage == "no outlines":  # nor a train.csv row to draw them from
         (folder / "slide0.geojson").unlink()
+        (folder / "train.csv").unlink()
     elif damage == "unknown id":
         args[-1] = "slide7"
     status = main(args)
@@ -142,6 +143,15 @@ def test_report_command_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys, 
     assert status in (1, 2) and len(err) == 1, err
     assert err[0].startswith("napari-ftu report: error: ") and message in err[0]
     assert "Traceback" not in err[0]
+
+
+def test_outlines_fall_back_to_the_train_csv_row(tiny_run):
+    *_, out = tiny_run
+    record = read_run_record(out / "slide0.run.json")
+    from_geojson = read_outlines(out, record)
+    record.outputs.pop("geojson")  # as after a run with --measure alone
+    from_rle = read_outlines(out, record)
+    assert from_geojson and sum(g.area for g in from_rle) == sum(g.area for g in from_geojson)
 
 
 def test_outlines_from_the_label_tiff_match_the_geojson(tmp_path):

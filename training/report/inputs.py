@@ -94,19 +94,50 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+RLE_PIXELS = 100_000_000  # the largest level-0 mask drawn from a train.csv row (1 byte a pixel)
+
+
 def read_outlines(folder: Path, record: RunRecord) -> list[Any]:
     """The FTU outlines of the run, in level-0 pixels: its GeoJSON's polygons, else its label
-    TIFF's objects (stretched to level 0 as the GeoJSON writer does)."""
+    TIFF's objects (stretched to level 0 as the GeoJSON writer does), else its ``train.csv``
+    row's mask when that is small enough to decode whole."""
     geojson = record.output(folder, "geojson")
     if geojson is not None:
         return geojson_outlines(geojson)
     labels = record.output(folder, "labels")
     if labels is not None:
         return label_outlines(labels, record)
-    raise ReportError(
-        f"{folder}: no outlines of {record.id} (its .geojson or .labels.tiff); segment with "
-        "--report, --geojson or --labels-tiff"
-    )
+    height, width = record.slide_shape
+    rle = _catalog_rle(folder, record.id) if height * width <= RLE_PIXELS else None
+    if rle is None:
+        raise ReportError(
+            f"{folder}: no outlines of {record.id} (its .geojson or .labels.tiff, or a "
+            f"train.csv row of a slide under {RLE_PIXELS // 1_000_000} Mpx); segment with "
+            "--report, --geojson or --labels-tiff"
+        )
+    from scipy import ndimage
+
+    from training.data import rle as rle_codec
+    from training.data.geojson_export import label_geometries
+
+    try:
+        mask = rle_codec.decode(rle, (height, width))
+    except ValueError as exc:
+        raise ReportError(f"{folder / 'train.csv'}: row {record.id}: {exc}") from None
+    return list(label_geometries(ndimage.label(mask)[0]).values())
+
+
+def _catalog_rle(folder: Path, image_id: str) -> str | None:
+    from training.data.catalog import read_catalog
+
+    if not (folder / "train.csv").is_file():
+        return None
+    try:
+        frame = read_catalog(folder, check_images=False, check_rle=False)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    rows = frame[frame["id"] == image_id]
+    return str(rows.iloc[-1]["rle"]) if len(rows) else None
 
 
 def geojson_outlines(path: Path) -> list[Any]:
