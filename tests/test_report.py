@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,22 @@ def test_report_command_remakes_reports_and_refuses_to_overwrite(tiny_run, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "slide0.report.html exists" in err[0]
     assert main(["report", str(folder), "--ids", "slide0", "--overwrite"]) == 0
+
+
+def test_report_command_needs_no_torch(tiny_run, tmp_path):
+    # a report reads files and a slide: the model stack (seconds of imports) is not needed
+    *_, out = tiny_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    code = (
+        "import sys; from napari_ftu.cli import main; "
+        f"status = main(['report', {str(folder)!r}, '--overwrite']); "
+        "print(status, 'torch' in sys.modules)"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["0", "False"], done.stderr
 
 
 @pytest.mark.parametrize(

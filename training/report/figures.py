@@ -37,8 +37,6 @@ def read_scaled(
     """The level-0 ``box`` ``(y, x, h, w)`` of ``slide`` read with its longest side ``side``
     pixels at most (from the best pyramid level; parts off the slide are white), as RGB uint8;
     with the level-0 ``(y, x)`` of its top-left corner and its pixels per level-0 pixel."""
-    from training.inference.source import as_rgb_uint8
-
     y, x, h, w = box
     scale = min(1.0, side / max(h, w))
     # on the grid of the read's pixel size, so the corner is where that grid puts it
@@ -48,7 +46,22 @@ def read_scaled(
         region = slide.read_region_at(slide.pixel_size_um / scale, top, left, *size)
     else:
         region = slide.read_region(top, left, *size)
-    return as_rgb_uint8(np.asarray(region)).copy(), (top / scale, left / scale), scale
+    return rgb8(np.asarray(region)), (top / scale, left / scale), scale
+
+
+def rgb8(region: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` pixels of any type as a new RGB uint8 array: grey repeated, alpha dropped,
+    integers scaled by their type's maximum, floats taken as 0..1 (as the engine reads slides;
+    not imported from ``training.inference``, which imports torch: a report needs no model)."""
+    if region.shape[-1] == 1:
+        region = np.repeat(region, 3, axis=-1)
+    region = region[..., :3]
+    if region.dtype == np.uint8:
+        return region.copy()
+    if np.issubdtype(region.dtype, np.integer):
+        scale = 255.0 / np.iinfo(region.dtype).max
+        return np.rint(np.clip(region, 0, None) * scale).astype(np.uint8)
+    return np.rint(np.clip(region, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def draw_outlines(
