@@ -98,6 +98,11 @@ def segment_parser() -> argparse.ArgumentParser:
         "--overlay", action="store_true", help="write OUT/<id>.overlay.png (FTU outlines)"
     )
     post.add_argument(
+        "--measure",
+        action="store_true",
+        help="write OUT/<id>.objects.csv (per-FTU measurements) and a row of OUT/summary.csv",
+    )
+    post.add_argument(
         "--report",
         action="store_true",
         help="write OUT/<id>.report.html (self-contained) and .report.png, the slide report, "
@@ -207,6 +212,13 @@ def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[st
         if target.exists()
     ]
     csv_path = args.out / CSV_NAME
+    if args.measure:  # objects tables and summary.csv rows
+        from training.measure.io import existing_measurements
+
+        try:
+            existing.extend(existing_measurements(args.out, [path.stem for path in slides]))
+        except ValueError as exc:
+            return [*problems, str(exc)], []
     if csv_path.exists():
         try:
             known = set(read_catalog(csv_path, check_images=False, check_rle=False)["id"])
@@ -360,10 +372,25 @@ def _segment_slide(
                 result.pixel_size_um,
                 labels=True,
             )
+        measurements = None
+        if args.measure:
+            from training.measure.io import measure_and_write
+            from training.measure.qupath import to_qupath
+
+            objects = measure_and_write(
+                args.out, path.stem, result, slide, labels, overwrite=args.overwrite
+            )
+            measurements = to_qupath(objects)  # carried by the GeoJSON
         if args.geojson:
             write_json(
                 args.out / f"{path.stem}.geojson",
-                labels_to_geojson(labels, result.downsample, args.organ, shape=result.slide_shape),
+                labels_to_geojson(
+                    labels,
+                    result.downsample,
+                    args.organ,
+                    shape=result.slide_shape,
+                    measurements=measurements,
+                ),
                 overwrite=args.overwrite,
             )
         if args.overlay:

@@ -17,6 +17,8 @@ from training.measure.summary import SUMMARY_COLUMNS
 
 __all__ = [
     "SUMMARY_NAME",
+    "existing_measurements",
+    "measure_and_write",
     "objects_path",
     "read_objects",
     "read_summary",
@@ -73,6 +75,35 @@ def write_measurements(
         with atomic_path(summary_path) as tmp:
             merged.to_csv(tmp, index=False)
     return [table_path, summary_path]
+
+
+def measure_and_write(
+    out_dir: str | os.PathLike,
+    image_id: str,
+    result: Any,
+    slide: Any,
+    labels: Any = None,
+    *,
+    overwrite: bool,
+) -> pd.DataFrame:
+    """Measure a segmentation ``result`` of ``slide`` (:func:`training.measure.slide.
+    measure_result`) and write its objects table and summary row; returns the objects."""
+    from training.measure.slide import measure_result
+
+    objects, summary = measure_result(result, slide, labels, image_id=image_id)
+    write_measurements(out_dir, image_id, objects, summary, overwrite=overwrite)
+    return objects
+
+
+def existing_measurements(out_dir: str | os.PathLike, image_ids: list[str]) -> list[str]:
+    """What measuring ``image_ids`` into ``out_dir`` would replace: objects tables and summary
+    rows, one line each (a summary.csv that cannot be read is a ``ValueError``)."""
+    found = [str(objects_path(out_dir, i)) for i in image_ids if objects_path(out_dir, i).exists()]
+    path = Path(out_dir) / SUMMARY_NAME
+    if path.exists():
+        known = set(read_summary(path)["id"])
+        found += [f"{path}: row {i}" for i in image_ids if str(i) in known]
+    return found
 
 
 def read_objects(path: str | os.PathLike) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from scipy import ndimage
 from training.measure.objects import Geometry, empty_objects, measure_crop, stain_od
 from training.measure.summary import summarize
 
-__all__ = ["BAND_MB", "measure_result"]
+__all__ = ["BAND_MB", "measure_bands", "measure_labels", "measure_result"]
 
 BAND_MB = 128.0  # the measurement's working memory per band, beyond the labels themselves
 # bytes per map pixel of a band: uint8 RGB, float32 ODs, the float64 channels measured,
@@ -41,8 +41,6 @@ def measure_result(
     threshold and minimum area). The stain ODs are read from ``slide`` at the working scale;
     the tissue area is that of the engine's tissue thumbnail inside the analysed region.
     """
-    from training.inference.tissue import tissue_area_mm2
-
     if labels is None:
         labels = result.labels()
     shape = tuple(np.shape(result.probability)[:2])
@@ -53,17 +51,46 @@ def measure_result(
         )
     _check_slide(result, slide, image_id)
     origin = tuple(getattr(result, "origin", (0, 0)))  # a region run's box in the working grid
-    geometry = Geometry(
-        float(result.pixel_size_um),
-        (origin[0] * result.downsample, origin[1] * result.downsample),
-        float(result.downsample),
-        shape,
+    return measure_labels(
+        labels,
+        slide,
+        image_id=image_id,
+        downsample=float(result.downsample),
+        origin=(origin[0] * result.downsample, origin[1] * result.downsample),
+        probability=result.probability,
+        band_mb=band_mb,
     )
-    reader = _SlideReader(slide, result)
-    objects = measure_bands(labels, geometry, result.probability, reader, band_mb)
-    box = (*geometry.origin, shape[0] * geometry.downsample, shape[1] * geometry.downsample)
-    tissue = tissue_area_mm2(slide, box) if slide.pixel_size_um else None
-    return objects, summarize(objects, image_id, tissue)
+
+
+def measure_labels(
+    labels: np.ndarray,
+    slide: Any,
+    *,
+    image_id: str,
+    downsample: float = 1.0,
+    origin: tuple[float, float] = (0.0, 0.0),
+    probability: Any = None,
+    band_mb: float = BAND_MB,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The objects table and summary row of instance ``labels`` on a grid ``downsample``
+    times coarser than ``slide``'s level 0 whose pixel ``(0, 0)`` lies at level-0 ``origin``
+    (the analysed region is the labels' box); ``probability``: on the labels' grid, or
+    ``None``. Stain ODs from the slide's pixels on that grid; tissue area inside the box."""
+    from training.inference.tissue import tissue_area_mm2
+
+    if slide.pixel_size_um is None:
+        raise ValueError(f"{image_id}: the slide's pixel size is unknown; give it (um per pixel)")
+    geometry = Geometry(
+        slide.pixel_size_um * downsample,
+        (float(origin[0]), float(origin[1])),
+        downsample,
+        labels.shape,
+    )
+    reader = _SlideReader(slide, geometry)
+    objects = measure_bands(labels, geometry, probability, reader, band_mb)
+    height, width = labels.shape
+    box = (*geometry.origin, height * downsample, width * downsample)
+    return objects, summarize(objects, image_id, tissue_area_mm2(slide, box))
 
 
 def measure_bands(
@@ -104,12 +131,13 @@ def measure_bands(
 
 
 class _SlideReader:
-    """Reads the slide's RGB over a box of a result's map, on the map's own grid."""
+    """Reads the slide's RGB over a box of a label grid (:class:`Geometry`), on that grid."""
 
-    def __init__(self, slide: Any, result: Any) -> None:
+    def __init__(self, slide: Any, geometry: Geometry) -> None:
         self.slide = slide
-        self.pixel_size_um = float(result.pixel_size_um)
-        self.origin = tuple(getattr(result, "origin", (0, 0)))
+        self.pixel_size_um = geometry.pixel_size_um
+        # the grid's own origin, in its pixels (whole for a region run's map)
+        self.origin = tuple(round(v / geometry.downsample) for v in geometry.origin)
 
     def __call__(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         from training.inference.source import as_rgb_uint8
