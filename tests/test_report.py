@@ -265,3 +265,27 @@ def test_report_of_a_real_kidney_image_opens_in_a_browser(shared_data, tmp_path)
     assert len(colours) > 2000  # the tissue pictures rendered, not only text
     outline = (shot[..., 0] < 40) & (shot[..., 1] > 170) & (shot[..., 2] < 40)
     assert outline.sum() > 500  # the glomerulus outlines are drawn on them
+
+
+def test_page_parts_say_far_unknown_and_plural_plainly():
+    from training.report.page import domain_block, number, plural, summary_items
+
+    far = {"line": "s.tiff: domain distance 2.10 (stain 3.1); far: another stain", "far": True}
+    assert 'class="warn"' in domain_block(far) and "Warning: s.tiff" in domain_block(far)
+    assert 'class="ok"' in domain_block({**far, "far": False})
+    assert "not run" in domain_block(None)
+    assert [number(v) for v in (float("nan"), None, 12.0, 0.0745, 12404.2)] == [
+        "unknown",
+        "unknown",
+        "12",
+        "0.0745",
+        "12,404",
+    ]
+    assert [plural(f) for f in ("glomerulus", "crypt", "alveolus")] == [
+        "glomeruli",
+        "crypts",
+        "alveoli",
+    ]
+    items = dict(summary_items({"ftu_count": 3, "tissue_area_mm2": float("nan")}, "crypt"))
+    assert items["crypts"] == "3" and items["tissue area"] == "unknown"
+    assert items["crypts per mm² of tissue"] == "unknown"
