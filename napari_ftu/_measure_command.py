@@ -20,7 +20,7 @@ BAD_INPUT = 2  # exit status, as napari-ftu segment's
 
 def measure_parser() -> argparse.ArgumentParser:
     """Arguments of ``napari-ftu measure``."""
-    from training.data.catalog import ORGANS
+    from training.organs import ORGANS
     from training.slides import PLAUSIBLE_UM_PER_PX
 
     parser = OneLineParser(

@@ -40,7 +40,8 @@ def _blobs(shape: tuple[int, int], count: int, seed: int) -> np.ndarray:
     return probability
 
 
-def test_a_slide_measured_in_bands_equals_the_slide_measured_whole():
+@pytest.mark.parametrize("band_mb", [0.05, 0.6])  # bands of 3 rows (objects mostly taller), 47
+def test_a_slide_measured_in_bands_equals_the_slide_measured_whole(band_mb):
     downsample, level0_um = 2.0, 0.5
     probability = _blobs((300, 220), 60, seed=1)
     rng = np.random.default_rng(2)
@@ -49,7 +50,7 @@ def test_a_slide_measured_in_bands_equals_the_slide_measured_whole():
     result = _result(probability, (600, 440), level0_um * downsample, downsample)
     labels = result.labels(min_area_um2=0)
     # a band of a few rows: most objects cross a band border, some span several bands
-    banded, summary = measure_result(result, slide, labels, image_id="s", band_mb=0.05)
+    banded, summary = measure_result(result, slide, labels, image_id="s", band_mb=band_mb)
     working_rgb = slide.read_region_at(1.0, 0, 0, 300, 220)
     whole = measure_objects(
         labels, 1.0, probability=probability, rgb=working_rgb, downsample=downsample
@@ -59,6 +60,39 @@ def test_a_slide_measured_in_bands_equals_the_slide_measured_whole():
     pd.testing.assert_frame_equal(banded, whole, check_exact=False, rtol=1e-9)
     assert banded["touches_edge"].any() and not banded["touches_edge"].all()
     assert summary["ftu_count"] == len(whole)
+
+
+def test_an_object_measured_strip_by_strip_equals_its_whole_measurement():
+    from scipy import ndimage
+
+    from training.measure.objects import Geometry
+    from training.measure.streamed import measure_tall_object
+
+    rng = np.random.default_rng(3)
+    for trial in range(4):  # irregular shapes with holes, bays and one-pixel necks
+        noise = rng.random((90, 70)) > (0.3 if trial % 2 else 0.45)
+        labels, _ = ndimage.label(ndimage.binary_opening(noise))
+        value = int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+        probability = rng.random(labels.shape)
+        rgb = rng.integers(0, 256, (*labels.shape, 3), dtype=np.uint8)
+        whole = measure_objects(
+            labels,
+            0.7,
+            probability=probability,
+            rgb=rgb,
+            origin=(3, 6),
+            downsample=1.5,
+            only=[value],
+        )
+        geometry = Geometry(0.7, (3.0, 6.0), 1.5, labels.shape)
+        box = ndimage.find_objects(labels)[value - 1]
+
+        def read(y, x, h, w, rgb=rgb):
+            return rgb[y : y + h, x : x + w]
+
+        for strip in (1, 7, 256):
+            streamed = measure_tall_object(labels, value, box, geometry, probability, read, strip)
+            pd.testing.assert_frame_equal(streamed, whole, check_exact=False, rtol=1e-9)
 
 
 def test_density_on_a_slide_with_a_known_tissue_area():

@@ -152,6 +152,20 @@ def measure_crop(
 
     properties = _PROPERTIES + (("intensity_mean",) if intensity is not None else ())
     table = regionprops_table(labels, intensity_image=intensity, properties=properties)
+    channels = 0 if intensity is None else intensity.shape[-1]
+    return frame_of(table, geometry, offset, channels, has_probability)
+
+
+def frame_of(
+    table: dict[str, np.ndarray],
+    geometry: Geometry,
+    offset: tuple[int, int],
+    channels: int,
+    has_probability: bool,
+) -> pd.DataFrame:
+    """The objects table from scikit-image's ``regionprops_table`` columns (label, area,
+    perimeter_crofton, ..., ``intensity_mean-k`` for ``channels`` channels: the probability
+    first if ``has_probability``, then the H and E ODs) of a crop at ``offset``."""
     count = len(table["label"])
     if count == 0:
         return empty_objects()
@@ -179,7 +193,7 @@ def measure_crop(
         mean_probability = table["intensity_mean-0"]
         channel = 1
     od_h = od_e = nan
-    if intensity is not None and intensity.shape[-1] > channel:
+    if channels > channel:
         od_h, od_e = table[f"intensity_mean-{channel}"], table[f"intensity_mean-{channel + 1}"]
     frame = pd.DataFrame(
         {

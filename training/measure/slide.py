@@ -4,7 +4,9 @@ whatever the slide's.
 
 Each object belongs to the band its top row falls in, and that band is read down to the
 bottom of its lowest object: an object crossing a band border is measured once, whole, and
-its row is the one a measurement of the whole map gives.
+its row is the one a measurement of the whole map gives. An object taller than a band is
+measured on its own, strip by strip (:mod:`training.measure.streamed`), so a band never grows
+past twice its height.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from scipy import ndimage
 
 from training.measure.objects import Geometry, empty_objects, measure_crop, stain_od
+from training.measure.streamed import measure_tall_object
 from training.measure.summary import summarize
 
 __all__ = ["BAND_MB", "measure_bands", "measure_labels", "measure_result"]
@@ -109,8 +112,15 @@ def measure_bands(
         return empty_objects()
     rows = max(1, int(band_mb * 2**20 // (labels.shape[1] * _BYTES_PER_PIXEL)))
     frames = []
+    # an object taller than a band is read strip by strip on its own (memory stays a band's)
+    tall = [(value, box) for value, box in found if box[0].stop - box[0].start > rows]
+    found = [(value, box) for value, box in found if box[0].stop - box[0].start <= rows]
+    for value, box in tall:
+        frames.append(
+            measure_tall_object(labels, value, box, geometry, probability, read_rgb, rows)
+        )
     found.sort(key=lambda item: item[1][0].start)
-    band_of = np.array([box[0].start // rows for _, box in found])
+    band_of = np.array([box[0].start // rows for _, box in found], dtype=np.int64)
     for band in np.unique(band_of):
         members = [found[i] for i in np.flatnonzero(band_of == band)]
         y0 = min(box[0].start for _, box in members)
