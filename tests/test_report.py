@@ -253,6 +253,7 @@ def test_report_of_a_real_kidney_image_opens_in_a_browser(shared_data, tmp_path)
     page = out / f"{KIDNEY_ID}.report.html"
     text = page.read_text()
     assert "glomeruli" in text and "kidney_coat_daformer" in text and "domain distance" in text
+    assert "napari-ftu default (small CPU ensemble) (ensemble.yaml)" in text  # the manifest name
     objects = pd.read_csv(out / f"{KIDNEY_ID}.objects.csv")
     assert 4 <= len(objects) <= 8  # six glomeruli outlined by the experts
     assert text.count("<figure>") == min(len(objects), 8)  # the most and least confident crops

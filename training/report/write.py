@@ -132,11 +132,25 @@ def _crops(slide: Any, inputs: ReportInputs) -> tuple[list[Crop], list[Crop], st
 def model_items(record: RunRecord) -> list[tuple[str, str]]:
     """The model lines: its file, its members for the organ, the working pixel size."""
     return [
-        ("model", Path(record.model).name),
+        ("model", _model_name(Path(record.model))),
         ("path", record.model),
         ("members", ", ".join(record.members) or "unknown"),
         ("working pixel size", f"{record.working_pixel_size_um:g} µm/px"),
     ]
+
+
+def _model_name(path: Path) -> str:
+    """An ensemble manifest's ``name`` with its file name, else the file name."""
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        import yaml
+
+        try:
+            name = (yaml.safe_load(path.read_text()) or {}).get("name")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            name = None  # the report still names the file
+        if isinstance(name, str) and name:
+            return f"{name} ({path.name})"
+    return path.name
 
 
 def settings_items(record: RunRecord) -> list[tuple[str, str]]:
