@@ -290,3 +290,52 @@ def test_page_parts_say_far_unknown_and_plural_plainly():
     items = dict(summary_items({"ftu_count": 3, "tissue_area_mm2": float("nan")}, "crypt"))
     assert items["crypts"] == "3" and items["tissue area"] == "unknown"
     assert items["crypts per mm² of tissue"] == "unknown"
+
+
+def test_batch_writers_record_and_report_a_finished_slide(tiny_run, tmp_path):
+    # the writers a batch (training.inference.batch) calls with its SlideResult: a stand-in
+    # with the same fields, over the tiny run's own outputs
+    from types import SimpleNamespace
+
+    from training.report.outputs import write_record, write_report_files
+    from training.slides import open_slide
+
+    _, slides, out = tiny_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    for path in [*folder.glob("*report*"), *folder.glob("*.run.json")]:
+        path.unlink()
+    written = read_run_record(out / "slide0.run.json")
+    outputs = SimpleNamespace(names=lambda: ["geojson", "measure"])
+    run = SimpleNamespace(overlap=0.25, tta=4, stain=SimpleNamespace(method="reinhard"))
+    run.detect_tissue = False
+    options = SimpleNamespace(
+        out=folder, model=written.model, run=run, outputs=outputs, overwrite=False
+    )
+    options.threshold, options.min_area_um2 = None, 0.0
+    result = SimpleNamespace(
+        slide_shape=(256, 256), organ="kidney", pixel_size_um=1.6, threshold=0.5
+    )
+    result.min_area_um2, result.meta, result.region = 100.0, {}, None
+    check = SimpleNamespace(line=lambda name: f"{name}: near", far=False, distance=0.5)
+    members = [SimpleNamespace(name="m.pt")]
+    with open_slide(slides[0]) as slide:
+        done = SimpleNamespace(image_id="slide0", slide=slide, result=result, labels=None)
+        done.options, done.members, done.check = options, members, check
+        write_record(done, folder / "slide0.run.json")
+        write_report_files(done, folder / "slide0.report.html")
+    record = read_run_record(folder / "slide0.run.json")
+    assert record.settings == {
+        "threshold": 0.5,  # the model's, as the run applied it
+        "min_area_um2": 0.0,
+        "overlap": 0.25,
+        "tta": 4,
+        "stain": "reinhard",
+        "tissue_detection": False,
+        "refine": None,
+    }
+    assert record.outputs == {"objects": "slide0.objects.csv", "geojson": "slide0.geojson"}
+    assert record.domain == {"line": "slide0.tiff: near", "far": False, "distance": 0.5}
+    assert (folder / "slide0.report.html").is_file() and (folder / "slide0.report.png").is_file()
+    with pytest.raises(FileExistsError):
+        write_record(done, folder / "slide0.run.json")
