@@ -48,7 +48,10 @@ def report_command(argv: Sequence[str]) -> int:
     for image_id in args.ids or known:
         try:
             html, _ = write_report(args.out_dir, image_id, overwrite=args.overwrite)
-        except (OSError, ValueError) as exc:  # ReportError, SlideError, FileExistsError
+        except FileExistsError as exc:
+            failures.append(f"{exc} (--overwrite replaces it)")
+            continue
+        except (OSError, ValueError) as exc:  # ReportError, SlideError: one line each
             failures.append(str(exc))
             continue
         log.info("%s: wrote %s and its .png", image_id, html)

@@ -95,7 +95,7 @@ def test_report_command_remakes_reports_and_refuses_to_overwrite(tiny_run, tmp_p
     capsys.readouterr()
     assert main(["report", str(folder), "--ids", "slide0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "slide0.report.html exists" in err[0]
+    assert len(err) == 1 and "slide0.report.html exists" in err[0] and "--overwrite" in err[0]
     assert main(["report", str(folder), "--ids", "slide0", "--overwrite"]) == 0
 
 
