@@ -38,8 +38,8 @@ def segment(slides, model, out, *options: str) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A ``segment --report`` run of two phantom slides by an untrained model (threshold 0.5:
-    whatever objects its weights make) and the folder it wrote."""
+    """A ``segment --report`` run of two phantom slides by an untrained model (threshold 0: one
+    object covering each slide, whatever the weights say) and the folder it wrote."""
     root = tmp_path_factory.mktemp("report")
     save_checkpoint(
         root / "model.pt", build_model("swin_micro_upernet", input_size=64), {"pixel_size_um": 1.6}
@@ -70,6 +70,17 @@ def test_segment_report_writes_the_record_the_pages_and_the_index(tiny_run):
         assert "glomeruli" in page and "model.pt" in page
     index = (out / "report.html").read_text()
     assert 'href="slide0.report.html"' in index and 'href="slide1.report.html"' in index
+
+
+def test_report_with_a_label_tiff_writes_no_geojson(tiny_run, tmp_path):
+    root, slides, _ = tiny_run
+    out = tmp_path / "out"
+    options = ("--report", "--labels-tiff", "--threshold", "0", "--no-tissue-detection")
+    assert segment(slides[1:], root / "model.pt", out, *options) == 0
+    record = read_run_record(out / "slide1.run.json")
+    assert record.outputs == {"objects": "slide1.objects.csv", "labels": "slide1.labels.tiff"}
+    assert not (out / "slide1.geojson").exists() and (out / "slide1.report.html").is_file()
+    assert segment(slides[1:], root / "model.pt", out, *options) == 2  # all refused up front
 
 
 def test_report_pages_are_self_contained(tiny_run):
