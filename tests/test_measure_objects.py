@@ -169,3 +169,27 @@ def test_the_summary_counts_density_and_sizes():
         assert math.isnan(blind["ftus_per_mm2"]) and math.isnan(blind["ftu_area_fraction"])
     with pytest.raises(ValueError, match="negative"):
         summarize(table, "slide-1", -1.0)
+
+
+def test_the_measure_package_imports_without_torch_or_qt():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, training.measure, training.measure.slide, training.measure.io, "
+        "training.measure.masks, training.measure.qupath\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'timm', 'napari', 'qtpy', 'PyQt6', 'PySide6'})\n"
+        "print(heavy)"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": root, "PATH": ""},
+    )
+    assert done.stdout.strip() == "[]"

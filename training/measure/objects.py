@@ -120,21 +120,38 @@ def measure_objects(
     )
     _check_same_grid(labels, probability, "probability", 2)
     _check_same_grid(labels, rgb, "rgb", 3)
-    intensity = _intensity(probability, rgb)
-    if only is None:
-        return measure_crop(labels, geometry, (0, 0), intensity, probability is not None)
+    if rgb is not None and np.asarray(rgb).dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8 slide pixels; got {np.asarray(rgb).dtype}")
+    read_rgb = None if rgb is None else _ArrayReader(rgb)
+    if only is None:  # in bands: the stain densities of a large image are never all in memory
+        from training.measure.slide import measure_bands
+
+        return measure_bands(labels, geometry, probability, read_rgb)
     wanted = sorted({int(v) for v in only if int(v) > 0})
     frames = []
     slices = ndimage.find_objects(labels, max_label=max(wanted, default=0))
     for value in wanted:
-        box = slices[value - 1]
+        box = slices[value - 1] if value <= len(slices) else None
         if box is None:
             continue
         crop = np.where(labels[box] == value, labels[box], 0)
-        part = None if intensity is None else intensity[box]
+        part = _intensity(
+            None if probability is None else np.asarray(probability[box]),
+            None if rgb is None else np.asarray(rgb[box]),
+        )
         offset = (box[0].start, box[1].start)
         frames.append(measure_crop(crop, geometry, offset, part, probability is not None))
     return _concat(frames)
+
+
+class _ArrayReader:
+    """``read_rgb(y, x, h, w)`` over an in-memory RGB array."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = rgb
+
+    def __call__(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return np.asarray(self.rgb[y : y + h, x : x + w, :3])
 
 
 def measure_crop(
