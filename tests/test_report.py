@@ -83,6 +83,17 @@ def test_report_with_a_label_tiff_writes_no_geojson(tiny_run, tmp_path):
     assert segment(slides[1:], root / "model.pt", out, *options) == 2  # all refused up front
 
 
+def test_report_of_a_slide_without_objects(tiny_run, tmp_path):
+    root, slides, _ = tiny_run
+    out = tmp_path / "out"
+    options = ("--report", "--threshold", "1", "--no-tissue-detection")  # nothing passes 1
+    assert segment(slides[:1], root / "model.pt", out, *options) == 0
+    page = (out / "slide0.report.html").read_text()
+    assert "No glomeruli found." in page and "<figure>" not in page
+    assert "unknown (unknown–unknown)" in page  # no sizes to take percentiles of
+    assert (out / "slide0.report.png").is_file()
+
+
 def test_report_pages_are_self_contained(tiny_run):
     _, _, out = tiny_run
     page = (out / "slide0.report.html").read_text()
@@ -284,7 +295,8 @@ def test_page_parts_say_far_unknown_and_plural_plainly():
 
     far = {"line": "s.tiff: domain distance 2.10 (stain 3.1); far: another stain", "far": True}
     assert 'class="warn"' in domain_block(far) and "Warning: s.tiff" in domain_block(far)
-    assert 'class="ok"' in domain_block({**far, "far": False})
+    assert 'class="ok"' in domain_block({**far, "far": False, "distance": 0.5})
+    assert 'class="unknown"' in domain_block({"line": "distance unknown", "far": False})
     assert "not run" in domain_block(None)
     assert [number(v) for v in (float("nan"), None, 12.0, 0.0745, 12404.2)] == [
         "unknown",

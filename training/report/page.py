@@ -33,6 +33,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
         border-radius: 4px; margin: 10px 0; }
 .ok { background: #eef7ee; border: 1px solid #8cc68c; color: #1e5a1e; padding: 8px 12px;
       border-radius: 4px; margin: 10px 0; }
+.unknown { background: #f3f3f3; border: 1px solid #bbb; color: #444; padding: 8px 12px;
+           border-radius: 4px; margin: 10px 0; }
 .note { color: #666; font-size: 13px; }
 .crops { display: flex; gap: 12px; flex-wrap: wrap; }
 .crops figure { margin: 0; font-size: 13px; }
@@ -133,7 +135,9 @@ def domain_block(domain: dict[str, Any] | None) -> str:
     """The domain check's line: a warning box when the slide is far from the training data."""
     if not domain:
         return '<p class="note">Domain check: not run.</p>'
-    kind = "warn" if domain.get("far") else "ok"
+    kind = (
+        "warn" if domain.get("far") else "ok" if domain.get("distance") is not None else "unknown"
+    )
     prefix = "Warning: " if domain.get("far") else ""
     return f'<div class="{kind}">{prefix}{html.escape(domain["line"])}</div>'
 

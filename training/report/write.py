@@ -211,7 +211,7 @@ def report_figure(page: SlidePage, objects: pd.DataFrame, organ: str) -> Any:
         ("Warning: " if warn else "") + domain,
         va="top",
         fontsize=10,
-        color="#b0281a" if warn else "#1e5a1e",
+        color="#b0281a" if warn else "#1e5a1e" if (page.domain or {}).get("distance") else "#555",
         wrap=True,
     )
     return figure
