@@ -145,6 +145,7 @@ def test_report_command_needs_no_torch(tiny_run, tmp_path):
         ("broken record", "not a readable run record"),
         ("other json", "not a napari-ftu run record"),
         ("moved slide", "is not there (moved?)"),
+        ("another slide's record", "the record is of 'slide1'"),
         ("no objects", "no objects table of slide0"),
         ("no outlines", "no outlines of slide0"),
         ("unknown id", "no run of slide7 here"),
@@ -170,6 +171,8 @@ def test_report_command_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys, 
     elif damage == "moved slide":
         data = json.loads(record.read_text())
         record.write_text(json.dumps({**data, "slide": str(tmp_path / "gone.tiff")}))
+    elif damage == "another slide's record":
+        shutil.copy(folder / "slide1.run.json", record)
     elif damage == "no objects":
         (folder / "slide0.objects.csv").unlink()
     elif damage == "no outlines":  # nor a train.csv row to draw them from

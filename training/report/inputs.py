@@ -42,6 +42,8 @@ def load_inputs(folder: Path, image_id: str) -> ReportInputs:
     """Read what the report of ``image_id`` needs from the run folder ``folder``."""
     folder = Path(folder)
     record = read_run_record(record_path(folder, image_id))
+    if record.id != image_id:  # a renamed or copied record would report another slide's run
+        raise ReportError(f"{record_path(folder, image_id)}: the record is of {record.id!r}")
     objects_path = record.output(folder, "objects")
     if objects_path is None:
         raise ReportError(
