@@ -70,6 +70,7 @@ def test_segment_report_writes_the_record_the_pages_and_the_index(tiny_run):
         assert "glomeruli" in page and "model.pt" in page
     index = (out / "report.html").read_text()
     assert 'href="slide0.report.html"' in index and 'href="slide1.report.html"' in index
+    assert index.count('src="data:image/png;base64,') == 2  # a thumbnail per slide, embedded
 
 
 def test_report_with_a_label_tiff_writes_no_geojson(tiny_run, tmp_path):

@@ -41,6 +41,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .crops figure { width: 226px; }
 .crops img { width: 224px; height: 224px; border: 1px solid #ccc; display: block; }
 code { font-size: 13px; }
+img.mini { max-width: 240px; max-height: 180px; border: 1px solid #ccc; display: block; }
 """
 
 
@@ -186,14 +187,21 @@ class SlidePage:
 """
 
 
-def index_page(title: str, rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
-    """The run folder's index: one summary row per slide, its id linking to its page."""
+def index_page(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """The run folder's index: one summary row per slide, its id linking to its page, with a
+    small thumbnail (``row["thumbnail"]``, RGB uint8, when the slide could be read)."""
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    head = "<th></th>" + "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for row in rows:
         link = f'<a href="{esc(row["href"])}">{esc(row["id"])}</a>' if row["href"] else None
-        cells = [f"<td>{link or esc(row['id'])}</td>"]
+        thumbnail = row.get("thumbnail")
+        picture = (
+            f'<img class="mini" alt="{esc(row["id"])}" src="{data_uri(png_bytes(thumbnail))}">'
+            if thumbnail is not None
+            else ""
+        )
+        cells = [f"<td>{picture}</td>", f"<td>{link or esc(row['id'])}</td>"]
         cells += [f'<td class="num">{esc(row[c])}</td>' for c in columns[1:-1]]
         cells.append(f"<td>{esc(row[columns[-1]])}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")

@@ -19,6 +19,7 @@ from training.report.record import SUFFIX, ReportError, RunRecord, read_run_reco
 
 CROPS = 4  # objects shown among the most and among the least confident
 INDEX = "report.html"
+INDEX_SIDE = 240  # the longest side of a slide's thumbnail in the index, in pixels
 
 
 def report_paths(folder: Path, image_id: str) -> tuple[Path, Path]:
@@ -224,7 +225,8 @@ def write_batch_report(folder: Path, *, overwrite: bool = True) -> Path:
     target = folder / INDEX
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; napari-ftu does not overwrite results")
-    columns = ["id", "FTUs", "tissue mm²", "FTUs per mm²", "area fraction", "median µm²", "domain"]
+    columns = ["id", "organ", "FTUs", "tissue mm²", "FTUs per mm²", "area fraction"]
+    columns += ["median µm²", "domain"]
     rows = []
     for image_id in run_ids(folder):
         try:
@@ -239,7 +241,7 @@ def write_batch_report(folder: Path, *, overwrite: bool = True) -> Path:
     return target
 
 
-def _index_row(folder: Path, image_id: str) -> dict[str, str]:
+def _index_row(folder: Path, image_id: str) -> dict[str, Any]:
     record = read_run_record(folder / f"{image_id}{SUFFIX}")
     summary = summary_row(folder, image_id) or {}
     domain = record.domain or {}
@@ -248,6 +250,7 @@ def _index_row(folder: Path, image_id: str) -> dict[str, str]:
     return {
         "id": image_id,
         "href": page.name if page.is_file() else "",
+        "organ": record.organ,
         "FTUs": number(summary.get("ftu_count")),
         "tissue mm²": number(summary.get("tissue_area_mm2"), 3),
         "FTUs per mm²": number(summary.get("ftus_per_mm2"), 3),
@@ -255,4 +258,19 @@ def _index_row(folder: Path, image_id: str) -> dict[str, str]:
         "median µm²": number(summary.get("area_um2_median"), 3),
         "domain": ("far: " if domain.get("far") else "")
         + (f"{domain['distance']:.2f}" if domain.get("distance") is not None else "–"),
+        "thumbnail": _small_thumbnail(folder, record),
     }
+
+
+def _small_thumbnail(folder: Path, record: RunRecord) -> np.ndarray | None:
+    """The slide with its outlines, small, for the index; None when the slide or outlines
+    cannot be read (its own report says why)."""
+    from training.report.inputs import read_outlines
+    from training.slides import SlideError, open_slide
+
+    try:
+        outlines = read_outlines(folder, record)
+        with open_slide(record.slide, record.slide_pixel_size_um) as slide:
+            return figures.thumbnail(slide, outlines, record.organ, record.region, INDEX_SIDE)
+    except (ReportError, SlideError, OSError):
+        return None
