@@ -189,11 +189,12 @@ def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[st
     """What stops a run before any work: problems with the input (missing slides, shared ids,
     an unreadable train.csv) and, unless ``--overwrite``, results of ``slides`` that exist."""
     from training.data.catalog import CSV_NAME, read_catalog
+    from training.slides.dicom_reader import is_dicom_folder
 
     problems = [
         f"{path}: is a directory, not a slide file" if path.is_dir() else f"{path}: no such file"
         for path in slides
-        if not path.is_file()
+        if not path.is_file() and not is_dicom_folder(path)  # a DICOM slide is a folder
     ]
     ids = [path.stem for path in args.slides]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
