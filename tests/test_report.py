@@ -284,6 +284,12 @@ def test_report_of_a_real_kidney_image_opens_in_a_browser(shared_data, tmp_path)
     assert 4 <= len(objects) <= 8  # six glomeruli outlined by the experts
     assert text.count("<figure>") == min(len(objects), 8)  # the most and least confident crops
 
+    with Image.open(out / f"{KIDNEY_ID}.report.png") as png:  # the same content, one picture
+        picture = np.asarray(png.convert("RGB"))
+    assert len(np.unique(picture[::4, ::4].reshape(-1, 3), axis=0)) > 2000
+    green = (picture[..., 0] < 40) & (picture[..., 1] > 170) & (picture[..., 2] < 40)
+    assert green.sum() > 500
+
     folder = DOCS_IMAGES if os.environ.get("NAPARI_FTU_DOCS_SCREENSHOTS") else tmp_path
     shot = screenshot(page, folder / "report_kidney.png")
     assert shot.shape[:2] == (1750, 1400)
