@@ -176,7 +176,17 @@ def report_figure(page: SlidePage, objects: pd.DataFrame, organ: str) -> Any:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(16, 12), dpi=100)
-    grid = figure.add_gridspec(4, CROPS * 2, height_ratios=[2.2, 2.2, 1.6, 1.3], hspace=0.35)
+    grid = figure.add_gridspec(
+        4,
+        CROPS * 2,
+        height_ratios=[2.2, 2.2, 1.6, 1.3],
+        hspace=0.35,
+        wspace=0.15,
+        left=0.02,
+        right=0.98,
+        top=0.93,
+        bottom=0.02,
+    )
     figure.suptitle(page.title, fontsize=18, x=0.02, ha="left", y=0.985)
     figure.text(0.02, 0.955, page.subtitle, fontsize=9, color="#555")
     thumb = figure.add_subplot(grid[0:2, 0:CROPS])
