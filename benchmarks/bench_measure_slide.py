@@ -23,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from _common import DATA, peak_rss_mb
+from _common import DATA, PeriodicSource, peak_rss_mb
 
 SIDE = 20000
+MODEL = "swin_micro_upernet"
 
 
 def segment(slide: str, checkpoint: str, workdir: str) -> dict:
@@ -81,6 +82,31 @@ def label_and_measure(slide_path: str, workdir: str, measure: bool) -> dict:
     return figures
 
 
+def make_slide() -> Path:
+    """``bench_segment_memory.py``'s 25%-tissue slide and model, written once (only these)."""
+    import numpy as np
+
+    from training.models import build_model, save_checkpoint
+    from training.slides import write_pyramid
+    from training.synthetic import make_phantom
+
+    DATA.mkdir(exist_ok=True)
+    checkpoint = DATA / f"{MODEL}.pt"
+    if not checkpoint.exists():
+        import torch
+
+        torch.manual_seed(0)
+        save_checkpoint(checkpoint, build_model(MODEL))
+    path = DATA / f"tissue25_{SIDE}.tiff"
+    if not path.exists():
+        base, _, _ = make_phantom("kidney", size=2048, seed=0, tissue_fraction=1.0)
+        rng = np.random.default_rng(0)
+        glass = np.clip(242 + rng.normal(0, 1.5, (256, 256, 3)), 0, 255).astype(np.uint8)
+        source = PeriodicSource(base, SIDE, tissue_rows=SIDE // 4, glass=glass)
+        write_pyramid(path, source, 0.4, compression_level=1)
+    return path
+
+
 def child(*args: str) -> dict:
     done = subprocess.run(
         [sys.executable, __file__, *args], check=True, capture_output=True, text=True
@@ -99,10 +125,7 @@ def main() -> None:
         else:
             print(json.dumps(label_and_measure(*rest, measure=kind == "measure")))
         return
-    from bench_segment_memory import make_inputs
-
-    slides, checkpoint = make_inputs(SIDE)
-    slide = str(slides[0.25])
+    slide, checkpoint = str(make_slide()), DATA / f"{MODEL}.pt"
     workdir = DATA / "measure_run"
     workdir.mkdir(parents=True, exist_ok=True)
     seg = child("--step", "segment", slide, str(checkpoint), str(workdir))

@@ -46,7 +46,8 @@ def launch(argv: Sequence[str]) -> int:
     status once the window is closed (2 if a slide could not be opened)."""
     parser = argparse.ArgumentParser(
         prog="napari-ftu",
-        description="Open slides in napari with napari-ftu (batch work: napari-ftu segment -h).",
+        description="Open slides in napari with napari-ftu (batch work: napari-ftu segment -h; "
+        "measurements of an existing mask: napari-ftu measure -h).",
     )
     parser.add_argument(
         "slides", nargs="*", help="slide files (TIFF, OME-TIFF, SVS, NDPI, SCN, QPTIFF, PNG, JPEG)"

@@ -87,3 +87,17 @@ def test_malformed_measurements_are_named(measurements, message):
     with pytest.raises(GeoJSONError, match=message) as caught:
         feature_measurements([feature])
     assert "'abc'" in str(caught.value)
+
+
+def test_the_layer_writer_carries_the_layers_measurements(tmp_path):
+    from napari_ftu._writer import write_labels_geojson
+
+    labels = _labels()
+    objects = measure_objects(labels, 0.5)
+    meta = {"metadata": {"organ": "kidney"}, "features": objects}
+    (path,) = write_labels_geojson(str(tmp_path / "mask.geojson"), labels, meta)
+    rows = feature_measurements(path)
+    assert [row["area_um2"] for row in rows] == pytest.approx(list(objects["area_um2"]))
+    # a layer without a measurements table writes outlines alone
+    (plain,) = write_labels_geojson(str(tmp_path / "plain.geojson"), labels, {"metadata": {}})
+    assert "area_um2" not in feature_measurements(plain)[0]
