@@ -71,7 +71,7 @@ def main() -> None:
         read_only(args)
         return
 
-    from training.inference import run
+    from training.inference import RunOptions, run
     from training.models import build_model
     from training.models.ensemble import Member
 
@@ -87,21 +87,19 @@ def main() -> None:
         "thresholds": {"kidney": 0.5},
     }
     path = forty_x_phantom(args.side)
-    options = {
-        "device": device,
-        "batch_size": args.batch_size,
-        "read_workers": args.read_workers,
-        "tta": args.tta,
-        "memory_limit_mb": 8192,
-    }
+    options = RunOptions(
+        device=device,
+        batch_size=args.batch_size,
+        read_workers=args.read_workers,
+        tta=args.tta,
+        memory_limit_mb=8192,
+    )
     warm = Member(timed, meta, name=args.model)
-    run(
-        forty_x_phantom(2048), warm, "kidney", detect_tissue=False, **options
-    )  # compile kernels, warm up
+    run(forty_x_phantom(2048), warm, "kidney", options, detect_tissue=False)  # warm up
     timed.events.clear()
     timed.cpu_seconds = 0.0
     start = time.perf_counter()
-    result = run(path, warm, "kidney", **options)
+    result = run(path, warm, "kidney", options)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start

@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from training.arguments import OneLineParser
 
@@ -58,35 +57,6 @@ def report_command(argv: Sequence[str]) -> int:
     index = write_batch_report(args.out_dir)
     log.info("wrote %s", index)
     return _fail(failures, SLIDES_FAILED) if failures else 0
-
-
-def record_run(
-    args: argparse.Namespace, slide: Any, result: Any, members: Sequence[Any], check: Any
-) -> list[Path]:
-    """For ``napari-ftu segment``: write ``OUT/<id>.run.json`` for a slide just segmented and
-    measured and, with ``--report``, its report. Returns the paths written."""
-    from training.report import run_record, write_report, write_run_record
-
-    outputs = {"objects": f"{Path(slide.path).stem}.objects.csv"}
-    if args.geojson:
-        outputs["geojson"] = f"{Path(slide.path).stem}.geojson"
-    if args.labels_tiff:
-        outputs["labels"] = f"{Path(slide.path).stem}.labels.tiff"
-    stain = args.stain_reference and f"{args.stain or 'macenko'} to {args.stain_reference.name}"
-    settings = {
-        "threshold": args.threshold,
-        "min_area_um2": args.min_area_um2,
-        "overlap": args.overlap,
-        "tta": args.tta,
-        "stain": stain or None,
-        "tissue_detection": not args.no_tissue_detection,
-        "outputs": outputs,
-    }
-    record = run_record(slide, result, members, check, model=args.model, settings=settings)
-    written = [write_run_record(args.out, record, overwrite=args.overwrite)]
-    if args.report:
-        written += write_report(args.out, record.id, overwrite=args.overwrite)
-    return written
 
 
 def _fail(lines: Sequence[str], status: int) -> int:

@@ -219,7 +219,7 @@ class SegmentWidget(Container):
         from napari.qt.threading import thread_worker
 
         self._request, self._image_name = request, self.image.value
-        self._preview = Preview(self.viewer, self._image_layer(), request.region)
+        self._preview = Preview(self.viewer, self._image_layer())
         self._cancel = threading.Event()
         # errors become notifications here (_on_error), not tracebacks re-raised in the GUI
         worker = thread_worker(segment_job, start_thread=False, ignore_errors=True)(

@@ -1,14 +1,24 @@
 """Tiled, streaming inference over slides of any size (Qt-free)."""
 
-from training.inference.engine import Band, Progress, SegmentationResult, run, segment
+from training.inference.engine import (
+    Band,
+    Progress,
+    RunOptions,
+    SegmentationResult,
+    run,
+    segment,
+    working_map,
+)
 from training.inference.postprocess import probability_to_labels, resize_labels
 
 __all__ = [
     "Band",
     "Progress",
+    "RunOptions",
     "SegmentationResult",
     "probability_to_labels",
     "resize_labels",
     "run",
     "segment",
+    "working_map",
 ]

@@ -35,7 +35,7 @@ def load_pair(
     """``record`` (a :class:`training.data.records.Record`) read at ``pixel_size_um``; with
     ``coarse_model`` (an ensemble) its probability map from the engine, resampled (bilinearly)
     onto the same grid."""
-    from training.inference import run
+    from training.inference import RunOptions, run
     from training.inference.source import as_rgb_uint8
     from training.slides import open_slide
 
@@ -46,14 +46,9 @@ def load_pair(
     truth = resize_labels(rle.decode(record.rle, record.shape), shape)
     coarse = None
     if coarse_model is not None:
+        options = RunOptions(device=device, refiner=False, memory_limit_mb=4096)
         result = run(
-            record.image,
-            coarse_model,
-            record.organ,
-            pixel_size_um=record.pixel_size_um,
-            device=device,
-            refiner=False,
-            memory_limit_mb=4096,
+            record.image, coarse_model, record.organ, options, pixel_size_um=record.pixel_size_um
         )
         probability = np.asarray(result.probability, np.float32)
         result.close()
