@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # measurements before the GeoJSON that carries them, the run record and report after the files
 # they name and read
 SUFFIXES = {
-    "measure": ".objects.csv",
+    "measure": ".objects.csv",  # and the slide's row of OUT/summary.csv
     "labels_tiff": ".labels.tiff",
     "geojson": ".geojson",
     "overlay": ".overlay.png",
@@ -43,7 +43,7 @@ SUFFIXES = {
 class Outputs:
     """The files written per slide beside its train.csv row (see :data:`SUFFIXES`)."""
 
-    measure: bool = False
+    measure: bool = False  # first: the GeoJSON carries the measurements
     labels_tiff: bool = False
     geojson: bool = False
     overlay: bool = False
@@ -96,7 +96,7 @@ class SlideResult:
     options: BatchOptions
     members: list[Any] = field(default_factory=list)  # the ensemble's members for the organ
     check: Any = None  # their training.domain.DomainCheck of the slide
-    objects: Any = None  # the measurements (a DataFrame), once measured
+    objects: Any = None  # the objects table, once measured (training.measure)
 
 
 @dataclass
@@ -105,6 +105,17 @@ class BatchResult:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+
+
+def write_measurements(done: SlideResult, target: Path) -> None:
+    """The objects table (``target``) and the slide's row of ``summary.csv``."""
+    from training.measure.io import measure_and_write
+
+    options = done.options
+    done.objects = measure_and_write(
+        options.out, done.image_id, done.result, done.slide, done.labels,
+        overwrite=options.overwrite,
+    )  # fmt: skip
 
 
 def write_labels_tiff(done: SlideResult, target: Path) -> None:
@@ -121,13 +132,10 @@ def write_labels_tiff(done: SlideResult, target: Path) -> None:
 def write_geojson(done: SlideResult, target: Path) -> None:
     """The objects' outlines in level-0 pixels (QuPath)."""
     from training.inference import outputs
+    from training.measure.qupath import to_qupath
 
     result = done.result
-    measurements = None
-    if done.objects is not None:  # QuPath shows each object's measurements
-        from training.measure.qupath import to_qupath
-
-        measurements = to_qupath(done.objects)
+    measurements = None if done.objects is None else to_qupath(done.objects)
     geojson = outputs.labels_to_geojson(
         done.labels,
         result.downsample,
@@ -143,21 +151,6 @@ def write_overlay(done: SlideResult, target: Path) -> None:
     from training.inference import outputs
 
     outputs.write_overlay(target, done.slide, done.labels, overwrite=done.options.overwrite)
-
-
-def write_measurements(done: SlideResult, target: Path) -> None:
-    """The objects table and the slide's summary.csv row (:mod:`training.measure`)."""
-    from training.measure.io import measure_and_write
-
-    options = done.options
-    done.objects = measure_and_write(
-        options.out,
-        done.image_id,
-        done.result,
-        done.slide,
-        done.labels,
-        overwrite=options.overwrite,
-    )
 
 
 def write_record(done: SlideResult, target: Path) -> None:
@@ -224,20 +217,21 @@ def preflight(
         if target.exists()
     ]
     csv_path = out / CSV_NAME
-    if options.outputs.measure:  # summary.csv rows
-        from training.measure.io import existing_measurements
-
-        try:
-            existing.extend(existing_measurements(out, [path.stem for path in share]))
-        except ValueError as exc:
-            return [*problems, str(exc)], []
     if csv_path.exists():
         try:
             known = set(read_catalog(csv_path, check_images=False, check_rle=False)["id"])
         except ValueError as exc:
             return [*problems, str(exc)], []
         existing.extend(f"{csv_path}: row {path.stem}" for path in share if path.stem in known)
-    return problems, list(dict.fromkeys(existing))
+    if options.outputs.measure:  # summary.csv rows (the objects tables are outputs' files)
+        from training.measure.io import existing_measurements
+
+        try:
+            found = existing_measurements(out, [path.stem for path in share])
+        except ValueError as exc:
+            return [*problems, str(exc)], []
+        existing.extend(line for line in found if line not in existing)
+    return problems, existing
 
 
 def segment_slides(
