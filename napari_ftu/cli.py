@@ -25,8 +25,8 @@ PLUGIN = "napari-ftu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``napari-ftu [SLIDE...]`` opens napari; ``napari-ftu segment ...`` and ``napari-ftu
-    measure ...`` run headless."""
+    """``napari-ftu [SLIDE...]`` opens napari; ``napari-ftu segment ...``, ``napari-ftu
+    measure ...`` and ``napari-ftu report OUT_DIR`` run headless."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "segment":
         return segment_command(argv[1:])
@@ -34,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_ftu._measure_command import measure_command
 
         return measure_command(argv[1:])
+    if argv and argv[0] == "report":
+        from napari_ftu._report_command import report_command
+
+        return report_command(argv[1:])
     return launch(argv)
 
 
