@@ -160,6 +160,9 @@ def show_mask(viewer: Any, image: Any, session: Any) -> Any:
         metadata={SESSION_KEY: session, LEVEL0_KEY: level0_shape(image)},
     )
     mask.editable = session.grid.direct_edit  # a large mask is an overview: "Review region"
+    from napari_ftu._measure_layer import tracker
+
+    tracker(viewer, mask)  # its features: the objects' measurements (in a worker)
     return mask
 
 

@@ -97,6 +97,17 @@ def segment_parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--overlay", action="store_true", help="write OUT/<id>.overlay.png (FTU outlines)"
     )
+    post.add_argument(
+        "--measure",
+        action="store_true",
+        help="write OUT/<id>.objects.csv (per-FTU measurements) and a row of OUT/summary.csv",
+    )
+    post.add_argument(
+        "--report",
+        action="store_true",
+        help="write OUT/<id>.report.html (self-contained) and .report.png, the slide report, "
+        "and OUT/report.html; implies --measure and, without --labels-tiff, --geojson",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -114,6 +125,9 @@ def segment_command(argv: Sequence[str]) -> int:
             parser.error(str(exc))
     if args.stain and args.stain_reference is None:
         parser.error("--stain needs --stain-reference IMAGE")
+    if args.report:  # a report shows the measurements and draws the outlines the run writes
+        args.measure, args.geojson = True, args.geojson or not args.labels_tiff
+    args.record = args.measure  # the run record beside the measurements: napari-ftu report
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from training.inference.store import remove_stale_folders
 
@@ -142,6 +156,10 @@ def segment_command(argv: Sequence[str]) -> int:
             status = max(status, SLIDES_FAILED)
     if rows:
         log.info("wrote %d row(s) to %s", len(rows), args.out / "train.csv")
+    if rows and args.report:
+        from training.report import write_batch_report
+
+        log.info("wrote %s", write_batch_report(args.out))
     if failures:
         if rows:
             log.info("%d of %d slide(s) segmented", len(rows), len(args.slides))

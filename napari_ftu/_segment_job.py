@@ -48,6 +48,7 @@ class JobResult:
     model: Path
     labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
     domain: Any = None  # training.domain.DomainCheck: how far the image is from the training data
+    tissue_area_mm2: float | None = None  # the slide's (the engine's tissue mask); whole runs only
 
 
 def resolve_device(name: str) -> str:
@@ -68,6 +69,7 @@ def segment_job(
     engine's partial output is removed before returning)."""
     from training.domain import FeatureTap, check_slide
     from training.inference import segment
+    from training.inference.tissue import tissue_area_mm2
     from training.models.ensemble import load_ensemble
     from training.review.session import Grid
     from training.slides import Slide, open_slide
@@ -98,11 +100,13 @@ def segment_job(
             # the objects are found here, off the GUI thread, ready for a new mask layer
             labels = result.labels()
             domain = check_slide(slide, members, tap.features, stain=request.stain)
+            # a region's tissue is not the slide's, whose objects the mask layer holds
+            tissue = tissue_area_mm2(slide) if request.region is None else None
         except BaseException:
             result.close()
             raise
         grid = Grid(result.grid_shape, result.pixel_size_um, result.downsample)
-        return JobResult(result, result.origin, grid, request.model, labels, domain)
+        return JobResult(result, result.origin, grid, request.model, labels, domain, tissue)
 
 
 def run_options(request: SegmentRequest, device: str) -> Any:

@@ -247,7 +247,7 @@ def test_launcher_shows_the_segment_tab_first_with_readable_titles(make_napari_v
         if bar.isVisible() and bar.count() == len(widget_names())
     ]
     titles = [bar.tabText(i) for i in range(bar.count())]
-    assert titles == ["Segment", "Review", "Export", "Import", "Train", "Stain"]
+    assert titles == ["Segment", "Review", "Measurements", "Export", "Import", "Train", "Stain"]
     assert bar.tabText(bar.currentIndex()) == "Segment"
     for i, title in enumerate(titles):  # wide enough for the whole title: not elided
         assert bar.tabRect(i).width() > bar.fontMetrics().horizontalAdvance(title), title

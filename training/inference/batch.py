@@ -26,17 +26,29 @@ from training.inference.results import SegmentationResult
 
 log = logging.getLogger(__name__)
 
-# the file each output writes per slide, OUT/<id><suffix>
-SUFFIXES = {"labels_tiff": ".labels.tiff", "geojson": ".geojson", "overlay": ".overlay.png"}
+# the files each output writes per slide, OUT/<id><suffix>, in the order they are written: the
+# measurements before the GeoJSON that carries them, the run record and report after the files
+# they name and read
+SUFFIXES = {
+    "measure": ".objects.csv",  # and the slide's row of OUT/summary.csv
+    "labels_tiff": ".labels.tiff",
+    "geojson": ".geojson",
+    "overlay": ".overlay.png",
+    "record": ".run.json",
+    "report": (".report.html", ".report.png"),
+}
 
 
 @dataclass(frozen=True)
 class Outputs:
     """The files written per slide beside its train.csv row (see :data:`SUFFIXES`)."""
 
+    measure: bool = False  # first: the GeoJSON carries the measurements
     labels_tiff: bool = False
     geojson: bool = False
     overlay: bool = False
+    record: bool = False
+    report: bool = False
 
     def names(self) -> list[str]:
         """The outputs asked for, in :data:`SUFFIXES` order."""
@@ -44,7 +56,12 @@ class Outputs:
 
     def files(self, out: Path, image_id: str) -> list[Path]:
         """The files of slide ``image_id`` in ``out``."""
-        return [out / f"{image_id}{SUFFIXES[name]}" for name in self.names()]
+        return [out / f"{image_id}{suffix}" for name in self.names() for suffix in _suffixes(name)]
+
+
+def _suffixes(name: str) -> tuple[str, ...]:
+    suffixes = SUFFIXES[name]
+    return (suffixes,) if isinstance(suffixes, str) else suffixes
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,9 @@ class SlideResult:
     result: SegmentationResult
     labels: np.ndarray  # at the working scale
     options: BatchOptions
+    members: list[Any] = field(default_factory=list)  # the ensemble's members for the organ
+    check: Any = None  # their training.domain.DomainCheck of the slide
+    objects: Any = None  # the objects table, once measured (training.measure)
 
 
 @dataclass
@@ -85,6 +105,17 @@ class BatchResult:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+
+
+def write_measurements(done: SlideResult, target: Path) -> None:
+    """The objects table (``target``) and the slide's row of ``summary.csv``."""
+    from training.measure.io import measure_and_write
+
+    options = done.options
+    done.objects = measure_and_write(
+        options.out, done.image_id, done.result, done.slide, done.labels,
+        overwrite=options.overwrite,
+    )  # fmt: skip
 
 
 def write_labels_tiff(done: SlideResult, target: Path) -> None:
@@ -101,10 +132,16 @@ def write_labels_tiff(done: SlideResult, target: Path) -> None:
 def write_geojson(done: SlideResult, target: Path) -> None:
     """The objects' outlines in level-0 pixels (QuPath)."""
     from training.inference import outputs
+    from training.measure.qupath import to_qupath
 
     result = done.result
+    measurements = None if done.objects is None else to_qupath(done.objects)
     geojson = outputs.labels_to_geojson(
-        done.labels, result.downsample, done.options.organ, shape=result.slide_shape
+        done.labels,
+        result.downsample,
+        done.options.organ,
+        shape=result.slide_shape,
+        measurements=measurements,
     )
     outputs.write_json(target, geojson, overwrite=done.options.overwrite)
 
@@ -116,19 +153,36 @@ def write_overlay(done: SlideResult, target: Path) -> None:
     outputs.write_overlay(target, done.slide, done.labels, overwrite=done.options.overwrite)
 
 
+def write_record(done: SlideResult, target: Path) -> None:
+    """The run record (:mod:`training.report.record`)."""
+    from training.report.outputs import write_record as write
+
+    write(done, target)
+
+
+def write_report(done: SlideResult, target: Path) -> None:
+    """The slide report, HTML and PNG (:mod:`training.report`)."""
+    from training.report.outputs import write_report_files
+
+    write_report_files(done, target)
+
+
 WRITERS: dict[str, Callable[[SlideResult, Path], None]] = {
+    "measure": write_measurements,
     "labels_tiff": write_labels_tiff,
     "geojson": write_geojson,
     "overlay": write_overlay,
+    "record": write_record,
+    "report": write_report,
 }
 
 
 def write_slide_outputs(done: SlideResult) -> list[Path]:
     """Write the files the options ask for; returns them."""
-    targets = done.options.outputs.files(done.options.out, done.image_id)
-    for name, target in zip(done.options.outputs.names(), targets, strict=True):
-        WRITERS[name](done, target)
-    return targets
+    outputs, out = done.options.outputs, done.options.out
+    for name in outputs.names():  # a writer of several files is given the first
+        WRITERS[name](done, out / f"{done.image_id}{_suffixes(name)[0]}")
+    return outputs.files(out, done.image_id)
 
 
 def preflight(
@@ -169,6 +223,14 @@ def preflight(
         except ValueError as exc:
             return [*problems, str(exc)], []
         existing.extend(f"{csv_path}: row {path.stem}" for path in share if path.stem in known)
+    if options.outputs.measure:  # summary.csv rows (the objects tables are outputs' files)
+        from training.measure.io import existing_measurements
+
+        try:
+            found = existing_measurements(out, [path.stem for path in share])
+        except ValueError as exc:
+            return [*problems, str(exc)], []
+        existing.extend(line for line in found if line not in existing)
     return problems, existing
 
 
@@ -238,7 +300,8 @@ def segment_slide(
         )
         if not options.overwrite:  # saves writing the files of a run whose row cannot be written
             _refuse_a_row_written_meanwhile(options.out, path.stem)
-        write_slide_outputs(SlideResult(path.stem, slide, result, labels, options))
+        done = SlideResult(path.stem, slide, result, labels, options, members, check)
+        write_slide_outputs(done)
     _write_row(options, row)
     log.info("%s: %d %s object(s)", path.name, int(labels.max()), options.organ)
     return row
