@@ -161,3 +161,15 @@ def test_a_single_pyramid_level_at_the_models_scale_is_uploaded_as_it_is(texture
     assert span.along_y is None and span.pixels.dtype == torch.uint8
     assert tuple(span.pixels.shape) == (64, 112, 3)
     np.testing.assert_array_equal(span.pixels.numpy(), texture[:64, :112])
+
+
+def test_a_region_on_the_device_path_is_the_same_box_of_its_whole_slide_run(texture, tmp_path):
+    path = write_pyramid(tmp_path / "s.tiff", texture, 0.25, tile=64)
+    model = member(Smooth(), tile=64)
+    whole = run(path, model, "kidney", device_path=True, batch_size=3)
+    part = run(path, model, "kidney", device_path=True, batch_size=3, region=(90, 70, 200, 150))
+    (y, x), (h, w) = part.origin, part.probability.shape
+    assert y > 0 and x > 0 and (h, w) != whole.probability.shape
+    np.testing.assert_array_equal(
+        np.asarray(part.probability), np.asarray(whole.probability)[y : y + h, x : x + w]
+    )
