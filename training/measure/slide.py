@@ -150,7 +150,7 @@ class _SlideReader:
         self.origin = tuple(round(v / geometry.downsample) for v in geometry.origin)
 
     def __call__(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        from training.inference.source import as_rgb_uint8
+        from training.slides import as_rgb_uint8
 
         region = self.slide.read_region_at(
             self.pixel_size_um, self.origin[0] + y, self.origin[1] + x, h, w

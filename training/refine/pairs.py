@@ -36,8 +36,7 @@ def load_pair(
     ``coarse_model`` (an ensemble) its probability map from the engine, resampled (bilinearly)
     onto the same grid."""
     from training.inference import RunOptions, run
-    from training.inference.source import as_rgb_uint8
-    from training.slides import open_slide
+    from training.slides import as_rgb_uint8, open_slide
 
     factor = record.pixel_size_um / pixel_size_um
     shape = (max(1, round(record.shape[0] * factor)), max(1, round(record.shape[1] * factor)))

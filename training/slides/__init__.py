@@ -33,6 +33,7 @@ from training.slides.slide import (
     RegionLevel,
     Slide,
     SlideError,
+    as_rgb_uint8,
     white,
 )
 from training.slides.tiff import TILE_CACHE_MB
@@ -53,6 +54,7 @@ __all__ = [
     "RegionLevel",
     "Slide",
     "SlideError",
+    "as_rgb_uint8",
     "open_slide",
     "white",
     "write_pyramid",

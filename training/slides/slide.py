@@ -366,3 +366,17 @@ def rgb_on_white(rgba: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)
     return ((rgb + 127) // 255).astype(np.uint8)
+
+
+def as_rgb_uint8(region: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` pixels of any type as RGB uint8: grey repeated, alpha dropped, integer
+    types scaled by their maximum (white stays white), floats taken as 0..1."""
+    if region.shape[-1] == 1:
+        region = np.repeat(region, 3, axis=-1)
+    region = region[..., :3]
+    if region.dtype == np.uint8:
+        return region
+    if np.issubdtype(region.dtype, np.integer):
+        scale = 255.0 / np.iinfo(region.dtype).max
+        return np.rint(np.clip(region, 0, None) * scale).astype(np.uint8)
+    return np.rint(np.clip(region, 0.0, 1.0) * 255.0).astype(np.uint8)
