@@ -10,9 +10,11 @@ from training.inference.engine import (
     working_map,
 )
 from training.inference.postprocess import probability_to_labels, resize_labels
+from training.inference.predictor import DeviceMemoryError
 
 __all__ = [
     "Band",
+    "DeviceMemoryError",
     "Progress",
     "RunOptions",
     "SegmentationResult",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from training.inference.accumulator import BandAccumulator
+from training.inference.device_path import SpanPredictor, SpanSource
 from training.inference.limits import check_map_fits, check_pixel_sizes
 from training.inference.options import RunOptions, run_options
 from training.inference.predictor import TTA_CHOICES, Predictor
@@ -269,10 +270,19 @@ class _Run:
         tile_w = round(plan.tile * scale)
         window = blend_window(tile_w, round((plan.tile - plan.stride) * scale))
         band = BandAccumulator(view.band_store(store), window, weight, device, first)
-        predictor = Predictor(member, device, options.tta, tile_w)
-        source = TileSource(
-            self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+        predictor = Predictor(
+            member, device, options.tta, tile_w, options.precision, options.compile
         )
+        if options.uses_device_path(self.stain):  # pixels resampled on the device
+            predictor = SpanPredictor(predictor, plan.tile)
+            pin = device.type == "cuda"
+            source = SpanSource(
+                self.slide, plan.pixel_size_um, plan.tile, options.read_workers, pin
+            )
+        else:
+            source = TileSource(
+                self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+            )
         requests = plan.batches(options.batch_size)
         row_tops = view.row_tops
         band.advance(row_tops[0])  # a region's rows above its first tile row: none reach them

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from training.inference.predictor import TTA_CHOICES
+from training.inference.predictor import PRECISIONS, TTA_CHOICES
 
 Box = tuple[int, int, int, int]  # (y, x, height, width) in level-0 pixels
 
@@ -36,7 +36,12 @@ class RunOptions:
     ``Refiner`` or a refiner checkpoint path; ``None`` the ensemble's own, ``False`` none.
     ``pixel_size_um``: the slide's pixel size, overriding its own (the caller's slide is left
     unchanged). ``region``: a level-0 box ``(y, x, height, width)``; the result covers only that
-    box, with the values a whole-slide run has there.
+    box, with the values a whole-slide run has there. ``precision``: ``auto`` (bf16 autocast on
+    CUDA, fp32 on the CPU), ``fp32`` or ``bf16`` (on a CPU with native bf16 about twice the
+    model's speed, within bf16's tolerance: docs/benchmarks.md, issue 24). ``compile``: run each
+    member through ``torch.compile`` (inductor; its code cached on disk, so only the first
+    process to compile a model pays it). ``device_path``: resample the tiles on the model's
+    device (:mod:`training.inference.device_path`); ``None``: on CUDA only.
     """
 
     overlap: float = 0.25
@@ -52,6 +57,9 @@ class RunOptions:
     refiner: Any = None
     pixel_size_um: float | None = None
     region: Box | None = None
+    precision: str = "auto"
+    compile: bool = False
+    device_path: bool | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -82,6 +90,15 @@ class RunOptions:
             raise ValueError(f"pixel_size_um must be a positive number; got {self.pixel_size_um}")
         if self.region is not None:
             object.__setattr__(self, "region", _checked_box(self.region))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
+
+    def uses_device_path(self, stain: Any = None) -> bool:
+        """Whether tiles are resampled on the device (:mod:`~training.inference.device_path`):
+        as asked, else on CUDA; never with a stain normaliser (it works on host pixels)."""
+        if stain is not None:
+            return False
+        return self.device.type == "cuda" if self.device_path is None else self.device_path
 
     def streams_for(self) -> int:
         """Batches at once: as asked, else 2 on a CPU with at least 2 threads, else 1."""
