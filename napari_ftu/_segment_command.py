@@ -71,6 +71,13 @@ def segment_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=positive_integer, default=4)
     group.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
     group.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: bf16 on CUDA, fp32 on the CPU; bf16 on a CPU with native bf16 runs the model "
+        "about twice as fast, probabilities within 0.02 (docs/benchmarks.md, issue 24)",
+    )
+    group.add_argument(
         "--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N"
     )
     group.add_argument("--no-tissue-detection", action="store_true")
@@ -224,6 +231,7 @@ def run_options(
         overlap=args.overlap,
         batch_size=args.batch_size,
         tta=args.tta,
+        precision=args.precision,
         device=device,
         detect_tissue=not args.no_tissue_detection,
         stain=stain,
