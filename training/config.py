@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--batch-size", type=int, default=8)
     optim.add_argument("--lr", type=float, default=5e-4)
     optim.add_argument("--weight-decay", type=float, default=1e-2)
+    optim.add_argument(
+        "--lr-schedule",
+        choices=("epochs", "time"),
+        default="epochs",
+        help="the cosine decay runs through --epochs, or (time) through --time-limit when the "
+        "limit comes first, so a run the limit stops still ends at a low learning rate",
+    )
     optim.add_argument("--warmup", type=float, default=0.5, help="warm-up length in epochs")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0: off")
     optim.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")

@@ -54,6 +54,9 @@ class TrainerOptions:
     val_tta: int = 1
     time_limit_s: float | None = None
     time_clock: str = "wall"  # what the time limit counts: "wall" or this process's "cpu" time
+    # "time": under a time limit, the cosine runs through the limit when the limit comes
+    # before the last epoch (a short fine-tune then ends at a low learning rate, not mid-way)
+    lr_schedule: str = "epochs"
     progress: bool = True
     seed: int = 0
 
@@ -101,6 +104,11 @@ class Trainer:
         # an --init checkpoint's describes other data and other weights; this run's own is
         # stored at its end
         meta.pop("domain", None)
+        if options.lr_schedule not in ("epochs", "time"):
+            raise ValueError(f"unknown learning-rate schedule {options.lr_schedule!r}")
+        if options.lr_schedule == "time" and world.distributed:
+            # each rank reads its own clock: their learning rates, and weights, would drift
+            raise ValueError("--lr-schedule time needs a single process (not distributed)")
         self.model, self.meta, self.options = model.to(device), meta, options
         self.criterion, self.world, self.device, self.out = criterion, world, device, out
         self.val_records = val_records
@@ -143,6 +151,7 @@ class Trainer:
             else None
         )
         self.history = _History()
+        self._fit_start: float | None = None  # the clock at the start of fit (time schedule)
         self.adaptation: Any = None  # training.adapt.Adaptation: one target batch per step
         mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1) * 255
         std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1) * 255
@@ -156,12 +165,21 @@ class Trainer:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(total - warmup, 1)
+        progress = max(progress, self._time_done())
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _time_done(self) -> float:
+        """The fraction of the time limit spent, for ``lr_schedule="time"`` (else 0)."""
+        limit = self.options.time_limit_s
+        if self.options.lr_schedule != "time" or not limit or self._fit_start is None:
+            return 0.0
+        return (self._clock() - self._fit_start) / limit
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; return the training summary stored in the checkpoints."""
         start = self._clock() - self.history.elapsed_s
+        self._fit_start = start
         summary = None
         for epoch in range(self.history.epoch + 1, self.options.epochs + 1):
             self.sampler.set_epoch(epoch)
