@@ -73,9 +73,7 @@ def test_a_specialist_for_the_organ_still_wins(members, tmp_path):
         {"checkpoint": str(members["hubmap"]), "weight": 2.0},
         {"checkpoint": str(members["hpa"]), "organs": ["kidney"]},
     ])  # fmt: skip
-    assert nearest_member(manifest, [corrections], "kidney") == start_checkpoint(
-        manifest, "kidney"
-    )
+    assert nearest_member(manifest, [corrections], "kidney") == start_checkpoint(manifest, "kidney")
     assert nearest_member(manifest, [corrections], "kidney")[0] == members["hpa"]
     # a checkpoint is itself; undescribed members only: the old rule
     assert nearest_member(members["hpa"], [corrections], "kidney") == (members["hpa"], "")

@@ -100,8 +100,7 @@ def nearest_member(model: Path, folders: Sequence[Path], organ: str | None) -> t
     if best.distance is None:
         return chosen, note  # no member describes its data: the old rule
     table = ", ".join(
-        f"{d.checkpoint.name} {'?' if d.distance is None else f'{d.distance:.2f}'}"
-        for d in ranked
+        f"{d.checkpoint.name} {'?' if d.distance is None else f'{d.distance:.2f}'}" for d in ranked
     )
     return best.checkpoint, (
         f"{model.name} is an ensemble, which cannot be fine-tuned as a whole, and has no member "
