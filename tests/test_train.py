@@ -213,15 +213,23 @@ def test_yaml_config_sets_defaults_and_flags_win(dataset, tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"model": "coat_micro_daformer", "epochs": 3, "lr": 0.01, "augment": {"cutmix_p": 0.0}}
+            {
+                "model": "coat_micro_daformer",
+                "epochs": 3,
+                "lr": 0.01,
+                "augment": {"cutmix_p": 0.0, "hue": 5.0},
+            }
         )
     )
     out = tmp_path / "run"
     args = _args(dataset, out, "--config", str(config), "--epochs", "1", "--val-fraction", "0")
+    args += ["--augment-preset", "strong-color"]
     assert train_command.main(args) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"] == "coat_micro_daformer" and saved["lr"] == 0.01
     assert saved["epochs"] == 1 and saved["augment"]["cutmix_p"] == 0.0
+    # the preset's strengths, the config's own settings over them
+    assert saved["augment"]["stain_scale"] == 0.25 and saved["augment"]["hue"] == 5.0
     assert (out / "best.pt").is_file()  # no validation images: the final weights are kept
 
 

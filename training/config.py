@@ -22,9 +22,24 @@ from training.adapt import ADAPT_MODES
 from training.data.catalog import ORGANS
 from training.slides import PLAUSIBLE_UM_PER_PX
 
-__all__ = ["AUGMENT_GROUPS", "build_parser", "parse_config", "save_config"]
+__all__ = ["AUGMENT_GROUPS", "AUGMENT_PRESETS", "build_parser", "parse_config", "save_config"]
 
 AUGMENT_GROUPS = ("geometric", "color", "stain", "domain", "mix")
+# named sets of augmentation strengths (--augment-preset; a config's ``augment`` settings win).
+# "strong-color", for a fine-tune on a few patients' slides whose stain other patients' or
+# labs' slides do not share: HED jitter near Tellez et al. 2018's "strong" setting and wider
+# hue/saturation/value shifts, each drawn more often
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "strong-color": {
+        "stain_p": 0.8,
+        "stain_scale": 0.25,
+        "stain_shift": 0.1,
+        "hsv_p": 0.8,
+        "hue": 15.0,
+        "saturation": 30.0,
+        "value": 15.0,
+    },
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=AUGMENT_GROUPS,
         help="augmentation groups to use (domain: pixel-size and thickness adaptation; "
         "mix: CutMix and CutOut); none for no augmentation",
+    )
+    data.add_argument(
+        "--augment-preset",
+        choices=sorted(AUGMENT_PRESETS),
+        help="a named set of augmentation strengths (strong-color: the colour and stain "
+        "variation of other patients and labs; a config's 'augment' settings win)",
     )
 
     adapt = parser.add_argument_group(
