@@ -53,6 +53,7 @@ __all__ = [
     "error_line",
     "evaluate_command",
     "folder_organ",
+    "loop_defaults",
     "parse_progress",
     "plan_run",
     "read_scores",
@@ -137,8 +138,21 @@ def train_command(request: RetrainRequest, python: str = sys.executable) -> list
         argv += ["--time-limit", f"{request.time_limit_min:g}"]
     if request.adapt:
         argv += ["--target", *map(str, request.target), "--adapt", request.adapt]
-    argv += ["--device", request.device, *_run_size(request), *request.extra]
-    return argv
+    argv += ["--device", request.device, *_run_size(request), *loop_defaults(request)]
+    return [*argv, *request.extra]
+
+
+def loop_defaults(request: RetrainRequest) -> list[str]:
+    """The training flags a fine-tune on a few corrections runs with (measured on real colon,
+    docs/benchmarks.md, issue 22); the request's own flags come after them, so theirs win, and
+    a ``--config`` of the user's sets them itself. Under a time limit the learning rate decays
+    through the limit (``--lr-schedule time``: the limit, not the epochs field, ends such a
+    run); the colour and stain augmentation is strong (``--augment-preset strong-color``: the
+    corrections show a few patients' stains, the slides it will segment others')."""
+    if flag_value(request.extra, "--config") is not None:
+        return []
+    flags = ["--lr-schedule", "time"] if request.time_limit_min else []
+    return [*flags, "--augment-preset", "strong-color"]
 
 
 def plan_run(request: RetrainRequest) -> RunPlan:
