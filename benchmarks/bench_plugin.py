@@ -116,8 +116,8 @@ def region_review(viewer, app, side: int) -> dict:
     from napari_ftu._review_widget import ReviewWidget
     from napari_ftu._segment_job import JobResult
     from napari_ftu._segment_widget import SegmentWidget, mask_name
-    from napari_ftu._session import Grid
     from training.inference import SegmentationResult
+    from training.review.session import Grid
     from training.review.store import store_location
     from training.synthetic import make_phantom
 

@@ -82,7 +82,7 @@ def layer_of(slide: Path) -> SimpleNamespace:
 
 def edit_limit(mode: str) -> None:
     """The plugin's direct-edit limit, lowered below the mask for ``by region``."""
-    from napari_ftu import _session
+    from training.review import session as _session
 
     _session.EDIT_LIMIT_PIXELS = REGION_LIMIT if mode == "by region" else 8192 * 8192
 
@@ -92,7 +92,7 @@ def make_case(folder: Path, mode: str) -> tuple[Path, Path, dict, np.ndarray]:
     of the store, the states before and after the save, and what the save writes (the labels
     in place, the crop by region)."""
     from napari_ftu._ftu_layers import new_session
-    from napari_ftu._session import Grid
+    from training.review.session import Grid
     from training.review.store import painted_ids, renumber, store_location
 
     edit_limit(mode)

@@ -82,7 +82,7 @@ def main() -> None:
 @contextmanager
 def edit_limit(region: bool) -> Iterator[None]:
     """The plugin's direct-edit limit lowered below the mask (``region``): edited by region."""
-    from napari_ftu import _session
+    from training.review import session as _session
 
     limit = _session.EDIT_LIMIT_PIXELS
     _session.EDIT_LIMIT_PIXELS = 1000 * 1000 if region else limit
@@ -96,7 +96,7 @@ def make_store(folder: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     """A slide file and its saved store, made as the plugin makes them; the slide's path, a
     pristine copy of the store and the arrays of the first save."""
     from napari_ftu._ftu_layers import new_session
-    from napari_ftu._session import Grid
+    from training.review.session import Grid
     from training.review.store import store_location
 
     folder.mkdir(parents=True)

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
+from training.organs import ORGANS
+
 SETS = (
     ("phantoms-hpa-test", "HPA phantoms (synthetic)"),
     ("phantoms-hubmap-test", "HuBMAP phantoms (synthetic)"),

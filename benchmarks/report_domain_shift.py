@@ -9,8 +9,9 @@ import json
 import sys
 from pathlib import Path
 
+from training.organs import ORGANS
+
 TESTS = ("phantoms-hpa-test", "phantoms-hubmap-test", "kidney-test")
-ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 
 
 def main() -> None:

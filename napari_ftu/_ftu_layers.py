@@ -180,7 +180,7 @@ def show_imported(
     """Lay imported ``labels`` (on ``grid``: :func:`import_grid_of`) over the image layer as an
     editable FTU session, placed like a model's; returns the mask layer. An image that already
     has an FTU mask layer is refused (``ValueError``)."""
-    from napari_ftu._session import FTUSession
+    from training.review.session import FTUSession
 
     if mask_name(image.name) in viewer.layers:
         raise ValueError(
@@ -193,7 +193,7 @@ def show_imported(
 
 def import_grid_of(image: Any) -> Any:
     """The grid a mask imported onto an image layer is edited on (see ``import_grid``)."""
-    from napari_ftu._session import import_grid
+    from training.review.session import import_grid
 
     return import_grid(level0_shape(image), image_pixel_size(image))
 
@@ -209,7 +209,7 @@ def new_session(image: Any, result: Any, grid: Any) -> Any:
     """A session for an image layer at the run's threshold and minimum area, with a mask store
     beside its slide file (or in a temporary folder for an image without a file whose mask is
     too large to keep in memory)."""
-    from napari_ftu._session import FTUSession
+    from training.review.session import FTUSession
     from training.review.store import MaskStore, slide_identity, store_location
 
     path = (image.metadata or {}).get("path")
@@ -231,7 +231,7 @@ def saved_session(image: Any) -> Any:
     """The session saved beside an image layer's slide file, or ``None`` when there is none;
     ``ValueError``/``OSError`` for a store that cannot be used (made for another version of the
     file, damaged)."""
-    from napari_ftu._session import FTUSession
+    from training.review.session import FTUSession
     from training.review.store import slide_identity, store_location
 
     path = (image.metadata or {}).get("path")

@@ -17,10 +17,10 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from napari_ftu._ftu_layers import SESSION_KEY, import_grid_of, mask_name, show_imported
+from training.organs import ORGANS
 
 __all__ = ["ORGANS", "SOURCES", "ImportWidget"]
 
-ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 SOURCES = ("QuPath GeoJSON", "dataset row")
 # no organ until the slide, the GeoJSON classification, the row or the user says which: a guess
 # would label exported training data wrongly without a word (as Segment FTUs)

@@ -67,11 +67,11 @@ def segment_job(
 ) -> Generator[Any, None, JobResult | None]:
     """Yield the engine's progress; return the result, or ``None`` once ``cancel`` is set (the
     engine's partial output is removed before returning)."""
-    from napari_ftu._session import Grid
     from training.domain import FeatureTap, check_slide
     from training.inference import segment
     from training.models.ensemble import load_ensemble
     from training.refine.stage import resolve_refiner
+    from training.review.session import Grid
     from training.slides import Slide, open_slide
 
     device = resolve_device(request.device)

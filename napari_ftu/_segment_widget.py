@@ -44,10 +44,10 @@ from napari_ftu._ftu_layers import (
 from napari_ftu._geometry import camera_of
 from napari_ftu._refine_group import RefineGroup
 from napari_ftu._segment_job import JobResult, SegmentRequest, segment_job, slide_hints
+from training.organs import ORGANS
 
 __all__ = ["SESSION_KEY", "SegmentWidget", "mask_name", "probability_name"]
 
-ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 # no organ until something says which (the slide's train.csv or metadata, its saved mask, the
 # user): a guess would label exported training data wrongly without a word
 ORGAN_CHOICES = [("choose...", None), *((organ, organ) for organ in ORGANS)]

@@ -441,3 +441,14 @@ def test_an_export_with_an_id_outside_the_folder_writes_nothing(tmp_path):
     with pytest.raises(ExportError, match=r"'\.\./g' is not a plain file name"):
         export_rows(tmp_path / "ds", pieces[:1], None, ExportInfo("kidney", 0.5), "../g", False)
     assert folder_files(tmp_path) == []
+
+
+def test_organ_names_live_in_one_place() -> None:
+    # the catalogue, the QuPath export and both widgets' organ lists are training.organs' own
+    from napari_ftu import _import_widget, _segment_widget
+    from training import organs
+    from training.data import geojson_export
+
+    assert catalog.ORGANS is organs.ORGANS
+    assert _segment_widget.ORGANS is _import_widget.ORGANS is organs.ORGANS
+    assert geojson_export.FTU_NAMES is organs.FTU_NAMES

@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_ftu import _export_widget, _placement, _session
+from napari_ftu import _export_widget, _placement
 from napari_ftu._export_widget import ExportWidget
 from napari_ftu._ftu_layers import SESSION_KEY, mask_name, show_session
 from napari_ftu._import_widget import ImportWidget
 from napari_ftu._review_widget import ReviewWidget
-from napari_ftu._session import FTUSession, Grid
 from napari_ftu._writer import write_labels_geojson
 from training.data.catalog import read_catalog
 from training.data.geojson import rasterize
 from training.data.geojson_export import labels_to_geojson
 from training.data.rle import decode, nearest_indices
+from training.review import session as _session
+from training.review.session import FTUSession, Grid
 from training.review.store import MaskStore
 from training.slides import write_pyramid
 from training.synthetic import make_phantom

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ftu import _session
 from napari_ftu._ftu_layers import show_session
 from napari_ftu._geometry import camera_of
 from napari_ftu._review_widget import SHORTCUTS, ReviewWidget
 from napari_ftu._segment_widget import SESSION_KEY, SegmentWidget, mask_name
-from napari_ftu._session import FTUSession, Grid
+from training.review import session as _session
+from training.review.session import FTUSession, Grid
 from training.review.store import MaskStore, store_location
 from training.slides import write_pyramid
 from training.synthetic import make_phantom

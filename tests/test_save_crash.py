@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from napari_ftu import _session
 from napari_ftu._ftu_layers import new_session, saved_session
-from napari_ftu._session import Grid
 from training.review import layout
+from training.review import session as _session
+from training.review.session import Grid
 
 SHAPE = (1500, 2300)  # 2 x 3 chunks of the store's 1024 px; overview levels 1 x 2 and 1 x 1
 REGION = (900, 1000, 300, 300)  # across chunk borders: four chunks of the labels
@@ -31,7 +31,7 @@ import os, signal, sys
 from types import SimpleNamespace
 import numpy as np
 import zarr.storage._local as local
-from napari_ftu import _session
+from training.review import session as _session
 from napari_ftu._ftu_layers import saved_session
 
 slide, mode, kill_after, new_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -304,7 +304,7 @@ def test_a_region_run_overlays_the_slide_and_shares_the_whole_slide_store(
     """0.4 um/px slide, model at 1 um/px: a drawn rectangle's result lies on the whole slide's
     working grid (2.5 level-0 px per mask px), exactly over the rectangle, and whole-slide and
     field-of-view runs after it paste into the same store and keep the layers."""
-    from napari_ftu._session import Grid
+    from training.review.session import Grid
     from training.review.store import MaskStore, store_location
 
     viewer, widget, layer = opened

@@ -10,8 +10,8 @@ from concurrent import futures
 import numpy as np
 import pytest
 
-from napari_ftu import _session
-from napari_ftu._session import FTUSession, Grid
+from training.review import session as _session
+from training.review.session import FTUSession, Grid
 from training.review.store import MaskStore, MaskStoreError
 
 

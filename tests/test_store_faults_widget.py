@@ -12,8 +12,8 @@ import pytest
 from napari_ftu import _ftu_layers, _segment_widget
 from napari_ftu._ftu_layers import mask_name, new_session, show_session
 from napari_ftu._segment_widget import SegmentWidget
-from napari_ftu._session import FTUSession, Grid
 from training.review import layout
+from training.review.session import FTUSession, Grid
 from training.review.store import MaskStore, MaskStoreError, slide_identity, store_location
 from training.slides import write_pyramid
 from training.synthetic import make_phantom

@@ -26,6 +26,7 @@ import pandas as pd
 
 from training.atomic import FileGroup, backup_path, exclusive_lock, recover
 from training.data import rle as rle_codec
+from training.organs import ORGANS
 
 __all__ = [
     "COLUMNS",
@@ -40,7 +41,6 @@ __all__ = [
     "write_catalog",
 ]
 
-ORGANS = ("kidney", "largeintestine", "spleen", "lung", "prostate")
 COLUMNS = (
     "id",
     "organ",

@@ -23,6 +23,8 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
+from training.organs import FTU_COLOURS, FTU_NAMES
+
 __all__ = [
     "FTU_COLOURS",
     "FTU_NAMES",
@@ -33,20 +35,6 @@ __all__ = [
     "organ_of_class",
 ]
 
-FTU_NAMES = {
-    "kidney": "glomerulus",
-    "largeintestine": "crypt",
-    "spleen": "white pulp",
-    "lung": "alveolus",
-    "prostate": "gland",
-}
-FTU_COLOURS = {  # QuPath's classification colours, RGB
-    "kidney": (0, 200, 0),
-    "largeintestine": (230, 160, 0),
-    "spleen": (200, 0, 200),
-    "lung": (0, 160, 230),
-    "prostate": (230, 60, 60),
-}
 DECIMALS = 4  # of the written coordinates: far below a pixel, far above float noise
 
 
