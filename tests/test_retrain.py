@@ -119,7 +119,8 @@ def test_command_lines(tmp_path):
         "py", "-m", "training.train", "--init", str(tmp_path / "m.pt"),
         "--data", str(tmp_path / "corr"), f"{tmp_path / 'old'}:0.5", str(tmp_path / "older"),
         "--out", str(tmp_path / "run"), "--epochs", "3", "--time-limit", "20",
-        "--device", "cpu", "--lr-schedule", "time", "--augment-preset", "strong-color",
+        "--device", "cpu", "--lr-schedule", "time", "--keep", "last",
+        "--augment-preset", "strong-color",
         "--lr", "1e-4",
     ]  # fmt: skip
     evaluate = evaluate_command(request, python="py")
@@ -185,6 +186,10 @@ def test_scores_of_the_best_epoch(tmp_path):
     )
     scores = read_scores(tmp_path)
     assert scores.dice == 0.8 and scores.organs == {"kidney": 0.8}  # the first of equals
+    (tmp_path / "config.yaml").write_text("keep: last\n")  # best.pt holds the last epoch
+    assert read_scores(tmp_path).organs == {"kidney": 0.7}
+    (tmp_path / "config.yaml").write_text("keep: best\n")
+    assert read_scores(tmp_path).organs == {"kidney": 0.8}
     (tmp_path / "metrics.csv").write_text("epoch,loss\n1,0.9\n")
     assert read_scores(tmp_path) is None  # no validation images
     # chosen as the trainer chooses: on the selection score (on colon not the FTU Dice alone)

@@ -141,6 +141,21 @@ def test_a_time_schedule_ends_the_cosine_at_the_time_limit(dataset, tmp_path):
     assert pd.read_csv(out / "metrics.csv")["lr"].tolist() == [pytest.approx(5e-4 * 0.01)]
 
 
+def test_keep_last_holds_the_final_epoch_in_best(dataset, tmp_path):
+    """--keep last: best.pt is the last validated epoch whatever the scores (a few validation
+    images cannot tell epochs apart); --keep best: the epoch of the best score."""
+    out = tmp_path / "run"
+    args = _args(dataset, out, "--model", "swin_micro_upernet", "--epochs", "3", "--lr", "0.05")
+    assert train_command.main([*args, "--keep", "last"]) == 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    training = load_checkpoint(out / "best.pt")[1]["training"]
+    assert training["best_epoch"] == 3
+    assert training["best_val_score"] == pytest.approx(metrics["val_score"].iloc[-1], abs=1e-4)
+    best, last = load_checkpoint(out / "best.pt")[0], load_checkpoint(out / "last.pt")[0]
+    for a, b in zip(best.state_dict().values(), last.state_dict().values(), strict=True):
+        assert torch.equal(a.float(), b.float())
+
+
 def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     out = tmp_path / "run"
     base = _args(dataset, out, "--model", "swin_micro_upernet")

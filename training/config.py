@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cosine decay runs through --epochs, or (time) through --time-limit when the "
         "limit comes first, so a run the limit stops still ends at a low learning rate",
     )
+    optim.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="the epoch best.pt holds: the best validated one, or the last (when a few "
+        "validation images cannot tell epochs apart and the schedule ends low)",
+    )
     optim.add_argument("--warmup", type=float, default=0.5, help="warm-up length in epochs")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0: off")
     optim.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")

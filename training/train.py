@@ -135,6 +135,7 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
         time_limit_s=args.time_limit * 60 if args.time_limit else None,
         time_clock=args.time_clock,
         lr_schedule=args.lr_schedule,
+        keep=args.keep,
         progress=not args.no_progress,
         seed=args.seed,
     )

@@ -57,6 +57,9 @@ class TrainerOptions:
     # "time": under a time limit, the cosine runs through the limit when the limit comes
     # before the last epoch (a short fine-tune then ends at a low learning rate, not mid-way)
     lr_schedule: str = "epochs"
+    # which validated epoch best.pt holds: "best" (the highest selection score) or "last" (the
+    # final one, for runs whose few validation images cannot tell epochs apart)
+    keep: str = "best"
     progress: bool = True
     seed: int = 0
 
@@ -64,7 +67,7 @@ class TrainerOptions:
 @dataclass
 class _History:
     rows: list[dict[str, Any]] = field(default_factory=list)
-    best: float = -1.0  # the best epoch's selection score (validation.selection_score)
+    best: float = -1.0  # the kept epoch's selection score (validation.selection_score)
     best_epoch: int = 0
     best_dice: float | None = None  # its FTU Dice (None in a state from before: then best)
     epoch: int = 0  # epochs finished
@@ -104,6 +107,8 @@ class Trainer:
         # an --init checkpoint's describes other data and other weights; this run's own is
         # stored at its end
         meta.pop("domain", None)
+        if options.keep not in ("best", "last"):
+            raise ValueError(f"unknown epoch to keep {options.keep!r}")
         if options.lr_schedule not in ("epochs", "time"):
             raise ValueError(f"unknown learning-rate schedule {options.lr_schedule!r}")
         if options.lr_schedule == "time" and world.distributed:
@@ -380,7 +385,10 @@ class Trainer:
     def _save(self, row: dict[str, Any], final: bool, stopped_early: bool) -> dict[str, Any]:
         """Write the epoch's checkpoints, state and metrics (rank 0); return the summary."""
         # chosen on the selection score: the FTU Dice, on colon averaged with the background's
-        if "val_score" in row and row["val_score"] > self.history.best:
+        kept = "val_score" in row and (
+            self.options.keep == "last" or row["val_score"] > self.history.best
+        )
+        if kept:
             self.history.best, self.history.best_epoch = row["val_score"], row["epoch"]
             self.history.best_dice = row["val_dice"]
         # on every rank: the final summary gathers the ranks' weight digests
