@@ -14,12 +14,26 @@ first tile read to the last row written.
 
 ``--read-only`` reads the same tiles, in the engine's batches, through the engine's tile source
 and nothing else: the ceiling that reading puts on tiles/s, whatever the device.
+
+In the same process the model alone runs on random batches (channels-last, bf16 autocast on
+CUDA, as the engine runs it): the run's tiles/s is also given as a share of that, the issue's
+figure (target on a GPU: >= 80% at one pass per tile). On CUDA the engine takes its
+device-resident path (:mod:`training.inference.device_path`) unless ``--host-path``.
+
+Runs from a plain checkout (the repository root is put on ``sys.path``): it needs the wheels
+torch (a CUDA build for ``--device cuda``), timm, numpy, scipy, pandas, tifffile, zarr,
+imagecodecs and scikit-image, nothing else of this package's dependencies.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain checkout: no install
 
 import torch
 from _common import forty_x_phantom
@@ -66,12 +80,19 @@ def main() -> None:
     parser.add_argument("--read-workers", type=int, default=8)
     parser.add_argument("--tta", type=int, default=1)
     parser.add_argument("--read-only", action="store_true", help="time the tile source alone")
+    parser.add_argument("--host-path", action="store_true", help="resample tiles on the host")
+    parser.add_argument("--model-seconds", type=float, default=10.0)
     args = parser.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            f"--device {args.device}: torch {torch.__version__} finds no CUDA device (built for "
+            f"CUDA {torch.version.cuda}); run on a GPU machine with a CUDA build of torch"
+        )
     if args.read_only:
         read_only(args)
         return
 
-    from training.inference import run
+    from training.inference import RunOptions, run
     from training.models import build_model
     from training.models.ensemble import Member
 
@@ -87,21 +108,21 @@ def main() -> None:
         "thresholds": {"kidney": 0.5},
     }
     path = forty_x_phantom(args.side)
-    options = {
-        "device": device,
-        "batch_size": args.batch_size,
-        "read_workers": args.read_workers,
-        "tta": args.tta,
-        "memory_limit_mb": 8192,
-    }
+    options = RunOptions(
+        device=device,
+        batch_size=args.batch_size,
+        read_workers=args.read_workers,
+        tta=args.tta,
+        memory_limit_mb=8192,
+        device_path=False if args.host_path else None,
+    )
+    alone = model_alone(model, tile, device, args)
     warm = Member(timed, meta, name=args.model)
-    run(
-        forty_x_phantom(2048), warm, "kidney", detect_tissue=False, **options
-    )  # compile kernels, warm up
+    run(forty_x_phantom(2048), warm, "kidney", options, detect_tissue=False)  # warm up
     timed.events.clear()
     timed.cpu_seconds = 0.0
     start = time.perf_counter()
-    result = run(path, warm, "kidney", **options)
+    result = run(path, warm, "kidney", options)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
@@ -110,6 +131,8 @@ def main() -> None:
     print(
         f"{args.model} at {tile} px, {MODEL_PX} um/px, batch {args.batch_size}, tta {args.tta}, "
         f"read workers {args.read_workers}, {name}, "
+        f"{'host' if args.host_path else 'device-resident' if device.type == 'cuda' else 'host'} "
+        "path, "
         f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
     )
     print(
@@ -117,6 +140,32 @@ def main() -> None:
         f"{wall:.1f} s = {result.tiles_run / wall:.1f} tiles/s; model busy {busy:.1f} s = "
         f"{busy / wall:.0%} of wall time"
     )
+    print(
+        f"model alone, random batches of {args.batch_size}: {alone:.1f} tiles/s; the run reached "
+        f"{result.tiles_run / wall / alone:.0%} of it"
+    )
+
+
+def model_alone(
+    model: nn.Module, tile: int, device: torch.device, args: argparse.Namespace
+) -> float:
+    """Tiles/s of a copy of ``model`` alone on random batches, as the engine runs it."""
+    model = copy.deepcopy(model).to(device, memory_format=torch.channels_last).eval()
+    x = torch.randn(args.batch_size, 3, tile, tile, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        for _ in range(2):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        steps, start = 0, time.perf_counter()
+        while steps < 3 or time.perf_counter() - start < args.model_seconds:
+            model(x)
+            steps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return steps * args.batch_size / (time.perf_counter() - start)
 
 
 def read_only(args: argparse.Namespace) -> None:

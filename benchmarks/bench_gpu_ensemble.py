@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from training.inference import run
+from training.inference import RunOptions, run
 from training.models import build_model
 from training.models.checkpoint import default_meta
 from training.models.ensemble import Ensemble, Member
@@ -43,20 +43,20 @@ def main() -> None:
         members.append(Member(model, default_meta(model), name=name))
     ensemble = Ensemble(members)
     image, _, _ = make_phantom("kidney", size=args.size, seed=0, tissue_fraction=1.0)
-    options = {
-        "pixel_size_um": 0.4,
-        "tta": args.tta,
-        "batch_size": args.batch_size,
-        "device": device,
-        "memory_limit_mb": 4096,
-    }
-    run(image, ensemble, "kidney", **options)  # warm-up: kernels, cuDNN autotuning
+    options = RunOptions(
+        pixel_size_um=0.4,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=device,
+        memory_limit_mb=4096,
+    )
+    run(image, ensemble, "kidney", options)  # warm-up: kernels, cuDNN autotuning
     seconds, tiles = [], 0
     for _ in range(args.repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        result = run(image, ensemble, "kidney", **options)
+        result = run(image, ensemble, "kidney", options)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)

@@ -15,7 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from training.inference import run
+from training.inference import RunOptions, run
 from training.models import build_model
 from training.models.checkpoint import default_meta
 from training.models.ensemble import Member
@@ -45,12 +45,11 @@ def main() -> None:
     per_tile = counter.get_total_flops()
     image, _, _ = make_phantom("kidney", size=args.size, seed=0, tissue_fraction=1.0)
     member = Member(model, meta, name=args.model)
-    run(
-        image[:512, :512], member, "kidney", pixel_size_um=0.4, batch_size=args.batch_size
-    )  # warm-up
+    options = RunOptions(pixel_size_um=0.4, batch_size=args.batch_size)
+    run(image[:512, :512], member, "kidney", options)  # warm-up
     peak = matmul_flops()
     start = time.perf_counter()
-    result = run(image, member, "kidney", pixel_size_um=0.4, batch_size=args.batch_size)
+    result = run(image, member, "kidney", options)
     seconds = time.perf_counter() - start
     achieved = per_tile * result.tiles_run / seconds
     print(

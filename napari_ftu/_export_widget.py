@@ -135,6 +135,7 @@ class ExportWidget(Container):
             existing_outputs,
             safe_id,
         )
+        from training.measure.qupath import measurements_of
 
         session, image = self._session_and_image()
         if session is None:
@@ -155,6 +156,7 @@ class ExportWidget(Container):
             data_source=str(self.data_source.value).strip(),
             tissue_thickness=_thickness(str(self.thickness.value)),
             annotator=str(self.annotator.value).strip(),
+            measurements=measurements_of(self.viewer.layers[self.mask.value].features),
         )
         if session.store is not None:
             session.flush()  # a large mask's regions are read from its store

@@ -68,8 +68,8 @@ def level0_shape(layer: Any) -> tuple[int, int]:
 class Preview:
     """The probability layer that fills in band by band while a run goes on."""
 
-    def __init__(self, viewer: Any, image: Any, region: tuple[int, int, int, int] | None) -> None:
-        self.viewer, self.image, self.region = viewer, image, region  # region: level-0 pixels
+    def __init__(self, viewer: Any, image: Any) -> None:
+        self.viewer, self.image = viewer, image
         self.layer: Any = None
 
     def show(self, band: Any, image_pixel_size_um: float) -> None:
@@ -79,7 +79,7 @@ class Preview:
             shape = tuple(math.ceil(s / step) for s in band.map_shape)
             downsample = band.pixel_size_um / image_pixel_size_um
             scale, translate = _placement.overlay(
-                self.image.scale, self.image.translate, downsample, self._origin(downsample)
+                self.image.scale, self.image.translate, downsample, band.origin
             )
             self.layer = self.viewer.add_image(
                 np.zeros(shape, np.float32),
@@ -94,17 +94,6 @@ class Preview:
         rows = band.values[first - band.y0 :: step, ::step]
         self.layer.data[first // step : first // step + len(rows)] = rows
         self.layer.refresh()
-
-    def _origin(self, downsample: float) -> tuple[int, int]:
-        """Where the run's map starts in the image's working grid (as the job reads it)."""
-        if self.region is None:
-            return (0, 0)
-        from napari_ftu._segment_job import working_box
-
-        height, width = level0_shape(self.image)
-        full = (math.ceil(height / downsample), math.ceil(width / downsample))
-        y, x, _, _ = working_box(self.region, 1 / downsample, full)
-        return (y, x)
 
     def take(self) -> Any:
         """Hand the layer over (to become the result's); ``None`` when there is none."""
@@ -171,6 +160,9 @@ def show_mask(viewer: Any, image: Any, session: Any) -> Any:
         metadata={SESSION_KEY: session, LEVEL0_KEY: level0_shape(image)},
     )
     mask.editable = session.grid.direct_edit  # a large mask is an overview: "Review region"
+    from napari_ftu._measure_layer import tracker
+
+    tracker(viewer, mask)  # its features: the objects' measurements (in a worker)
     return mask
 
 

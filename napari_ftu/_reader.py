@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.slides import REFUSED_SUFFIXES, SLIDE_SUFFIXES, open_slide
+from training.slides import DICOM_SUFFIXES, REFUSED_SUFFIXES, SLIDE_SUFFIXES, open_slide
+from training.slides.dicom_reader import is_dicom_folder
 
 # refused formats are claimed too, so that opening one says why instead of "no reader"
-CLAIMED = SLIDE_SUFFIXES + tuple(REFUSED_SUFFIXES)
+CLAIMED = SLIDE_SUFFIXES + DICOM_SUFFIXES + tuple(REFUSED_SUFFIXES)
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -18,13 +19,22 @@ LayerData = tuple[Any, dict[str, Any], str]
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
     """Return the slide reader for paths napari-ftu can open, ``None`` for anything else."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths or not all(str(p).lower().endswith(CLAIMED) for p in paths):
+    if not paths or not all(_claimed(p) for p in paths):
         return None
     return read_slides
 
 
+def _claimed(path: str | os.PathLike) -> bool:
+    """A slide file by its suffix, or a folder of DICOM files (a DICOM slide: a few of its
+    files are looked at, so other folders are declined cheaply)."""
+    if os.path.isdir(path):
+        return is_dicom_folder(Path(path))
+    return str(path).lower().endswith(CLAIMED)
+
+
 def read_slides(path: str | list[str]) -> list[LayerData]:
-    """Open each slide lazily as a (multiscale) RGB Image layer."""
+    """Open each slide (a file, or a DICOM slide's folder) lazily as a (multiscale) RGB Image
+    layer scaled in micrometres."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     return [slide_layer_data(p) for p in paths]
 
@@ -42,7 +52,7 @@ def slide_layer_data(path: str | os.PathLike) -> LayerData:
     # metadata keeps pixel_size_um None, so "Segment FTUs" still asks for the real one
     pixel_size = slide.pixel_size_um or 1.0
     kwargs = {
-        "name": Path(path).stem,
+        "name": _layer_name(Path(path)),
         "rgb": rgb,
         "multiscale": len(levels) > 1,
         "scale": (pixel_size, pixel_size),
@@ -56,3 +66,10 @@ def slide_layer_data(path: str | os.PathLike) -> LayerData:
     }
     data = levels if len(levels) > 1 else levels[0]
     return data, kwargs, "image"
+
+
+def _layer_name(path: Path) -> str:
+    """The slide's name: its file's stem; a DICOM slide's folder's (its files are UIDs)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return path.resolve().parent.name
+    return path.stem

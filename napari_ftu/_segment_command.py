@@ -1,8 +1,8 @@
 """``napari-ftu segment``: segment slides without a GUI, one train.csv row per slide.
 
-Every check that can refuse a run (missing slides, shared ids, results that exist) is made before
-any work; under torchrun each rank checks and segments its share of the slides, and rank 0
-reports for all.
+This module parses the arguments, builds the options and reports; the work (the checks before
+any work, segmenting, writing rows and files) is :mod:`training.inference.batch`. Under torchrun
+each rank checks and segments its share of the slides, and rank 0 reports for all.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import logging
 import math
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from napari_ftu._torchrun import Team, rank_device
 from training.arguments import OneLineParser, add_refine_arguments, number, positive_integer
+
+if TYPE_CHECKING:  # training.inference imports torch: not before a run needs it (-h, errors)
+    from training.inference.batch import BatchOptions
+    from training.inference.options import RunOptions
 
 log = logging.getLogger("napari_ftu")
 
@@ -70,6 +71,13 @@ def segment_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=positive_integer, default=4)
     group.add_argument("--tta", type=int, default=1, choices=(1, 4, 8))
     group.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: bf16 on CUDA, fp32 on the CPU; bf16 on a CPU with native bf16 runs the model "
+        "about twice as fast, probabilities within 0.02 (docs/benchmarks.md, issue 24)",
+    )
+    group.add_argument(
         "--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N"
     )
     group.add_argument("--no-tissue-detection", action="store_true")
@@ -96,6 +104,17 @@ def segment_parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--overlay", action="store_true", help="write OUT/<id>.overlay.png (FTU outlines)"
     )
+    post.add_argument(
+        "--measure",
+        action="store_true",
+        help="write OUT/<id>.objects.csv (per-FTU measurements) and a row of OUT/summary.csv",
+    )
+    post.add_argument(
+        "--report",
+        action="store_true",
+        help="write OUT/<id>.report.html (self-contained) and .report.png, the slide report, "
+        "and OUT/report.html; implies --measure and, without --labels-tiff, --geojson",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -113,6 +132,9 @@ def segment_command(argv: Sequence[str]) -> int:
             parser.error(str(exc))
     if args.stain and args.stain_reference is None:
         parser.error("--stain needs --stain-reference IMAGE")
+    if args.report:  # a report shows the measurements and draws the outlines the run writes
+        args.measure, args.geojson = True, args.geojson or not args.labels_tiff
+    args.record = args.measure  # the run record beside the measurements: napari-ftu report
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from training.inference.store import remove_stale_folders
 
@@ -141,6 +163,10 @@ def segment_command(argv: Sequence[str]) -> int:
             status = max(status, SLIDES_FAILED)
     if rows:
         log.info("wrote %d row(s) to %s", len(rows), args.out / "train.csv")
+    if rows and args.report:
+        from training.report import write_batch_report
+
+        log.info("wrote %s", write_batch_report(args.out))
     if failures:
         if rows:
             log.info("%d of %d slide(s) segmented", len(rows), len(args.slides))
@@ -170,58 +196,47 @@ def _exit_on_sigterm() -> Iterator[None]:
 def preflight(args: argparse.Namespace, slides: Sequence[Path]) -> tuple[list[str], list[str]]:
     """What stops a run before any work: problems with the input (missing slides, shared ids,
     an unreadable train.csv) and, unless ``--overwrite``, results of ``slides`` that exist."""
-    from training.data.catalog import CSV_NAME, read_catalog
+    from training.inference.batch import preflight as check
 
-    problems = [
-        f"{path}: is a directory, not a slide file" if path.is_dir() else f"{path}: no such file"
-        for path in slides
-        if not path.is_file()
-    ]
-    ids = [path.stem for path in args.slides]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        problems.append(f"slides share an id (file stem): {', '.join(duplicates)}")
-    if args.out.exists() and not args.out.is_dir():
-        problems.append(f"{args.out}: not a folder")
-    else:
-        problems.extend(_unwritable(args.out))
-    if args.overwrite or not args.out.is_dir():
-        return problems, []
-    existing = [
-        str(target)
-        for path in slides
-        for target in _result_files(args, path.stem)
-        if target.exists()
-    ]
-    csv_path = args.out / CSV_NAME
-    if csv_path.exists():
-        try:
-            known = set(read_catalog(csv_path, check_images=False, check_rle=False)["id"])
-        except ValueError as exc:
-            return [*problems, str(exc)], []
-        existing.extend(f"{csv_path}: row {path.stem}" for path in slides if path.stem in known)
-    return problems, existing
+    return check(args.slides, slides, batch_options(args))
 
 
-def _unwritable(out: Path) -> list[str]:
-    """Why results cannot be written in ``out`` (or the folder that would hold it), found by
-    writing a file there: permissions alone do not tell (root, read-only mounts, ACLs)."""
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return []
-    except OSError as exc:
-        return [f"{out}: cannot write there ({exc.strerror or exc})"]
+def batch_options(args: argparse.Namespace, run: RunOptions | None = None) -> BatchOptions:
+    """What the arguments ask a batch to write, with the engine's ``run`` options. Each
+    :class:`~training.inference.batch.Outputs` flag is the argument of the same name."""
+    from training.inference.batch import SUFFIXES, BatchOptions, Outputs
+    from training.inference.options import RunOptions
+
+    return BatchOptions(
+        out=args.out,
+        organ=args.organ,
+        model=args.model,
+        run=run or RunOptions(),
+        outputs=Outputs(**{name: getattr(args, name) for name in SUFFIXES}),
+        overwrite=args.overwrite,
+        threshold=args.threshold,
+        min_area_um2=args.min_area_um2,
+    )
 
 
-def _result_files(args: argparse.Namespace, image_id: str) -> list[Path]:
-    return [
-        *([args.out / f"{image_id}.labels.tiff"] if args.labels_tiff else []),
-        *([args.out / f"{image_id}.geojson"] if args.geojson else []),
-        *([args.out / f"{image_id}.overlay.png"] if args.overlay else []),
-    ]
+def run_options(
+    args: argparse.Namespace, device: str, stain: Any = None, refiner: Any = None
+) -> RunOptions:
+    """The engine's options from the arguments, on ``device`` with the fitted ``stain``
+    normaliser and the ``refiner`` (None: the model's own, False: none)."""
+    from training.inference.options import RunOptions
+
+    return RunOptions(
+        pixel_size_um=args.pixel_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        precision=args.precision,
+        device=device,
+        detect_tissue=not args.no_tissue_detection,
+        stain=stain,
+        refiner=refiner,
+    )
 
 
 def _segment_share(
@@ -229,23 +244,24 @@ def _segment_share(
 ) -> tuple[int, list[str], list[dict[str, Any]]]:
     """Segment this rank's slides; never raises, so that every rank reaches the final gather.
     Returns the exit status, the failures (one line each) and the rows written."""
+    from training.inference.batch import reason, segment_slides
+
     try:
         device = rank_device(args.device, team.local_rank)
-        ensemble, stain = _load(args, device)
+        ensemble, stain, refiner = _load(args, device)
+        options = batch_options(args, run_options(args, device, stain, refiner))
     except Exception as exc:  # reported by rank 0 after the gather
-        return BAD_INPUT, [_reason(exc)], []
-    failures, rows = [], []
-    for path in team.share(args.slides):
-        try:
-            rows.append(_segment_slide(args, path, ensemble, stain, device, team.rank))
-        except Exception as exc:  # one bad slide must not cost the others their results
-            failures.append(f"{path}: {_reason(exc)}")
-            if not _is_bad_input(exc):  # a bug: its traceback is wanted (bad input explains
-                log.exception("%s: failed", path)  # itself, in the one line reported at the end)
-    return (SLIDES_FAILED if failures else 0), failures, rows
+        return BAD_INPUT, [reason(exc)], []
+
+    def progress(path: Path) -> TileBar:
+        return TileBar(path.name, position=team.rank, disable=args.quiet)
+
+    done = segment_slides(team.share(args.slides), ensemble, options, progress)
+    return (SLIDES_FAILED if done.failures else 0), done.failures, done.rows
 
 
-def _load(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any]:
+    """The ensemble, the stain normaliser (or None) and the refiner for the run options."""
     from training.models.ensemble import load_ensemble
 
     if device.startswith("cuda:"):
@@ -253,107 +269,19 @@ def _load(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
 
         torch.cuda.set_device(device)  # else every rank also opens a context on GPU 0
     ensemble = load_ensemble(args.model, device)
-    if args.refine is not None or args.no_refine:  # BPR: replaces or drops the manifest's
-        from training.refine import Refiner
+    refiner = None  # BPR: the manifest's own, replaced or dropped by --refine / --no-refine
+    if args.no_refine:
+        refiner = False
+    elif args.refine is not None:  # loaded once for every slide, with the manifest's options
+        from training.refine.stage import resolve_refiner
 
-        ensemble.refiner = None
-        if args.refine is not None:
-            ensemble.refiner = Refiner.load(args.refine, device, ensemble.refiner_options)
+        refiner = resolve_refiner(args.refine, ensemble, device)
     stain = None
     if args.stain_reference is not None:
         from training.stain import StainNormalizer
 
         stain = StainNormalizer(args.stain or "macenko").fit(args.stain_reference)
-    return ensemble, stain
-
-
-def _segment_slide(
-    args: argparse.Namespace, path: Path, ensemble: Any, stain: Any, device: str, rank: int
-) -> dict[str, Any]:
-    """Segment one slide and write its results; its train.csv row last, as the mark of a slide
-    done. Returns the row."""
-    from training.domain import FeatureTap, check_slide
-    from training.inference import run
-    from training.inference.engine import working_map
-    from training.inference.limits import describe
-    from training.inference.outputs import (
-        labels_to_geojson,
-        result_row,
-        write_json,
-        write_overlay,
-    )
-    from training.slides import open_slide, write_pyramid
-
-    with open_slide(path, args.pixel_size) as slide:
-        if slide.pixel_size_um is None:
-            raise ValueError(f"{path.name}: the pixel size is unknown; give --pixel-size UM")
-        # said before the tissue thumbnail, whose reading takes long on a slide without a
-        # pyramid; a map that cannot fit is refused here, before any work
-        members = ensemble.for_organ(args.organ)
-        shape, working_px = working_map(slide, members, args.overlap)
-        log.info(
-            "%s: %s; map %d x %d px at %g um/px",
-            path.name,
-            describe(slide.shape[:2], slide.pixel_size_um),
-            *shape,
-            working_px,
-        )
-        bar = TileBar(path.name, position=rank, disable=args.quiet)
-        try:
-            with FeatureTap(members) as tap:  # the encoder features the domain check needs
-                result = run(
-                    slide,
-                    ensemble,
-                    args.organ,
-                    overlap=args.overlap,
-                    batch_size=args.batch_size,
-                    tta=args.tta,
-                    device=device,
-                    detect_tissue=not args.no_tissue_detection,
-                    stain=stain,
-                    on_progress=bar,
-                )
-        finally:
-            bar.close()
-        check = check_slide(slide, members, tap.features, stain=stain)
-        (log.warning if check.far else log.info)("%s", check.line(path.name))
-        if result.meta.get("refiner"):
-            name = Path(result.meta["refiner"]).name
-            log.info(
-                "%s: boundaries refined by %s (%d patches)",
-                path.name,
-                name,
-                result.meta["refined_patches"],
-            )
-        labels = result.labels(args.threshold, args.min_area_um2)
-        row = result_row(
-            path.stem, result, labels, slide.pixel_size_um, {"model": Path(args.model).name}
-        )
-        if not args.overwrite:  # saves writing the files of a run whose row cannot be written
-            _refuse_a_row_written_meanwhile(args.out, path.stem)
-        if args.labels_tiff:
-            target = args.out / f"{path.stem}.labels.tiff"
-            if target.exists() and not args.overwrite:
-                raise FileExistsError(f"{target} exists; napari-ftu does not overwrite results")
-            write_pyramid(
-                target,
-                labels.astype(np.uint16 if labels.max() < 65536 else np.uint32),
-                result.pixel_size_um,
-                labels=True,
-            )
-        if args.geojson:
-            write_json(
-                args.out / f"{path.stem}.geojson",
-                labels_to_geojson(labels, result.downsample, args.organ, shape=result.slide_shape),
-                overwrite=args.overwrite,
-            )
-        if args.overlay:
-            write_overlay(
-                args.out / f"{path.stem}.overlay.png", slide, labels, overwrite=args.overwrite
-            )
-    _write_row(args, row)
-    log.info("%s: %d %s object(s)", path.name, int(labels.max()), args.organ)
-    return row
+    return ensemble, stain, refiner
 
 
 class TileBar:
@@ -384,60 +312,11 @@ class TileBar:
             self.bar.close()
 
 
-def _refuse_a_row_written_meanwhile(out: Path, image_id: str) -> None:
-    # Preflight found no row for this slide, but another run into the same folder may have
-    # written one since. A look, not the guard (_write_row is): it spares that case the
-    # writing of this run's label TIFF, GeoJSON and overlay.
-    from training.data.catalog import CSV_NAME, read_catalog
-
-    csv_path = out / CSV_NAME
-    if csv_path.exists() and image_id in set(
-        read_catalog(csv_path, check_images=False, check_rle=False)["id"]
-    ):
-        raise _row_taken(csv_path, image_id, "results are not written (--overwrite replaces it)")
-
-
-def _write_row(args: argparse.Namespace, row: dict[str, Any]) -> None:
-    # Without --overwrite, a row another run into the same folder wrote since preflight is
-    # refused under the folder's lock, in the same step as the write: replacing it would
-    # silently swap one run's result for another's.
-    from training.data.catalog import CSV_NAME, RowExistsError, upsert_row
-
-    try:
-        upsert_row(args.out, row, replace=args.overwrite)
-    except RowExistsError:
-        written = ", ".join(target.name for target in _result_files(args, row["id"]))
-        also = f", only its {written}" if written else ""
-        outcome = f"row is not written{also} (--overwrite replaces the row)"
-        raise _row_taken(args.out / CSV_NAME, row["id"], outcome) from None
-
-
-def _row_taken(csv_path: Path, image_id: str, outcome: str) -> FileExistsError:
-    return FileExistsError(
-        f"{csv_path}: row {image_id} was written by another run after this one started; "
-        f"this run's {outcome}"
-    )
-
-
 def _restore_lost_rows(out: Path, rows: list[dict[str, Any]]) -> None:
-    # Ranks take turns on train.csv through a file lock; on a filesystem without locks two
-    # ranks can rewrite it at once and one row is lost. Rank 0 checks, after every rank is done.
-    from training.data.catalog import read_catalog, upsert_row
+    # rank 0, after every rank is done: see training.inference.batch.restore_lost_rows
+    from training.inference.batch import restore_lost_rows
 
-    frame = read_catalog(out, check_images=False, check_rle=False).set_index("id")
-    for row in rows:
-        if row["id"] not in frame.index or frame.loc[row["id"], "rle"] != row["rle"]:
-            log.warning("%s: its row was lost by a concurrent write; writing it again", row["id"])
-            upsert_row(out, row)
-
-
-def _is_bad_input(exc: BaseException) -> bool:
-    # What the slide, model and image readers raise for a file they cannot use, with a message.
-    return isinstance(exc, (OSError, ValueError)) and bool(str(exc))
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) if _is_bad_input(exc) else f"{type(exc).__name__}: {exc}"
+    restore_lost_rows(out, rows)
 
 
 def _merged(parts: Sequence[Sequence[str]]) -> list[str]:

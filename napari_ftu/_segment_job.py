@@ -1,13 +1,12 @@
 """What the "Segment FTUs" button runs, without Qt: a generator the widget's worker drives.
 
-It loads the model, reads the asked region at the model's working scale (so a field of view or
-a drawn rectangle lands on the same pixel grid as a whole-slide run), runs the engine, and
+It loads the model, runs the engine on the slide (on a field of view or a drawn rectangle: the
+engine's ``region``, whose map is the same box of a whole-slide run's, on the same grid), and
 stops between batches when cancelled. torch is imported here, never at plugin discovery.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Generator
@@ -40,15 +39,16 @@ class SegmentRequest:
 class JobResult:
     """The engine's result, where its map sits in the whole slide's working grid, and the model.
 
-    ``grid`` is the whole slide's, whatever the region: a region's result alone would describe
-    its own crop (level 0 = the crop at the working scale, a downsample of 1)."""
+    ``grid`` is the whole slide's working grid, whatever the region (as the result reports it),
+    so the runs of one model on one slide share a mask store."""
 
     result: Any  # training.inference.SegmentationResult
     origin: tuple[int, int]  # the map's top-left in the whole slide's working-scale pixels
-    grid: Any  # napari_ftu._session.Grid: the whole slide at the working scale
+    grid: Any  # training.review.session.Grid: the whole slide at the working scale
     model: Path
     labels: np.ndarray | None = None  # the map's objects at the model's threshold and min area
     domain: Any = None  # training.domain.DomainCheck: how far the image is from the training data
+    tissue_area_mm2: float | None = None  # the slide's (the engine's tissue mask); whole runs only
 
 
 def resolve_device(name: str) -> str:
@@ -69,16 +69,14 @@ def segment_job(
     engine's partial output is removed before returning)."""
     from training.domain import FeatureTap, check_slide
     from training.inference import segment
+    from training.inference.tissue import tissue_area_mm2
     from training.models.ensemble import load_ensemble
-    from training.refine.stage import resolve_refiner
     from training.review.session import Grid
     from training.slides import Slide, open_slide
 
     device = resolve_device(request.device)
     ensemble = load_ensemble(request.model, device)
-    refiner = resolve_refiner(request.refine, ensemble, device)  # BPR
     members = ensemble.for_organ(request.organ)
-    working = min(float(m.meta["pixel_size_um"]) for m in members)
     image = request.image
     opened = (
         open_slide(image, request.pixel_size_um)
@@ -86,28 +84,7 @@ def segment_job(
         else Slide.from_array(np.asarray(image), request.pixel_size_um)  # closing: a no-op
     )
     with opened as slide:
-        to_working = slide.pixel_size_um / working
-        height, width = slide.shape[:2]
-        full = (max(1, math.ceil(height * to_working)), max(1, math.ceil(width * to_working)))
-        # computed as the engine computes a whole-slide run's, so the two grids compare equal
-        grid = Grid(full, working, 1 / to_working)
-        origin, source = (0, 0), slide
-        if request.region is not None:
-            y, x, h, w = working_box(request.region, to_working, full)
-            origin = (y, x)
-            source = Slide.from_array(slide.read_region_at(working, y, x, h, w), working)
-            if refiner is not None:  # BPR patches from the slide itself, not the working crop
-                refiner = refiner.reading(slide, origin)
-        engine = segment(
-            source,
-            ensemble,
-            request.organ,
-            overlap=request.overlap,
-            tta=request.tta,
-            stain=request.stain,
-            device=device,
-            refiner=refiner or False,
-        )
+        engine = segment(slide, ensemble, request.organ, run_options(request, device))
         with FeatureTap(members) as tap:  # the encoder features the domain check needs
             while True:
                 try:
@@ -122,23 +99,28 @@ def segment_job(
         try:
             # the objects are found here, off the GUI thread, ready for a new mask layer
             labels = result.labels()
-            domain = check_slide(source, members, tap.features, slide.pixel_size_um, request.stain)
+            domain = check_slide(slide, members, tap.features, stain=request.stain)
+            # a region's tissue is not the slide's, whose objects the mask layer holds
+            tissue = tissue_area_mm2(slide) if request.region is None else None
         except BaseException:
             result.close()
             raise
-        return JobResult(result, origin, grid, request.model, labels, domain)
+        grid = Grid(result.grid_shape, result.pixel_size_um, result.downsample)
+        return JobResult(result, result.origin, grid, request.model, labels, domain, tissue)
 
 
-def working_box(region: Box, to_working: float, full: tuple[int, int]) -> Box:
-    """A level-0 box as whole pixels of the working grid, clipped to the slide; an error when
-    nothing of it lies on the slide."""
-    y, x, h, w = region
-    y0, x0 = max(0, math.floor(y * to_working)), max(0, math.floor(x * to_working))
-    y1 = min(full[0], math.ceil((y + h) * to_working))
-    x1 = min(full[1], math.ceil((x + w) * to_working))
-    if y1 - y0 < 1 or x1 - x0 < 1:
-        raise ValueError("the region to segment lies outside the image")
-    return y0, x0, y1 - y0, x1 - x0
+def run_options(request: SegmentRequest, device: str) -> Any:
+    """The engine's :class:`training.inference.RunOptions` for ``request`` on ``device``."""
+    from training.inference import RunOptions
+
+    return RunOptions(
+        overlap=request.overlap,
+        tta=request.tta,
+        device=device,
+        stain=request.stain,
+        refiner=request.refine,  # BPR: the engine reads a region's patches from the slide
+        region=request.region,
+    )
 
 
 def slide_hints(path: str | os.PathLike | None) -> dict[str, Any]:

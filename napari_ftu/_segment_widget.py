@@ -219,7 +219,7 @@ class SegmentWidget(Container):
         from napari.qt.threading import thread_worker
 
         self._request, self._image_name = request, self.image.value
-        self._preview = Preview(self.viewer, self._image_layer(), request.region)
+        self._preview = Preview(self.viewer, self._image_layer())
         self._cancel = threading.Event()
         # errors become notifications here (_on_error), not tracebacks re-raised in the GUI
         worker = thread_worker(segment_job, start_thread=False, ignore_errors=True)(
@@ -397,12 +397,17 @@ class SegmentWidget(Container):
         # stalls the viewer for longer than either (the run counts as running until then)
         self._showing = True
         # (after a pause, so that input and painting get their turn between the two)
-        QTimer.singleShot(MASK_DELAY_MS, lambda: self._show_mask(layer, session))
+        tissue = job.tissue_area_mm2  # (None after a region run: the slide's stays as it was)
+        QTimer.singleShot(MASK_DELAY_MS, lambda: self._show_mask(layer, session, tissue))
 
-    def _show_mask(self, layer: Any, session: Any) -> None:
+    def _show_mask(self, layer: Any, session: Any, tissue_mm2: float | None = None) -> None:
+        from napari_ftu._measure_layer import TISSUE_KEY
+
         try:
             if layer in self.viewer.layers:
-                show_mask(self.viewer, layer, session)
+                mask = show_mask(self.viewer, layer, session)
+                if tissue_mm2 is not None:  # the Measurements summary's density
+                    mask.metadata = {**mask.metadata, TISSUE_KEY: tissue_mm2}
                 self._update_status(session, session.derived_counts)
                 self._show_settings(session)
         finally:

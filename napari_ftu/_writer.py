@@ -41,14 +41,18 @@ def write_labels_geojson(path: str, data: Any, meta: dict) -> list[str]:
     """Write a Labels layer as a QuPath GeoJSON FeatureCollection (atomic); the paths written."""
     from training.data.export import pieces_geojson, safe_id, write_geojson
     from training.data.geojson_export import labels_to_geojson
+    from training.measure.qupath import measurements_of
 
     metadata = meta.get("metadata") or {}
+    measurements = measurements_of(meta.get("features"))  # the Measurements widget's table
     session = metadata.get(SESSION_KEY)
     if session is not None:
         level0 = metadata.get(LEVEL0_KEY)
         pieces = session_pieces(session, safe_id(session.name), level0)
-        collection = pieces_geojson(pieces, session.organ)
+        collection = pieces_geojson(pieces, session.organ, measurements)
     else:
         labels = data[0] if isinstance(data, list) else data  # a multiscale layer's finest
-        collection = labels_to_geojson(np.asarray(labels), 1.0, metadata.get("organ", ""))
+        collection = labels_to_geojson(
+            np.asarray(labels), 1.0, metadata.get("organ", ""), measurements=measurements
+        )
     return [str(write_geojson(path, collection))]

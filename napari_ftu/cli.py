@@ -1,4 +1,5 @@
-"""The ``napari-ftu`` command: the GUI launcher, and ``napari-ftu segment`` for batch work."""
+"""The ``napari-ftu`` command: the GUI launcher, ``napari-ftu segment`` for batch work and
+``napari-ftu measure`` for an existing mask."""
 
 from __future__ import annotations
 
@@ -24,10 +25,19 @@ PLUGIN = "napari-ftu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``napari-ftu [SLIDE...]`` opens napari; ``napari-ftu segment ...`` runs headless."""
+    """``napari-ftu [SLIDE...]`` opens napari; ``napari-ftu segment ...``, ``napari-ftu
+    measure ...`` and ``napari-ftu report OUT_DIR`` run headless."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "segment":
         return segment_command(argv[1:])
+    if argv and argv[0] == "measure":
+        from napari_ftu._measure_command import measure_command
+
+        return measure_command(argv[1:])
+    if argv and argv[0] == "report":
+        from napari_ftu._report_command import report_command
+
+        return report_command(argv[1:])
     return launch(argv)
 
 
@@ -36,7 +46,8 @@ def launch(argv: Sequence[str]) -> int:
     status once the window is closed (2 if a slide could not be opened)."""
     parser = argparse.ArgumentParser(
         prog="napari-ftu",
-        description="Open slides in napari with napari-ftu (batch work: napari-ftu segment -h).",
+        description="Open slides in napari with napari-ftu (batch work: napari-ftu segment -h; "
+        "measurements of an existing mask: napari-ftu measure -h).",
     )
     parser.add_argument(
         "slides", nargs="*", help="slide files (TIFF, OME-TIFF, SVS, NDPI, SCN, QPTIFF, PNG, JPEG)"

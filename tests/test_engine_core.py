@@ -13,7 +13,7 @@ import torch
 from helpers import member
 from torch import nn
 
-from training.inference import probability_to_labels, run, segment
+from training.inference import RunOptions, probability_to_labels, run, segment
 from training.inference.source import TileSource
 from training.inference.store import DiskProbability
 from training.slides import Slide, open_slide, write_pyramid
@@ -42,12 +42,12 @@ def expected(image: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(image[..., 0].astype(float) - image[..., 1]) / 32))
 
 
-ON_DISK = {"pixel_size_um": 0.4, "detect_tissue": False, "memory_limit_mb": 0.1}
+ON_DISK = RunOptions(pixel_size_um=0.4, detect_tissue=False, memory_limit_mb=0.1)
 
 
 def test_an_on_disk_map_outlives_its_result_object(texture, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    probability = run(texture, member(Pointwise()), "kidney", **ON_DISK).probability
+    probability = run(texture, member(Pointwise()), "kidney", ON_DISK).probability
     gc.collect()  # the result object is gone; the array must still read its own values
     assert isinstance(probability, DiskProbability)
     np.testing.assert_allclose(np.asarray(probability), expected(texture), atol=1e-5)
@@ -63,7 +63,7 @@ def test_an_on_disk_map_outlives_its_result_object(texture, tmp_path, monkeypatc
 
 
 def test_a_missing_chunk_is_an_error_never_background(texture, tmp_path):
-    result = run(texture, member(Pointwise()), "kidney", workdir=tmp_path / "w", **ON_DISK)
+    result = run(texture, member(Pointwise()), "kidney", ON_DISK, workdir=tmp_path / "w")
     chunk = next(p for p in (result.path / "c").rglob("*") if p.is_file())
     chunk.unlink()  # as if the store lost a chunk
     assert np.isnan(np.asarray(DiskProbability(result.path))).any()
@@ -73,9 +73,9 @@ def test_a_missing_chunk_is_an_error_never_background(texture, tmp_path):
 
 def test_every_output_row_is_written_for_members_at_other_scales(texture):
     members = [member(Pointwise(), pixel_size=0.4, tile=64), member(Pointwise(), 1.2, tile=32)]
-    options = {"pixel_size_um": 0.4, "detect_tissue": False}
-    in_memory = run(texture, members, "kidney", **options)
-    on_disk = run(texture, members, "kidney", memory_limit_mb=0.01, **options)
+    options = RunOptions(pixel_size_um=0.4, detect_tissue=False)
+    in_memory = run(texture, members, "kidney", options)
+    on_disk = run(texture, members, "kidney", options, memory_limit_mb=0.01)
     values = np.asarray(on_disk.probability)
     assert not np.isnan(values).any()
     np.testing.assert_allclose(values, in_memory.probability, atol=1e-6)
@@ -83,7 +83,7 @@ def test_every_output_row_is_written_for_members_at_other_scales(texture):
 
 def test_a_cancelled_run_leaves_no_temporary_folder(texture, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    generator = segment(texture, member(Pointwise()), "kidney", batch_size=1, **ON_DISK)
+    generator = segment(texture, member(Pointwise()), "kidney", ON_DISK, batch_size=1)
     next(generator)
     next(generator)
     assert [p for p in tmp_path.iterdir() if p.name.startswith("napari-ftu-")]
@@ -95,9 +95,9 @@ def test_overlapping_runs_restore_the_thread_count(texture):
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
-        options = {"pixel_size_um": 0.4, "detect_tissue": False, "streams": 2, "batch_size": 1}
-        first = segment(texture, member(Pointwise()), "kidney", **options)
-        second = segment(texture, member(Pointwise()), "kidney", **options)
+        options = RunOptions(pixel_size_um=0.4, detect_tissue=False, streams=2, batch_size=1)
+        first = segment(texture, member(Pointwise()), "kidney", options)
+        second = segment(texture, member(Pointwise()), "kidney", options)
         next(first), next(first)  # the first run is inside its batches ...
         next(second), next(second)  # ... when the second starts
         for generator in (first, second):  # the first ends before the second
@@ -109,9 +109,7 @@ def test_overlapping_runs_restore_the_thread_count(texture):
         results = []  # and from two threads at once
         threads = [
             threading.Thread(
-                target=lambda: results.append(
-                    run(texture, member(Pointwise()), "kidney", **options)
-                )
+                target=lambda: results.append(run(texture, member(Pointwise()), "kidney", options))
             )
             for _ in range(2)
         ]

@@ -12,7 +12,14 @@ from helpers import member
 from scipy import ndimage
 from torch import nn
 
-from training.inference import Progress, probability_to_labels, resize_labels, run, segment
+from training.inference import (
+    Progress,
+    RunOptions,
+    probability_to_labels,
+    resize_labels,
+    run,
+    segment,
+)
 from training.inference.tiling import tile_cores, tile_starts
 from training.models import build_model, save_checkpoint
 from training.slides import open_slide, write_pyramid
@@ -237,39 +244,36 @@ def test_reads_slides_at_the_model_scale(tmp_path, texture):
 
 def test_large_output_goes_to_disk_and_cancel_leaves_nothing(tmp_path, texture):
     workdir = tmp_path / "run"
-    on_disk = {
-        "pixel_size_um": 0.4,
-        "detect_tissue": False,
-        "memory_limit_mb": 0.1,
-        "workdir": workdir,
-    }
-    generator = segment(texture, member(Pointwise()), "kidney", **on_disk)
+    on_disk = RunOptions(
+        pixel_size_um=0.4, detect_tissue=False, memory_limit_mb=0.1, workdir=workdir
+    )
+    generator = segment(texture, member(Pointwise()), "kidney", on_disk)
     next(generator)
     next(generator)
     assert any(p.name.startswith(".partial-") for p in workdir.iterdir())
     generator.close()
     assert list(workdir.iterdir()) == []
 
-    result = run(texture, member(Pointwise()), "kidney", **on_disk)
+    result = run(texture, member(Pointwise()), "kidney", on_disk)
     assert result.path == workdir / "probability.zarr"
     in_memory = run(texture, member(Pointwise()), "kidney", pixel_size_um=0.4, detect_tissue=False)
     np.testing.assert_allclose(np.asarray(result.probability[:]), in_memory.probability, atol=1e-6)
     with pytest.raises(FileExistsError, match="does not overwrite"):
-        run(texture, member(Pointwise()), "kidney", **on_disk)
+        run(texture, member(Pointwise()), "kidney", on_disk)
 
 
 @pytest.mark.parametrize("streams", [2, 3])
 def test_concurrent_streams_give_the_same_result_and_restore_threads(texture, streams):
     model = build_model("swin_micro_upernet", input_size=64).eval()
-    options = {"pixel_size_um": 0.4, "batch_size": 2, "detect_tissue": False}
+    options = RunOptions(pixel_size_um=0.4, batch_size=2, detect_tissue=False)
     threads = torch.get_num_threads()
-    one = run(texture, member(model), "kidney", streams=1, **options)
-    many = run(texture, member(model), "kidney", streams=streams, **options)
+    one = run(texture, member(model), "kidney", options, streams=1)
+    many = run(texture, member(model), "kidney", options, streams=streams)
     np.testing.assert_allclose(many.probability, one.probability, atol=1e-6)
     assert torch.get_num_threads() == threads
 
     # cancelled with batches in flight: threads restored, no stream thread left running
-    generator = segment(texture, member(model), "kidney", streams=streams, **options)
+    generator = segment(texture, member(model), "kidney", options, streams=streams)
     next(generator)
     next(generator)
     generator.close()
@@ -290,9 +294,9 @@ def test_a_failing_model_fails_the_run_and_leaves_nothing(tmp_path, texture):
             return x[:, :1]
 
     workdir = tmp_path / "run"
-    options = {"pixel_size_um": 0.4, "detect_tissue": False, "memory_limit_mb": 0.1}
+    options = RunOptions(pixel_size_um=0.4, detect_tissue=False, memory_limit_mb=0.1)
     with pytest.raises(RuntimeError, match="out of memory, say"):
-        run(texture, member(Failing()), "kidney", streams=2, workdir=workdir, **options)
+        run(texture, member(Failing()), "kidney", options, streams=2, workdir=workdir)
     assert list(workdir.iterdir()) == []
 
 

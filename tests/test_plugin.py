@@ -12,7 +12,7 @@ import yaml
 from napari_ftu._reader import napari_get_reader
 from napari_ftu._sample_data import SHARED_DATA_ENV, phantom_layers, real_kidney_layers
 from napari_ftu.cli import build_viewer, widget_names
-from training.slides import REFUSED_SUFFIXES, SLIDE_SUFFIXES, write_pyramid
+from training.slides import DICOM_SUFFIXES, REFUSED_SUFFIXES, SLIDE_SUFFIXES, write_pyramid
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_ftu" / "napari.yaml"
 
@@ -53,10 +53,11 @@ def test_reader_patterns_are_the_slide_suffixes():
     manifest = yaml.safe_load(MANIFEST.read_text())
     (reader,) = manifest["contributions"]["readers"]
     patterns = reader["filename_patterns"]
-    assert {"*" + suffix for suffix in SLIDE_SUFFIXES} <= set(patterns)
-    claimed = SLIDE_SUFFIXES + tuple(REFUSED_SUFFIXES)
+    claimed = SLIDE_SUFFIXES + DICOM_SUFFIXES + tuple(REFUSED_SUFFIXES)
+    assert {"*" + suffix for suffix in claimed} <= set(patterns)
     assert all(p.removeprefix("*").removeprefix(".ome").lower() in claimed for p in patterns)
-    for name in ("a.ome.tif", "a.ome.tiff", "a.ndpi", "a.scn", "a.qptiff"):
+    assert reader["accepts_directories"]  # DICOM slides are folders
+    for name in ("a.ome.tif", "a.ome.tiff", "a.ndpi", "a.scn", "a.qptiff", "a.mrxs", "a.dcm"):
         assert napari_get_reader(name) is not None, name
 
 
@@ -171,20 +172,21 @@ def test_launcher_docks_every_widget_and_opens_the_slides(make_napari_viewer, tm
 
 
 @pytest.mark.gui
-def test_a_bif_slide_is_refused_with_the_reason(make_napari_viewer, tmp_path, monkeypatch):
+def test_a_format_no_reader_reads_is_refused_with_the_conversion(
+    make_napari_viewer, tmp_path, monkeypatch
+):
     import napari.utils.notifications as notifications
 
     from napari_ftu.cli import open_slides
 
-    path = tmp_path / "scan.bif"
-    write_pyramid(tmp_path / "scan.tiff", np.full((64, 64, 3), 200, np.uint8), 0.25)
-    (tmp_path / "scan.tiff").rename(path)  # a TIFF inside, as BIF files are
-    assert napari_get_reader(str(path)) is not None
+    path = tmp_path / "scan.czi"
+    path.write_bytes(b"ZISRAWFILE")
+    assert napari_get_reader(str(path)) is not None  # claimed, to say why it is not read
     viewer = make_napari_viewer()
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", shown.append)
     assert open_slides(viewer, [path]) == [str(path)]
-    assert "overlap" in shown[0] and "OME-TIFF" in shown[0] and not len(viewer.layers)
+    assert "Zeiss CZI" in shown[0] and "bfconvert" in shown[0] and not len(viewer.layers)
 
 
 def test_a_region_job_pastes_what_the_whole_slide_job_has_there(monkeypatch):
@@ -245,7 +247,7 @@ def test_launcher_shows_the_segment_tab_first_with_readable_titles(make_napari_v
         if bar.isVisible() and bar.count() == len(widget_names())
     ]
     titles = [bar.tabText(i) for i in range(bar.count())]
-    assert titles == ["Segment", "Review", "Export", "Import", "Train", "Stain"]
+    assert titles == ["Segment", "Review", "Measurements", "Export", "Import", "Train", "Stain"]
     assert bar.tabText(bar.currentIndex()) == "Segment"
     for i, title in enumerate(titles):  # wide enough for the whole title: not elided
         assert bar.tabRect(i).width() > bar.fontMetrics().horizontalAdvance(title), title

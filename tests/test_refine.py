@@ -13,7 +13,7 @@ from helpers import member
 from scipy import ndimage
 from torch import nn
 
-from training.inference import run, segment
+from training.inference import RunOptions, run, segment
 from training.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from training.models.ensemble import load_ensemble
 from training.refine import (
@@ -174,25 +174,25 @@ class Blocky(nn.Module):
         return (F.interpolate(F.avg_pool2d(dark, 8), scale_factor=8) - 0.5) * 20
 
 
-def engine_args(tmp_path=None) -> dict:
-    args = {"pixel_size_um": SLIDE_UM, "detect_tissue": False}
+def engine_options(tmp_path=None) -> RunOptions:
+    options = RunOptions(pixel_size_um=SLIDE_UM, detect_tissue=False)
     if tmp_path is not None:  # the map on disk (zarr)
-        args.update(memory_limit_mb=0.01, workdir=tmp_path / "run")
-    return args
+        options = options.with_overrides(memory_limit_mb=0.01, workdir=tmp_path / "run")
+    return options
 
 
 def test_engine_progress_counts_the_patches_on_disk_too(tmp_path, refiner):
     image, truth = disc(seed=11)
     blocky_member = member(Blocky(), pixel_size=WORKING_UM, tile=64)
-    plain = run(image, blocky_member, "kidney", **engine_args())
+    plain = run(image, blocky_member, "kidney", engine_options())
     events = []
     result = run(
         image,
         blocky_member,
         "kidney",
+        engine_options(tmp_path),
         refiner=refiner,
         on_progress=events.append,
-        **engine_args(tmp_path),
     )
     tiles = plain.tiles_run
     refining = [e for e in events if e.message.startswith("refining boundaries")]
@@ -217,7 +217,7 @@ def test_cancelling_during_refinement_leaves_nothing(tmp_path, refiner):
     options = RefineOptions(per_object=24, batch_size=2)
     small_batches = Refiner(refiner.model, refiner.meta, options)
     generator = segment(
-        image, blocky_member, "kidney", refiner=small_batches, **engine_args(tmp_path)
+        image, blocky_member, "kidney", engine_options(tmp_path), refiner=small_batches
     )
     refining = []
     for event in generator:  # stop after the first refined batch, before the last
@@ -249,9 +249,9 @@ def test_a_manifest_names_a_refiner_used_by_default(tmp_path, refiner):
     assert ensemble.refiner.patch_px == 16
     ensemble.members[0].model = Blocky()  # the member's pixels as the test needs them
     ensemble.members[0].meta.update(mean=[0, 0, 0], std=[1 / 255] * 3)
-    used = run(image, ensemble, "kidney", **engine_args())
+    used = run(image, ensemble, "kidney", engine_options())
     assert 0 < used.meta["refined_patches"] <= 5 and used.meta["refiner"].endswith("bpr.pt")
-    skipped = run(image, ensemble, "kidney", refiner=False, **engine_args())
+    skipped = run(image, ensemble, "kidney", engine_options(), refiner=False)
     assert skipped.meta["refined_patches"] == 0 and skipped.meta["refiner"] is None
     manifest.write_text("members:\n  - checkpoint: seg.pt\nrefine: {per_object: 0}\n")
     with pytest.raises(ValueError, match=r"ensemble\.yaml: 'refine' per_object must be at least 1"):
@@ -393,9 +393,9 @@ def test_a_refiner_far_from_the_slides_pixel_size_is_refused_before_the_tiles(re
             image,
             member(Blocky(), pixel_size=WORKING_UM, tile=64),
             "kidney",
+            engine_options(),
             refiner=far,
             on_progress=events.append,
-            **engine_args(),
         )
     assert events == []
 

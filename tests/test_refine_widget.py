@@ -93,7 +93,8 @@ def test_a_model_without_one_offers_a_file_and_asks_for_it(qtbot, opened, models
 
 
 def test_a_region_run_refines_with_patches_from_the_slide(models):
-    """The job reads a region at the working scale; its refiner reads the slide itself."""
+    """A region run (the engine's region, on the whole slide's grid) refines with patches
+    read from the slide itself."""
     import threading
 
     from napari_ftu._segment_job import SegmentRequest, segment_job

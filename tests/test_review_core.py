@@ -625,3 +625,15 @@ def test_the_review_core_imports_without_qt_napari_or_torch() -> None:
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_review_session_and_tissue_area_import_without_torch() -> None:
+    # the widgets need them after a viewer exists, where importing torch late is unsafe
+    code = (
+        "import sys, training.review.session, training.inference.tissue; "
+        "from training.inference import probability_to_labels; "
+        "loaded = {'torch', 'napari', 'qtpy'} & set(sys.modules); assert not loaded, loaded"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

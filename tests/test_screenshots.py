@@ -84,6 +84,47 @@ def test_screenshots_show_the_mask_where_the_glomeruli_are(
     assert viewer.window._qt_viewer.canvas.native.width() >= 0.9 * canvas_width
 
 
+def test_screenshot_of_the_measurements_of_a_real_kidneys_expert_glomeruli(
+    make_napari_viewer, qtbot, kidney_layers, shared_data, out_dir
+):
+    """The expert outlines of the real kidney image, imported as an FTU mask (a dataset row),
+    measured; the largest glomerulus chosen: centred, highlighted, marked in the histogram."""
+    from qtpy.QtCore import Qt
+
+    from napari_ftu._import_widget import ImportWidget
+    from napari_ftu._measure_layer import table_of
+    from napari_ftu._measure_widget import MeasurementsWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    (image_data, image_kw, _), (truth, _, _) = kidney_layers
+    image = viewer.add_image(image_data, **image_kw)
+    importer = ImportWidget(viewer)
+    importer.source.value = "dataset row"
+    importer.dataset.value = shared_data / "hubmap-kidney-pas"
+    importer.row_id.value = "279"
+    mask = importer.import_annotations()
+    assert mask is viewer.layers[mask_name(image.name)]
+    widget = MeasurementsWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="Measurements", area="right")
+    viewer.window._qt_window.resizeDocks([dock], [640], Qt.Orientation.Horizontal)
+    viewer.layers[probability_name(image.name)].visible = False  # (an import's: the mask)
+    qtbot.waitUntil(lambda: widget.model.rowCount() > 0 and not widget.measuring)
+    table = table_of(mask)
+    from scipy import ndimage
+
+    assert len(table) == ndimage.label(truth > 0)[1]  # one row per expert glomerulus
+    areas = table["area_um2"]
+    assert areas.median() > 3000  # glomeruli: some 100-200 um across
+    widget.view.sortByColumn(widget.model.columns.index("area_um2"), Qt.SortOrder.DescendingOrder)
+    widget.view.selectRow(0)
+    assert widget.selected == int(table.loc[areas.idxmax(), "label"])
+    qtbot.wait(200)  # the layout follows the new text
+    assert widget.native.grab().save(str(out_dir / "plugin_measurements_widget.png"))
+    window = viewer.screenshot(canvas_only=False, flash=False)
+    Image.fromarray(window).save(out_dir / "plugin_measurements_window.png")
+
+
 def _docked(viewer, kind):
     """The widget of type ``kind`` that the launcher docked in ``viewer``."""
     (widget,) = [w for w in viewer.window.dock_widgets.values() if isinstance(w, kind)]

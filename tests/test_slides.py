@@ -207,7 +207,7 @@ def test_missing_empty_and_non_image_files(tmp_path):
     with pytest.raises(SlideError, match=r"empty\.tiff is empty \(0 bytes\)"):
         open_slide(tmp_path / "empty.tiff")
     (tmp_path / "notes.tiff").write_text("id,organ\n1,kidney\n")
-    with pytest.raises(SlideError, match=r"notes\.tiff is not a TIFF, PNG or JPEG image"):
+    with pytest.raises(SlideError, match=r"notes\.tiff is not a TIFF, PNG, JPEG or DICOM image"):
         open_slide(tmp_path / "notes.tiff")
 
 
@@ -281,7 +281,7 @@ def test_write_pyramid_from_a_memmap_source(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
 def test_block_mean_matches_the_plain_mean(dtype):
-    from training.resample import block_mean
+    from training.slides.resample import block_mean
 
     rng = np.random.default_rng(0)
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
@@ -342,8 +342,8 @@ def test_non_integer_factors_are_exact_area_means(pixel_size, region):
 
 
 def test_regions_read_apart_stitch_exactly_and_strips_change_nothing(monkeypatch):
-    from training import slides as slides_module
     from training.slides import Slide
+    from training.slides import slide as slides_module
 
     image = np.random.default_rng(1).integers(0, 256, (500, 400, 3), dtype=np.uint8)
     slide = Slide.from_array(image, 0.25)
@@ -438,3 +438,14 @@ def test_decoded_tiles_are_cached_within_a_budget(pyramid, gradient):
         )
         slide.clear_cache()
         assert cache._bytes == 0 and not cache._items
+
+
+def test_a_thumbnail_is_the_area_mean_of_the_whole_slide():
+    from training.slides import Slide
+
+    image = np.random.default_rng(5).integers(0, 256, (1000, 600, 3), dtype=np.uint8)
+    thumbnail = Slide.from_array(image, None).thumbnail(100)  # no pixel size needed
+    means = image.reshape(100, 10, 60, 10, 3).mean(axis=(1, 3))
+    assert thumbnail.shape == (100, 60, 3) and thumbnail.dtype == np.uint8
+    assert np.abs(thumbnail - means).max() <= 0.5 + 1e-9
+    assert Slide.from_array(image, 0.5).thumbnail(2000).shape == image.shape  # never enlarged

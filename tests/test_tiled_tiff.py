@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from training.slides import SlideError, open_slide, write_pyramid
-from training.tiled_tiff import TiledLevel
+from training.slides.tiled_tiff import TiledLevel
 
 RNG = np.random.default_rng(0)
 

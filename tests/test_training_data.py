@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,17 @@ def test_sampler_shares_an_epoch_between_ranks():
     assert set(second[0] + second[1]) == set(range(10, 20))
     with pytest.raises(ValueError, match="cannot be shared"):
         CropSampler(1, 0, 2)
+
+
+def test_the_data_package_does_not_reach_up_into_inference() -> None:
+    # training.data sits below the engine: crops read slide pixels through training.slides (an
+    # import inside a function counts too: it is the same dependency, only later)
+    root = Path(__file__).resolve().parents[1] / "training" / "data"
+    upward = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                ("training.inference", "training.models")
+            ):
+                upward.append(f"{path.name}:{node.lineno} {node.module}")
+    assert not upward, upward

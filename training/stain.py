@@ -30,6 +30,10 @@ LUMINOSITY_THRESHOLD = 0.8  # staintools' tissue test: LAB lightness below this 
 MIN_TISSUE_PIXELS = 256
 CONCENTRATION_PERCENTILE = 99
 REFERENCE_MAX_SIDE = 4096
+VAHADANE_LAMBDA = 0.1  # staintools' sparsity regulariser for the stain dictionary
+VAHADANE_ITERATIONS = 50  # batch passes: the stain vectors settle well before
+# Ruifrok and Johnston's haematoxylin and eosin optical-density vectors: the learner's start
+VAHADANE_START = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]], dtype=np.float64)
 
 
 class StainError(ValueError):
@@ -119,12 +123,15 @@ class StainNormalizer:
             if not np.all(np.isfinite(stds)) or np.any(stds < 1e-3):
                 return None
             return {"means": means, "stds": stds}
-        _staintools()
-        from staintools.stain_extraction.macenko_stain_extractor import MacenkoStainExtractor
-        from staintools.stain_extraction.vahadane_stain_extractor import VahadaneStainExtractor
+        if self.method == "macenko":
+            _staintools()
+            from staintools.stain_extraction.macenko_stain_extractor import MacenkoStainExtractor
 
-        extractor = MacenkoStainExtractor if self.method == "macenko" else VahadaneStainExtractor
-        matrix = extractor.get_stain_matrix(image.copy(), luminosity_threshold=LUMINOSITY_THRESHOLD)
+            matrix = MacenkoStainExtractor.get_stain_matrix(
+                image.copy(), luminosity_threshold=LUMINOSITY_THRESHOLD
+            )
+        else:
+            matrix = _vahadane_matrix(image)
         if not np.all(np.isfinite(matrix)):
             return None
         concentrations = _concentrations(image, matrix)
@@ -160,6 +167,32 @@ def _reinhard(
         for i, channel in enumerate(channels)
     ]
     return ReinhardColorNormalizer.merge_back(*scaled)
+
+
+def _vahadane_matrix(image: np.ndarray) -> np.ndarray:
+    """Vahadane's stain matrix (haematoxylin first, unit rows) by sparse non-negative dictionary
+    learning, as staintools' extractor does, but reproducible: staintools runs SPAMS' online
+    learner from a random start on all threads, so one image gave stain vectors that differed
+    from run to run; the batch learner from the standard H&E vectors gives the same every time."""
+    _staintools()  # its import settles the environment spams and its tissue locator need
+    import spams
+    from staintools.tissue_masks.luminosity_threshold_tissue_locator import (
+        LuminosityThresholdTissueLocator,
+    )
+
+    tissue = LuminosityThresholdTissueLocator.get_tissue_mask(
+        image.copy(), luminosity_threshold=LUMINOSITY_THRESHOLD
+    ).reshape(-1)
+    density = _optical_density(image)[tissue].astype(np.float64)
+    start = np.asfortranarray(VAHADANE_START.T)
+    dictionary = spams.trainDL(
+        X=np.asfortranarray(density.T), D=start, K=2, lambda1=VAHADANE_LAMBDA, mode=2,
+        modeD=0, posAlpha=True, posD=True, batch=True, iter=VAHADANE_ITERATIONS,
+        numThreads=1, verbose=False,
+    ).T  # fmt: skip
+    if dictionary[0, 0] < dictionary[1, 0]:  # haematoxylin (the bluer stain) first
+        dictionary = dictionary[[1, 0]]
+    return dictionary / np.linalg.norm(dictionary, axis=1, keepdims=True)
 
 
 def _concentrations(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:

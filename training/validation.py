@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from training.data.records import Record
 from training.data.rle import nearest_indices
+from training.inference.options import RunOptions
 from training.inference.postprocess import probability_to_labels, resize_labels
 
 __all__ = [
@@ -112,26 +112,24 @@ def selection_score(organ: str, ftu_dice: float, background: float) -> float:
 def predict(
     models: Any,
     records: Sequence[Record],
+    options: RunOptions | None = None,
     *,
-    device: str | torch.device = "cpu",
-    tta: int = 1,
-    batch_size: int = 8,
     on_image: Callable[[int, int], None] | None = None,
+    **overrides: Any,
 ) -> list[ImageScore]:
-    """Run the engine on every record's image (at its own pixel size) for its organ."""
+    """Run the engine on every record's image (at its own pixel size) for its organ.
+
+    ``options``: the engine's (default: batches of 8, maps of up
+    to 4 GB in memory); ``overrides`` replace its fields (``device=``, ``tta=``)."""
     from training.inference import run
 
+    options = (options or RunOptions(batch_size=8, memory_limit_mb=4096)).with_overrides(
+        **overrides
+    )
     scores = []
     for index, record in enumerate(records):
         result = run(
-            record.image,
-            models,
-            record.organ,
-            pixel_size_um=record.pixel_size_um,
-            device=device,
-            tta=tta,
-            batch_size=batch_size,
-            memory_limit_mb=4096,
+            record.image, models, record.organ, options, pixel_size_um=record.pixel_size_um
         )
         probability = np.asarray(result.probability, dtype=np.float32)
         result.close()

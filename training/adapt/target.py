@@ -189,6 +189,6 @@ class TargetDataset(Dataset):
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
-    from training.inference.source import as_rgb_uint8
+    from training.slides import as_rgb_uint8
 
     return as_rgb_uint8(image)

@@ -157,6 +157,6 @@ class CropSampler(Sampler[int]):
 def _as_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
-    from training.inference.source import as_rgb_uint8
+    from training.slides import as_rgb_uint8
 
     return as_rgb_uint8(image)

@@ -16,7 +16,7 @@ import datetime as dt
 import os
 import re
 import tempfile
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,8 @@ class ExportInfo:
     updated_at: str = field(
         default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     )
+    # per label, QuPath's names (training.measure.qupath.to_qupath): carried by the GeoJSON
+    measurements: Mapping[int, Mapping[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,9 +189,14 @@ def existing_outputs(
     return found
 
 
-def pieces_geojson(pieces: Sequence[Piece], organ: str) -> dict[str, Any]:
+def pieces_geojson(
+    pieces: Sequence[Piece],
+    organ: str,
+    measurements: Mapping[int, Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
     """A QuPath FeatureCollection of every piece's objects on the slide's level-0 pixels; an
-    object in several pieces (overlapping regions) is one annotation."""
+    object in several pieces (overlapping regions) is one annotation. ``measurements``: by
+    label, each feature's QuPath ``measurements``."""
     from training.data.geojson_export import (
         geometries_to_geojson,
         label_geometries,
@@ -201,7 +208,7 @@ def pieces_geojson(pieces: Sequence[Piece], organ: str) -> dict[str, Any]:
         y, x, h, w = piece.box
         scale = (h / piece.labels.shape[0], w / piece.labels.shape[1])
         parts.append(label_geometries(piece.labels, scale, (y, x)))
-    return geometries_to_geojson(merge_geometries(parts), organ)
+    return geometries_to_geojson(merge_geometries(parts), organ, measurements)
 
 
 def write_geojson(path: str | os.PathLike, collection: dict[str, Any]) -> Path:
@@ -252,7 +259,9 @@ def export_job(
         _check_export_id(geojson_id)
     folder = check_writable(folder)
     rows = [piece_row(piece, info) for piece in pieces] if dataset else []
-    collection = pieces_geojson(pieces, info.organ) if geojson_id is not None else None
+    collection = None
+    if geojson_id is not None:
+        collection = pieces_geojson(pieces, info.organ, info.measurements)
     result = ExportResult()
     csv_path, image_dir = catalog_paths(folder)
     for piece, row in zip(pieces, rows, strict=False):

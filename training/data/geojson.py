@@ -55,6 +55,7 @@ __all__ = [
     "GeoJSONError",
     "classification_name",
     "feature_classes",
+    "feature_measurements",
     "object_type",
     "rasterize",
     "rasterize_labels",
@@ -181,6 +182,44 @@ def rasterize_labels(
             "this image, x then y"
         )
     return labels
+
+
+def feature_measurements(
+    geojson: str | os.PathLike | dict | list,
+    *,
+    classification: str | Iterable[str] | None = None,
+    object_types: Iterable[str] = DEFAULT_OBJECT_TYPES,
+) -> list[dict[str, Any]]:
+    """The ``measurements`` property of each feature :func:`rasterize_labels` fills, in its
+    order (``label`` ``k`` is feature ``k``), with the feature's ``name`` and ``classification``.
+
+    QuPath's object (0.4 and later) and its older list of name/value pairs are both read;
+    measurements this package wrote come back under their objects-table column names
+    (:data:`training.measure.qupath.QUPATH_NAMES`), any others under their QuPath names.
+    """
+    from training.measure.qupath import from_qupath
+
+    source, data = _load(geojson)
+    selected = _select(_features(data, source), source, classification, object_types)
+    polygonal = dict.fromkeys(where for where, _ in _polygons(selected, source))
+    features = dict(selected)
+    rows = []
+    for label, where in enumerate(polygonal, start=1):
+        properties = _properties(features[where])
+        try:
+            values = from_qupath(properties.get("measurements"), f"{source}: {where}")
+        except ValueError as exc:
+            raise GeoJSONError(str(exc)) from None
+        name = properties.get("name")
+        rows.append(
+            {
+                "label": label,
+                "name": name if isinstance(name, str) else None,
+                "classification": classification_name(features[where]),
+                **values,
+            }
+        )
+    return rows
 
 
 def feature_classes(geojson: str | os.PathLike | dict | list) -> Counter:

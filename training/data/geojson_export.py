@@ -15,8 +15,9 @@ its ``train.csv`` RLE describe the same pixels.
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,8 +109,15 @@ def _polygonal(geometry: Any) -> Any:
     return shapely.union_all(polygons)
 
 
-def geometries_to_geojson(geometries: dict[int, Any], organ: str) -> dict[str, Any]:
-    """A QuPath FeatureCollection: one classified annotation per geometry, in label order."""
+Measurements = Mapping[int, Mapping[str, float]]  # label -> QuPath measurement name -> value
+
+
+def geometries_to_geojson(
+    geometries: dict[int, Any], organ: str, measurements: Measurements | None = None
+) -> dict[str, Any]:
+    """A QuPath FeatureCollection: one classified annotation per geometry, in label order;
+    ``measurements`` (by label, QuPath's names: :func:`training.measure.qupath.to_qupath`)
+    become each feature's ``measurements`` property, as QuPath 0.4+ writes and reads it."""
     name = FTU_NAMES.get(organ, "FTU")
     colour = list(FTU_COLOURS.get(organ, (0, 200, 0)))
     features = []
@@ -131,6 +139,12 @@ def geometries_to_geojson(geometries: dict[int, Any], organ: str) -> dict[str, A
                 },
             }
         )
+        if measurements is not None and label in measurements:
+            features[-1]["properties"]["measurements"] = {  # JSON has no NaN: left out
+                str(name): float(value)
+                for name, value in measurements[label].items()
+                if math.isfinite(float(value))
+            }
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -141,19 +155,21 @@ def labels_to_geojson(
     *,
     shape: Sequence[int] | None = None,
     origin: Sequence[float] = (0, 0),
+    measurements: Measurements | None = None,
 ) -> dict[str, Any]:
     """QuPath FeatureCollection of the FTUs in ``labels``, in level-0 pixel coordinates.
 
     ``downsample``: level-0 pixels per labels pixel. ``shape``: the level-0 ``(H, W)`` the
     labels cover; when given it sets the stretch per axis (``H / labels height``, as the RLE's
     nearest-neighbour resize does) instead of ``downsample``. ``origin``: where the labels'
-    top-left lies in level-0 pixels ``(y, x)``, for a region of a slide.
+    top-left lies in level-0 pixels ``(y, x)``, for a region of a slide. ``measurements``: by
+    label, as :func:`geometries_to_geojson` takes them.
     """
     labels = np.asarray(labels)
     scale: Any = downsample
     if shape is not None:
         scale = (shape[0] / labels.shape[0], shape[1] / labels.shape[1])
-    return geometries_to_geojson(label_geometries(labels, scale, origin), organ)
+    return geometries_to_geojson(label_geometries(labels, scale, origin), organ, measurements)
 
 
 def merge_geometries(parts: Iterable[dict[int, Any]]) -> dict[int, Any]:

@@ -2,10 +2,15 @@
 
 The band is one tile high and as wide as the output, and lives on the model's device, so on a
 GPU the blending never leaves it. Once no later tile touches a row, that row is final: it is
-normalised by the summed blend weights, weighted, copied to the output store and leaves the band.
+normalised by the summed blend weights, weighted and copied to the output store, and leaves the
+band. On CUDA the finished rows travel to the host as float16, without blocking, into one of
+two pinned buffers: a band's rows are written to the store while the next band computes, and
+the host waits only when a third would be in flight or the map's last row is done.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 import torch
@@ -14,7 +19,11 @@ from training.inference.store import OutputStore
 
 
 class BandAccumulator:
-    """Blends one member's ``tile x tile`` probabilities into ``store`` (rows ``y0 ...``)."""
+    """Blends one member's ``tile x tile`` probabilities into ``store``.
+
+    ``y0``: the output rows above it are in the store (on CUDA, rows still travelling to the
+    host are not counted until they land).
+    """
 
     def __init__(
         self,
@@ -32,32 +41,62 @@ class BandAccumulator:
         self.window = torch.from_numpy(window).to(device)
         self.numerator = torch.zeros((self.tile, width), device=device)
         self.weights = torch.zeros((self.tile, width), device=device)
-        self.y0 = 0  # output row of the band's first row
+        self.top = 0  # output row of the band's first row
+        self.y0 = 0
+        self.asynchronous = device.type == "cuda"
+        self._in_flight: deque[tuple[int, torch.Tensor, torch.cuda.Event]] = deque()
 
     def add(self, x: int, probability: torch.Tensor) -> None:
         """Blend one tile whose top-left corner is at (band top, ``x``)."""
         span = min(self.tile, self.store.shape[1] - x)
         window = self.window[:, :span]
-        self.numerator[:, x : x + span] += probability[:, :span] * window
+        self.numerator[:, x : x + span].addcmul_(probability[:, :span], window)
         self.weights[:, x : x + span] += window
 
     def advance(self, next_y: int) -> None:
-        """Finish every row above ``next_y`` (the next tile row's top) and move the band there."""
+        """Finish every row above ``next_y`` (the next tile row's top) and move the band there;
+        at the map's last row, wait for every row in flight."""
         height = self.store.shape[0]
         next_y = min(next_y, height)
-        rows = min(next_y - self.y0, self.tile)
+        rows = min(next_y - self.top, self.tile)
         if rows > 0:
             # weights are never 0 under a tile (see blend_window); 0 where no tile ran, and
             # there the numerator is 0 too
-            final = self.numerator[:rows] / self.weights[:rows].clamp_min(1e-30)
+            final = self.numerator[:rows].div_(self.weights[:rows].clamp_min_(1e-30))
             if self.weight != 1:
-                final *= self.weight
-            self.store.add(self.y0, final.cpu().numpy(), self.first)  # next_y <= height
+                final.mul_(self.weight)
+            self._send(self.top, final)
             self.numerator = torch.roll(self.numerator, -rows, dims=0)
             self.weights = torch.roll(self.weights, -rows, dims=0)
             self.numerator[-rows:] = 0
             self.weights[-rows:] = 0
-        if next_y - self.y0 > self.tile:  # rows no tile of this member reaches: write zeros
-            gap = np.zeros((next_y - self.y0 - self.tile, self.store.shape[1]), np.float32)
-            self.store.add(self.y0 + self.tile, gap, self.first)
-        self.y0 = max(self.y0, next_y)
+        if next_y - self.top > self.tile:  # rows no tile of this member reaches: write zeros
+            gap = np.zeros((next_y - self.top - self.tile, self.store.shape[1]), np.float32)
+            self.store.add(self.top + self.tile, gap, self.first)
+        self.top = max(self.top, next_y)
+        if self.top >= height:
+            self.flush()
+        self.y0 = self._in_flight[0][0] if self._in_flight else self.top
+
+    def flush(self) -> None:
+        """Write every row still travelling to the host into the store."""
+        while self._in_flight:
+            self._land()
+        self.y0 = self.top
+
+    def _send(self, y0: int, final: torch.Tensor) -> None:
+        if not self.asynchronous:
+            self.store.add(y0, final.numpy(), self.first)
+            return
+        host = torch.empty(final.shape, dtype=torch.float16, pin_memory=True)
+        host.copy_(final.half(), non_blocking=True)  # converted on the device: half the bytes
+        done = torch.cuda.Event()
+        done.record()
+        self._in_flight.append((y0, host, done))
+        if len(self._in_flight) > 2:  # double-buffered: wait for the oldest only
+            self._land()
+
+    def _land(self) -> None:
+        y0, host, done = self._in_flight.popleft()
+        done.synchronize()
+        self.store.add(y0, host.numpy().astype(np.float32), self.first)

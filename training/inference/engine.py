@@ -17,21 +17,22 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from training.inference.accumulator import BandAccumulator
+from training.inference.device_path import SpanPredictor, SpanSource
 from training.inference.limits import check_map_fits, check_pixel_sizes
-from training.inference.postprocess import probability_to_labels
+from training.inference.options import RunOptions, run_options
 from training.inference.predictor import TTA_CHOICES, Predictor
+from training.inference.results import Band, Progress, SegmentationResult
 from training.inference.source import TileSource
 from training.inference.store import OutputStore
 from training.inference.tiling import TilePlan, blend_window, plan_tiles, tile_grid
 from training.inference.tissue import slide_tissue, tile_has_tissue
+from training.inference.window import MapWindow, MemberView, check_region, working_box
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
 
@@ -47,73 +48,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Band:
-    """Rows ``y0 ...`` of the probability map finished since the last event, as the ensemble
-    so far sees them (the members run so far, weighted), so a viewer can show results before
-    the run ends."""
-
-    y0: int
-    values: np.ndarray  # (rows, W) float32
-    map_shape: tuple[int, int]  # the whole map's (H, W) at the working scale
-    pixel_size_um: float  # of the map
-
-
-@dataclass(frozen=True)
-class Progress:
-    """``done`` of ``total`` tiles processed, what is happening, and any rows just finished."""
-
-    done: int
-    total: int
-    message: str
-    band: Band | None = None
-
-
-@dataclass
-class SegmentationResult:
-    """The probability map at the working scale, how it maps to the slide, and the model's
-    calibrated post-processing for the organ (threshold, minimum object area)."""
-
-    probability: Any  # (H, W) float32: a numpy array, or a DiskProbability (zarr on disk)
-    pixel_size_um: float  # of the probability map
-    downsample: float  # level-0 pixels per probability pixel
-    slide_shape: tuple[int, int]  # level-0 (H, W)
-    organ: str
-    threshold: float
-    tiles_run: int
-    tiles_skipped: int
-    path: Path | None = None  # where an on-disk probability map lives
-    meta: dict[str, Any] = field(default_factory=dict)
-    min_area_um2: float = 0.0
-
-    def labels(
-        self,
-        threshold: float | None = None,
-        min_area_um2: float | None = None,
-        fill_holes: bool = True,
-    ) -> np.ndarray:
-        """Instance labels (int32) at the working scale; the threshold and minimum area are the
-        result's own (the model's for the organ) unless given."""
-        min_area = self.min_area_um2 if min_area_um2 is None else min_area_um2
-        min_area_px = min_area / self.pixel_size_um**2
-        return probability_to_labels(
-            self.probability,
-            self.threshold if threshold is None else threshold,
-            min_area_px=min_area_px,
-            fill_holes=fill_holes,
-        )
-
-    def close(self) -> None:
-        """Remove an on-disk probability map the engine made in a temporary folder."""
-        close = getattr(self.probability, "close", None)
-        if close is not None:
-            close()
-
-
 def run(
     *args: Any, on_progress: Callable[[Progress], None] | None = None, **kwargs: Any
 ) -> SegmentationResult:
-    """Run :func:`segment` to completion; ``on_progress`` sees every progress event."""
+    """Run :func:`segment` to completion (same arguments); ``on_progress`` sees every event."""
     generator = segment(*args, **kwargs)
     while True:
         try:
@@ -128,105 +66,58 @@ def segment(
     source: Slide | str | os.PathLike | np.ndarray,
     models: Ensemble | Member | Sequence[Member] | str | os.PathLike,
     organ: str,
-    *,
-    pixel_size_um: float | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    tta: int = 1,
-    stain: Any = None,
-    device: str | torch.device = "cpu",
-    detect_tissue: bool = True,
-    memory_limit_mb: float = 512,
-    workdir: str | os.PathLike | None = None,
-    streams: int | None = None,
-    read_workers: int = 2,
-    refiner: Any = None,
+    options: RunOptions | None = None,
+    **overrides: Any,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment FTUs of ``organ`` in a slide; yields :class:`Progress`, returns the result.
 
     ``source``: a :class:`Slide`, a slide path (opened and closed here), or an ``(H, W, C)``
-    array (give ``pixel_size_um``); ``pixel_size_um`` overrides the slide's own without
-    changing the caller's object. ``models``: an ensemble, member(s), a checkpoint or a
-    manifest path. ``tta``: 1, 4 (flips) or 8 (flips and transposes). ``stain``: an object with
-    ``transform(rgb_uint8) -> rgb_uint8`` (fixed to the slide first when it has
-    ``for_slide``). ``streams``: batches run at once on worker threads, each with an equal share
-    of torch's threads (default: 2 on a CPU with at least 2 threads, else 1). ``read_workers``:
-    threads reading tiles ahead. ``refiner`` (BPR, :mod:`training.refine`): a ``Refiner`` or
-    a refiner checkpoint path refines the objects' boundaries after the tiles (the progress
-    total grows by its patches); ``None`` uses the ensemble's own refiner if it has one,
-    ``False`` none. Closing the generator (cancelling) between batches removes any partial
-    output.
+    array (give ``pixel_size_um``). ``models``: an ensemble, member(s), a checkpoint or a
+    manifest path. ``options``: a :class:`RunOptions` (default: its defaults); ``overrides``
+    replace its fields (``segment(slide, models, "kidney", tta=4)``), and a name that is not
+    one is a ``TypeError``. With ``region`` the result covers that level-0 box with the values
+    a whole-slide run has there. A refiner's patches add to the progress total. Closing the
+    generator (cancelling) between batches removes any partial output.
     """
-    options = RunOptions(
-        overlap=overlap,
-        batch_size=batch_size,
-        tta=tta,
-        device=torch.device(device),
-        detect_tissue=detect_tissue,
-        memory_limit_mb=memory_limit_mb,
-        workdir=workdir,
-        streams=streams,
-        read_workers=read_workers,
-    )
+    options = run_options(options, **overrides)
     with contextlib.ExitStack() as cleanup:
-        slide = _as_slide(source, pixel_size_um, cleanup)
+        slide = _as_slide(source, options.pixel_size_um, cleanup)
         cleanup.callback(slide.clear_cache)  # the decoded tiles are of no use after the run
-        ensemble = _as_ensemble(models, device)
+        ensemble = _as_ensemble(models, options.device)
         members = ensemble.for_organ(organ)
         run = _Run(slide, members, options)
         from training.refine.stage import resolve_refiner  # here: training.refine imports us
 
-        run.refiner = resolve_refiner(refiner, ensemble, options.device)  # BPR
-        if run.refiner is not None:  # refused before the tiles, not after them
-            check_pixel_sizes(slide.pixel_size_um, run.refiner.pixel_size_um, slide.path.name)
+        refiner = resolve_refiner(options.refiner, ensemble, options.device)  # BPR
+        if refiner is not None:  # refused before the tiles, not after them
+            check_pixel_sizes(slide.pixel_size_um, refiner.pixel_size_um, slide.path.name)
+            if not run.window.whole:  # a region's patches come from the slide itself
+                refiner = refiner.reading(slide, (run.window.y, run.window.x))
+        run.refiner = refiner
         result = yield from run.execute(
-            organ, ensemble.threshold(organ), ensemble.min_area_um2(organ), stain
+            organ, ensemble.threshold(organ), ensemble.min_area_um2(organ)
         )
     return result
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a segmentation runs (see :func:`segment`); checked when made."""
-
-    overlap: float = 0.25
-    batch_size: int = 4
-    tta: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    detect_tissue: bool = True
-    memory_limit_mb: float = 512
-    workdir: str | os.PathLike | None = None
-    streams: int | None = None
-    read_workers: int = 2
-
-    def __post_init__(self) -> None:
-        if self.tta not in TTA_CHOICES:
-            raise ValueError(f"tta must be one of {TTA_CHOICES}; got {self.tta}")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1; got {self.batch_size}")
-        if self.streams is not None and self.streams < 1:
-            raise ValueError(f"streams must be at least 1; got {self.streams}")
-        if self.read_workers < 0:
-            raise ValueError(f"read_workers must be 0 or more; got {self.read_workers}")
-
-    def streams_for(self) -> int:
-        """Batches at once: as asked, else 2 on a CPU with at least 2 threads, else 1."""
-        if self.streams is not None:
-            return self.streams
-        return 2 if self.device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
 def working_map(
     slide: Slide, members: Sequence[Member], overlap: float = 0.25
 ) -> tuple[tuple[int, int], float]:
-    """The probability map's ``(H, W)`` and pixel size (the finest member's) for ``slide``.
+    """The whole slide's probability map ``(H, W)`` and pixel size (the finest member's).
 
     Refuses (``ValueError``, one line naming the sizes) before anything is allocated: pixel
     sizes of the slide and a member too far apart, a member grid of too many tiles, and a map
     whose labelling cannot fit in this process's memory.
     """
+    shape, working_px = _working_grid(slide, members, overlap)
+    check_map_fits(slide.path.name, slide.shape[:2], slide.pixel_size_um, shape)
+    return shape, working_px
+
+
+def _working_grid(
+    slide: Slide, members: Sequence[Member], overlap: float
+) -> tuple[tuple[int, int], float]:
+    """:func:`working_map` without the check that the map's labelling fits in memory."""
     name = slide.path.name
     for member in members:
         member_px = float(member.meta["pixel_size_um"])
@@ -239,9 +130,10 @@ def working_map(
     working_px = min(float(m.meta["pixel_size_um"]) for m in members)
     to_working = slide.pixel_size_um / working_px
     height, width = slide.shape[:2]
-    shape = (max(1, math.ceil(height * to_working)), max(1, math.ceil(width * to_working)))
-    check_map_fits(name, (height, width), slide.pixel_size_um, shape)
-    return shape, working_px
+    return (
+        max(1, math.ceil(height * to_working)),
+        max(1, math.ceil(width * to_working)),
+    ), working_px
 
 
 class _Run:
@@ -253,21 +145,32 @@ class _Run:
         self.options = options
         self.stain: Any = None  # the normaliser, fixed to this slide
         self.streams = options.streams_for()  # before the thread share lowers torch's count
-        self.out_shape, self.working_px = working_map(slide, members, options.overlap)
+        grid, self.working_px = _working_grid(slide, members, options.overlap)
         self.to_working = slide.pixel_size_um / self.working_px
+        box = (0, 0, *grid)
+        if options.region is not None:  # refused before the thumbnail, not after the tiles
+            check_region(options.region, slide.shape[:2], slide.path.name)
+            box = working_box(options.region, self.to_working, grid)
+        self.window = MapWindow(*box, grid)
+        self.out_shape = self.window.shape
+        check_map_fits(slide.path.name, slide.shape[:2], slide.pixel_size_um, self.out_shape)
         self.refiner: Any = None  # BPR: a training.refine.Refiner, run after the tiles
 
-    def execute(self, organ: str, threshold: float, min_area_um2: float, stain: Any) -> Generator:
+    def execute(self, organ: str, threshold: float, min_area_um2: float) -> Generator:
         """Plan, then run every member's tiles; yields progress, returns the result (with the
         model's ``threshold`` and ``min_area_um2`` for ``organ``)."""
         options = self.options
+        # the whole slide's tissue, grid and stain fit, region or not: a region's tiles are
+        # the whole-slide run's tiles that touch it, read and normalised the same way
         tissue = slide_tissue(self.slide) if options.detect_tissue else None
         plans = [self._plan(m, tissue) for m in self.members]
+        stain = options.stain
         if stain is not None and hasattr(stain, "for_slide"):
             stain = _stain_for_slide(stain, self.slide, plans[0])
         self.stain = stain
-        total = sum(p.kept for p in plans)
-        skipped = sum(p.skipped for p in plans)
+        views = [self._view(plan) for plan in plans]
+        total = sum(v.plan.kept for v in views)
+        skipped = sum(v.plan.skipped for v in views)
         yield Progress(0, total, f"{total} tiles to run, {skipped} background tiles skipped")
         store = OutputStore(self.out_shape, options.memory_limit_mb, options.workdir)
         done = 0
@@ -275,11 +178,11 @@ class _Run:
             with _torch_thread_share(self.streams):
                 total_weight = sum(m.weight for m in self.members)
                 so_far = 0.0  # the weight of the members run so far
-                for index, (member, plan) in enumerate(zip(self.members, plans, strict=True)):
+                for index, (member, view) in enumerate(zip(self.members, views, strict=True)):
                     name = member.name or "model"
                     weight = member.weight / total_weight
                     so_far += weight
-                    for count, rows in self._member(member, plan, store, weight, index == 0):
+                    for count, rows in self._member(member, view, store, weight, index == 0):
                         done += count
                         band = self._band(store, rows, so_far) if rows else None
                         yield Progress(done, total, f"{name}: {done}/{total} tiles", band)
@@ -317,14 +220,27 @@ class _Run:
                 "refiner": self.refiner.name if self.refiner is not None else None,
             },
             min_area_um2=min_area_um2,
+            origin=(self.window.y, self.window.x),
+            grid_shape=self.window.grid,
+            region=options.region,
         )
+
+    def _view(self, plan: TilePlan) -> MemberView:
+        """The member's tiles and band placement for this run's window."""
+        scale = plan.pixel_size_um / self.working_px
+        to_member = self.slide.pixel_size_um / plan.pixel_size_um  # as the plan's grid has it
+        grid = tile_grid(
+            self.slide.shape[:2], to_member, plan.tile, self.options.overlap, plan.pixel_size_um
+        )
+        return self.window.view(plan, scale, grid[1])
 
     def _band(self, store: OutputStore, rows: tuple[int, int], weight: float) -> Band:
         """The finished ``rows`` of ``store``, divided by the weight of the members so far."""
         values = np.asarray(store.array[rows[0] : rows[1]], np.float32)
         if weight != 1:
             values = values / weight
-        return Band(rows[0], values, self.out_shape, self.working_px)
+        origin = (self.window.y, self.window.x)
+        return Band(rows[0], values, self.out_shape, self.working_px, origin)
 
     def _plan(self, member: Member, tissue: tuple[np.ndarray, float] | None) -> TilePlan:
         pixel_size = float(member.meta["pixel_size_um"])
@@ -345,21 +261,31 @@ class _Run:
         )
 
     def _member(
-        self, member: Member, plan: TilePlan, store: OutputStore, weight: float, first: bool
+        self, member: Member, view: MemberView, store: OutputStore, weight: float, first: bool
     ) -> Iterator[tuple[int, tuple[int, int] | None]]:
         """Run one member's tiles into ``store``; yields the tiles done per batch and the output
         rows ``(y0, y1)`` finished since the last yield (``None`` when none)."""
-        options, device = self.options, self.options.device
+        options, device, plan = self.options, self.options.device, view.plan
         scale = plan.pixel_size_um / self.working_px  # working px per member px
         tile_w = round(plan.tile * scale)
         window = blend_window(tile_w, round((plan.tile - plan.stride) * scale))
-        band = BandAccumulator(store, window, weight, device, first)
-        predictor = Predictor(member, device, options.tta, tile_w)
-        source = TileSource(
-            self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+        band = BandAccumulator(view.band_store(store), window, weight, device, first)
+        predictor = Predictor(
+            member, device, options.tta, tile_w, options.precision, options.compile
         )
+        if options.uses_device_path(self.stain):  # pixels resampled on the device
+            predictor = SpanPredictor(predictor, plan.tile)
+            pin = device.type == "cuda"
+            source = SpanSource(
+                self.slide, plan.pixel_size_um, plan.tile, options.read_workers, pin
+            )
+        else:
+            source = TileSource(
+                self.slide, plan.pixel_size_um, plan.tile, self.stain, options.read_workers
+            )
         requests = plan.batches(options.batch_size)
-        row_tops = [round(y * scale) for y, _ in plan.rows] + [store.shape[0]]
+        row_tops = view.row_tops
+        band.advance(row_tops[0])  # a region's rows above its first tile row: none reach them
         finished = 0
         tiles = source.batches(requests)
         with (
@@ -372,13 +298,14 @@ class _Run:
                     band.advance(row_tops[done_row + 1])
                 finished = row
                 for x, probability in zip(xs, probabilities, strict=True):
-                    band.add(round(x * scale), probability)
-                yield len(xs), ((top, band.y0) if band.y0 > top else None)
+                    band.add(round(x * scale) - view.left, probability)
+                yield len(xs), view.map_rows(top, band.y0, store.shape[0])
         top = band.y0
         for done_row in range(finished, len(plan.rows)):
             band.advance(row_tops[done_row + 1])
-        if band.y0 > top:
-            yield 0, (top, band.y0)
+        rows = view.map_rows(top, band.y0, store.shape[0])
+        if rows:
+            yield 0, rows
 
 
 def _predictions(

@@ -70,7 +70,7 @@ def write_overlay(
     from PIL import Image
 
     from training.inference.postprocess import outlines, resize_labels
-    from training.inference.source import as_rgb_uint8
+    from training.slides import as_rgb_uint8
 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; napari-ftu does not overwrite results")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.slides import Slide
+from training.slides import Slide, as_rgb_uint8
 
 
 class TileSource:
@@ -96,17 +96,3 @@ def _spans(xs: Sequence[int], tile: int) -> list[list[int]]:
         else:
             groups.append([index])
     return groups
-
-
-def as_rgb_uint8(region: np.ndarray) -> np.ndarray:
-    """``(H, W, C)`` pixels of any type as RGB uint8: grey repeated, alpha dropped, integer
-    types scaled by their maximum (white stays white), floats taken as 0..1."""
-    if region.shape[-1] == 1:
-        region = np.repeat(region, 3, axis=-1)
-    region = region[..., :3]
-    if region.dtype == np.uint8:
-        return region
-    if np.issubdtype(region.dtype, np.integer):
-        scale = 255.0 / np.iinfo(region.dtype).max
-        return np.rint(np.clip(region, 0, None) * scale).astype(np.uint8)
-    return np.rint(np.clip(region, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -35,9 +35,8 @@ def load_pair(
     """``record`` (a :class:`training.data.records.Record`) read at ``pixel_size_um``; with
     ``coarse_model`` (an ensemble) its probability map from the engine, resampled (bilinearly)
     onto the same grid."""
-    from training.inference import run
-    from training.inference.source import as_rgb_uint8
-    from training.slides import open_slide
+    from training.inference import RunOptions, run
+    from training.slides import as_rgb_uint8, open_slide
 
     factor = record.pixel_size_um / pixel_size_um
     shape = (max(1, round(record.shape[0] * factor)), max(1, round(record.shape[1] * factor)))
@@ -46,14 +45,9 @@ def load_pair(
     truth = resize_labels(rle.decode(record.rle, record.shape), shape)
     coarse = None
     if coarse_model is not None:
+        options = RunOptions(device=device, refiner=False, memory_limit_mb=4096)
         result = run(
-            record.image,
-            coarse_model,
-            record.organ,
-            pixel_size_um=record.pixel_size_um,
-            device=device,
-            refiner=False,
-            memory_limit_mb=4096,
+            record.image, coarse_model, record.organ, options, pixel_size_um=record.pixel_size_um
         )
         probability = np.asarray(result.probability, np.float32)
         result.close()

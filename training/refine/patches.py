@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.refine.metrics import boundary
-from training.resample import area_weights, separable
+from training.slides.resample import area_weights, separable
 
 BLOCK = 256  # side of the blocks the blend accumulates in (working px)
 

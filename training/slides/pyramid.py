@@ -1,4 +1,4 @@
-"""A tiled pyramidal OME-TIFF writer (``write_pyramid``, also exported by ``training.slides``)."""
+"""A tiled pyramidal OME-TIFF writer (``write_pyramid``, exported by ``training.slides``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from training.atomic import atomic_path
-from training.resample import block_mean, cast_like
+from training.slides.resample import block_mean, cast_like
 
 
 def write_pyramid(

@@ -1,6 +1,6 @@
 """Resampling of image arrays by sparse separable weights: exact area means for shrinking,
-bilinear for enlarging, and block means for pyramid levels (``training.slides`` reads regions at
-any pixel size with them)."""
+bilinear for enlarging, and block means for pyramid levels (``training.slides.slide`` reads
+regions at any pixel size with them)."""
 
 from __future__ import annotations
 
