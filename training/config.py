@@ -30,6 +30,7 @@ AUGMENT_GROUPS = ("geometric", "color", "stain", "domain", "mix")
 # labs' slides do not share: HED jitter near Tellez et al. 2018's "strong" setting and wider
 # hue/saturation/value shifts, each drawn more often
 AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "none": {},  # the trainer's own strengths (turns a loop's default preset off)
     "strong-color": {
         "stain_p": 0.8,
         "stain_scale": 0.25,
