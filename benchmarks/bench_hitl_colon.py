@@ -7,7 +7,10 @@ command line, run size and scoring "Train on corrections" uses), for at most ``-
 minutes; both models are then scored on the held-out colon images of 5 other patients
 (runs/data/colon-test): crypt Dice, stroma (background) Dice and the all-crypt prediction.
 
-python benchmarks/bench_hitl_colon.py [--start CKPT_OR_MANIFEST] [--out runs/hitl-colon]
+python benchmarks/bench_hitl_colon.py [--start CKPT_OR_MANIFEST] [--nearest] [--out runs/hitl-colon]
+
+``--nearest``: with a manifest, start from the member the domain check finds nearest the
+corrections (``training.retrain_start.nearest_member``) instead of the plugin's default rule.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 from training.retrain import RetrainJob, RetrainRequest, start_checkpoint, train_command
+from training.retrain_start import nearest_member
 
 KIDNEY_MEMBER = Path("training/models/default/kidney_coat_daformer.pt")
 
@@ -49,12 +53,21 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15)
     parser.add_argument("--epochs", type=int, default=4, help="the widget's epochs field")
     parser.add_argument("--flags", default="", help="the widget's extra flags field")
+    parser.add_argument("--nearest", action="store_true", help="the member nearest the images")
+    parser.add_argument("--organ", default="largeintestine", help="of the corrections")
+    parser.add_argument("--corrections", help="folder under --data (default: colon-hitl10)")
+    parser.add_argument("--test", help="held-out folder under --data (default: colon-test)")
     args = parser.parse_args()
-    corrections, test = args.data / "colon-hitl10", args.data / "colon-test"
+    corrections = args.data / (args.corrections or "colon-hitl10")
+    test = args.data / (args.test or "colon-test")
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    init, note = start_checkpoint(args.start, "largeintestine")
+    if args.nearest:
+        init, note = nearest_member(args.start, [corrections], args.organ)
+    else:
+        init, note = start_checkpoint(args.start, args.organ)
+    print(f"start {init}: {note}", flush=True)
     request = RetrainRequest(
         corrections=corrections,
         init=init,
@@ -89,8 +102,8 @@ def main() -> None:
     }  # fmt: skip
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"start {init.name}; job {minutes:.1f} min (training limit {args.minutes:g})")
-    print(f"held-out colon ({before['images']} images, other patients) before: {row(before)}")
-    print(f"held-out colon ({after['images']} images, other patients) after:  {row(after)}")
+    print(f"held-out {test.name} ({before['images']} images, other patients) before: {row(before)}")
+    print(f"held-out {test.name} ({after['images']} images, other patients) after:  {row(after)}")
 
 
 if __name__ == "__main__":

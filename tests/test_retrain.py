@@ -119,7 +119,9 @@ def test_command_lines(tmp_path):
         "py", "-m", "training.train", "--init", str(tmp_path / "m.pt"),
         "--data", str(tmp_path / "corr"), f"{tmp_path / 'old'}:0.5", str(tmp_path / "older"),
         "--out", str(tmp_path / "run"), "--epochs", "3", "--time-limit", "20",
-        "--device", "cpu", "--lr", "1e-4",
+        "--device", "cpu", "--lr-schedule", "time", "--keep", "last",
+        "--augment-preset", "strong-color",
+        "--lr", "1e-4",
     ]  # fmt: skip
     evaluate = evaluate_command(request, python="py")
     assert evaluate[:3] == ["py", "-m", "training.evaluate"]
@@ -129,6 +131,15 @@ def test_command_lines(tmp_path):
     assert data == [str(tmp_path / p) for p in ("corr", "old", "older")]  # no weights
     no_limit = RetrainRequest(tmp_path, tmp_path / "m.pt", tmp_path / "r")
     assert "--time-limit" not in train_command(no_limit)
+    assert "--lr-schedule" not in train_command(no_limit)  # the epochs end it: their schedule
+    # the user's flags come last and win; a config of the user's sets everything itself
+    own = RetrainRequest(tmp_path, tmp_path / "m.pt", tmp_path / "r", time_limit_min=5,
+                         extra=("--lr-schedule", "epochs"))  # fmt: skip
+    assert train_command(own)[-2:] == ["--lr-schedule", "epochs"]
+    config = RetrainRequest(tmp_path, tmp_path / "m.pt", tmp_path / "r", time_limit_min=5,
+                            extra=("--config", "c.yaml"))  # fmt: skip
+    assert "--lr-schedule" not in train_command(config)
+    assert "--augment-preset" not in train_command(config)
 
 
 def test_an_epoch_on_larger_tiles_has_as_many_pixels(tmp_path):
@@ -175,6 +186,10 @@ def test_scores_of_the_best_epoch(tmp_path):
     )
     scores = read_scores(tmp_path)
     assert scores.dice == 0.8 and scores.organs == {"kidney": 0.8}  # the first of equals
+    (tmp_path / "config.yaml").write_text("keep: last\n")  # best.pt holds the last epoch
+    assert read_scores(tmp_path).organs == {"kidney": 0.7}
+    (tmp_path / "config.yaml").write_text("keep: best\n")
+    assert read_scores(tmp_path).organs == {"kidney": 0.8}
     (tmp_path / "metrics.csv").write_text("epoch,loss\n1,0.9\n")
     assert read_scores(tmp_path) is None  # no validation images
     # chosen as the trainer chooses: on the selection score (on colon not the FTU Dice alone)

@@ -107,6 +107,55 @@ def test_a_cpu_time_limit_counts_this_process_cpu_not_waiting(dataset, tmp_path)
     assert training["clock"] == "cpu"
 
 
+def test_a_time_schedule_ends_the_cosine_at_the_time_limit(dataset, tmp_path):
+    """--lr-schedule time: a run the time limit stops at epoch 20 of 60 ends at the low
+    learning rate of the cosine's end, not at three quarters of the peak; when the epochs run
+    out before the limit, the schedule is the epochs' one."""
+    import math
+    from types import SimpleNamespace
+
+    from training.trainer import Trainer
+
+    now = [0.0]
+
+    def trainer(schedule: str) -> SimpleNamespace:
+        options = SimpleNamespace(epochs=60, warmup=0.5, time_limit_s=900.0, lr_schedule=schedule)
+        fake = SimpleNamespace(options=options, steps_per_epoch=100, _fit_start=0.0)
+        fake._clock = lambda: now[0]
+        fake._time_done = lambda: Trainer._time_done(fake)
+        return fake
+
+    cosine = lambda progress: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))  # noqa: E731
+    now[0] = 900.0  # the limit, after 2000 of 6000 steps
+    assert Trainer._lr_factor(trainer("time"), 2000) == pytest.approx(0.01)
+    assert Trainer._lr_factor(trainer("epochs"), 2000) == pytest.approx(cosine(1950 / 5950))
+    now[0] = 450.0  # half the time, a third of the steps: the time leads
+    assert Trainer._lr_factor(trainer("time"), 2000) == pytest.approx(cosine(0.5))
+    now[0] = 90.0  # a tenth of the time, a third of the steps: the steps lead
+    assert Trainer._lr_factor(trainer("time"), 2000) == pytest.approx(cosine(1950 / 5950))
+    # end to end: the flag reaches the trainer; one epoch of 50 reaches a tiny CPU limit
+    out = tmp_path / "run"
+    extra = ("--model", "swin_micro_upernet", "--epochs", "50", "--time-limit", "0.001")
+    args = _args(dataset, out, *extra, "--time-clock", "cpu", "--lr-schedule", "time")
+    assert train_command.main(args) == 0
+    assert pd.read_csv(out / "metrics.csv")["lr"].tolist() == [pytest.approx(5e-4 * 0.01)]
+
+
+def test_keep_last_holds_the_final_epoch_in_best(dataset, tmp_path):
+    """--keep last: best.pt is the last validated epoch whatever the scores (a few validation
+    images cannot tell epochs apart); --keep best: the epoch of the best score."""
+    out = tmp_path / "run"
+    args = _args(dataset, out, "--model", "swin_micro_upernet", "--epochs", "3", "--lr", "0.05")
+    assert train_command.main([*args, "--keep", "last"]) == 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    training = load_checkpoint(out / "best.pt")[1]["training"]
+    assert training["best_epoch"] == 3
+    assert training["best_val_score"] == pytest.approx(metrics["val_score"].iloc[-1], abs=1e-4)
+    best, last = load_checkpoint(out / "best.pt")[0], load_checkpoint(out / "last.pt")[0]
+    for a, b in zip(best.state_dict().values(), last.state_dict().values(), strict=True):
+        assert torch.equal(a.float(), b.float())
+
+
 def test_resume_continues_and_init_fine_tunes(dataset, tmp_path):
     out = tmp_path / "run"
     base = _args(dataset, out, "--model", "swin_micro_upernet")
@@ -179,15 +228,23 @@ def test_yaml_config_sets_defaults_and_flags_win(dataset, tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"model": "coat_micro_daformer", "epochs": 3, "lr": 0.01, "augment": {"cutmix_p": 0.0}}
+            {
+                "model": "coat_micro_daformer",
+                "epochs": 3,
+                "lr": 0.01,
+                "augment": {"cutmix_p": 0.0, "hue": 5.0},
+            }
         )
     )
     out = tmp_path / "run"
     args = _args(dataset, out, "--config", str(config), "--epochs", "1", "--val-fraction", "0")
+    args += ["--augment-preset", "strong-color"]
     assert train_command.main(args) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"] == "coat_micro_daformer" and saved["lr"] == 0.01
     assert saved["epochs"] == 1 and saved["augment"]["cutmix_p"] == 0.0
+    # the preset's strengths, the config's own settings over them
+    assert saved["augment"]["stain_scale"] == 0.25 and saved["augment"]["hue"] == 5.0
     assert (out / "best.pt").is_file()  # no validation images: the final weights are kept
 
 

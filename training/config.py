@@ -22,9 +22,25 @@ from training.adapt import ADAPT_MODES
 from training.data.catalog import ORGANS
 from training.slides import PLAUSIBLE_UM_PER_PX
 
-__all__ = ["AUGMENT_GROUPS", "build_parser", "parse_config", "save_config"]
+__all__ = ["AUGMENT_GROUPS", "AUGMENT_PRESETS", "build_parser", "parse_config", "save_config"]
 
 AUGMENT_GROUPS = ("geometric", "color", "stain", "domain", "mix")
+# named sets of augmentation strengths (--augment-preset; a config's ``augment`` settings win).
+# "strong-color", for a fine-tune on a few patients' slides whose stain other patients' or
+# labs' slides do not share: HED jitter near Tellez et al. 2018's "strong" setting and wider
+# hue/saturation/value shifts, each drawn more often
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "none": {},  # the trainer's own strengths (turns a loop's default preset off)
+    "strong-color": {
+        "stain_p": 0.8,
+        "stain_scale": 0.25,
+        "stain_shift": 0.1,
+        "hsv_p": 0.8,
+        "hue": 15.0,
+        "saturation": 30.0,
+        "value": 15.0,
+    },
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="augmentation groups to use (domain: pixel-size and thickness adaptation; "
         "mix: CutMix and CutOut); none for no augmentation",
     )
+    data.add_argument(
+        "--augment-preset",
+        choices=sorted(AUGMENT_PRESETS),
+        help="a named set of augmentation strengths (strong-color: the colour and stain "
+        "variation of other patients and labs; a config's 'augment' settings win)",
+    )
 
     adapt = parser.add_argument_group(
         "adaptation", "adapt to a lab's unlabelled images (both flags together)"
@@ -140,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--batch-size", type=int, default=8)
     optim.add_argument("--lr", type=float, default=5e-4)
     optim.add_argument("--weight-decay", type=float, default=1e-2)
+    optim.add_argument(
+        "--lr-schedule",
+        choices=("epochs", "time"),
+        default="epochs",
+        help="the cosine decay runs through --epochs, or (time) through --time-limit when the "
+        "limit comes first, so a run the limit stops still ends at a low learning rate",
+    )
+    optim.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="the epoch best.pt holds: the best validated one, or the last (when a few "
+        "validation images cannot tell epochs apart and the schedule ends low)",
+    )
     optim.add_argument("--warmup", type=float, default=0.5, help="warm-up length in epochs")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0: off")
     optim.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")

@@ -53,6 +53,7 @@ __all__ = [
     "error_line",
     "evaluate_command",
     "folder_organ",
+    "loop_defaults",
     "parse_progress",
     "plan_run",
     "read_scores",
@@ -137,8 +138,23 @@ def train_command(request: RetrainRequest, python: str = sys.executable) -> list
         argv += ["--time-limit", f"{request.time_limit_min:g}"]
     if request.adapt:
         argv += ["--target", *map(str, request.target), "--adapt", request.adapt]
-    argv += ["--device", request.device, *_run_size(request), *request.extra]
-    return argv
+    argv += ["--device", request.device, *_run_size(request), *loop_defaults(request)]
+    return [*argv, *request.extra]
+
+
+def loop_defaults(request: RetrainRequest) -> list[str]:
+    """The training flags a fine-tune on a few corrections runs with (measured on real colon,
+    docs/benchmarks.md, issue 22); the request's own flags come after them, so theirs win, and
+    a ``--config`` of the user's sets them itself. Under a time limit the learning rate decays
+    through the limit (``--lr-schedule time``: the limit, not the epochs field, ends such a
+    run) and the last epoch is kept (``--keep last``: a few validation images cannot tell the
+    epochs apart, and chose an early one over the schedule's end); the colour and stain
+    augmentation is strong (``--augment-preset strong-color``: the corrections show a few
+    patients' stains, the slides it will segment others')."""
+    if flag_value(request.extra, "--config") is not None:
+        return []
+    flags = ["--lr-schedule", "time", "--keep", "last"] if request.time_limit_min else []
+    return [*flags, "--augment-preset", "strong-color"]
 
 
 def plan_run(request: RetrainRequest) -> RunPlan:
@@ -290,13 +306,25 @@ def read_scores(run_dir: Path) -> Scores | None:
         value = _number(row.get("val_score"))
         return _number(row["val_dice"]) if value is None else value
 
-    best = max(rows, key=score)  # the first of equals, as the trainer chose best.pt
+    # as the trainer chose best.pt: the first of equal scores, or the last epoch (--keep last)
+    best = rows[-1] if _kept_last(Path(run_dir)) else max(rows, key=score)
     organs = {
         organ: value
         for organ in ORGANS
         if (value := _number(best.get(f"val_dice_{organ}"))) is not None
     }
     return Scores(_number(best["val_dice"]), organs, score=score(best))
+
+
+def _kept_last(run_dir: Path) -> bool:
+    """Whether the run kept its last validated epoch as best.pt (its ``config.yaml``)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and config.get("keep") == "last"
 
 
 def folder_organ(folder: Path) -> str | None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.config import AUGMENT_GROUPS, parse_config, save_config
+from training.config import AUGMENT_GROUPS, AUGMENT_PRESETS, parse_config, save_config
 
 log = logging.getLogger("training.train")
 
@@ -104,7 +104,11 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
 
     try:
         augment_config = AugmentConfig.from_dict(
-            {**args.augment, **{group: group in args.augment_groups for group in AUGMENT_GROUPS}}
+            {
+                **AUGMENT_PRESETS.get(args.augment_preset or "", {}),
+                **args.augment,
+                **{group: group in args.augment_groups for group in AUGMENT_GROUPS},
+            }
         )
         criterion = SegmentationLoss(bce=args.bce, dice=args.dice, focal=args.focal, aux=args.aux)
     except (TypeError, ValueError) as exc:
@@ -130,6 +134,8 @@ def prepare(args: argparse.Namespace, world: Any, device: Any) -> Any:
         val_tta=args.val_tta,
         time_limit_s=args.time_limit * 60 if args.time_limit else None,
         time_clock=args.time_clock,
+        lr_schedule=args.lr_schedule,
+        keep=args.keep,
         progress=not args.no_progress,
         seed=args.seed,
     )

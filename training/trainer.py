@@ -54,6 +54,12 @@ class TrainerOptions:
     val_tta: int = 1
     time_limit_s: float | None = None
     time_clock: str = "wall"  # what the time limit counts: "wall" or this process's "cpu" time
+    # "time": under a time limit, the cosine runs through the limit when the limit comes
+    # before the last epoch (a short fine-tune then ends at a low learning rate, not mid-way)
+    lr_schedule: str = "epochs"
+    # which validated epoch best.pt holds: "best" (the highest selection score) or "last" (the
+    # final one, for runs whose few validation images cannot tell epochs apart)
+    keep: str = "best"
     progress: bool = True
     seed: int = 0
 
@@ -61,7 +67,7 @@ class TrainerOptions:
 @dataclass
 class _History:
     rows: list[dict[str, Any]] = field(default_factory=list)
-    best: float = -1.0  # the best epoch's selection score (validation.selection_score)
+    best: float = -1.0  # the kept epoch's selection score (validation.selection_score)
     best_epoch: int = 0
     best_dice: float | None = None  # its FTU Dice (None in a state from before: then best)
     epoch: int = 0  # epochs finished
@@ -101,6 +107,13 @@ class Trainer:
         # an --init checkpoint's describes other data and other weights; this run's own is
         # stored at its end
         meta.pop("domain", None)
+        if options.keep not in ("best", "last"):
+            raise ValueError(f"unknown epoch to keep {options.keep!r}")
+        if options.lr_schedule not in ("epochs", "time"):
+            raise ValueError(f"unknown learning-rate schedule {options.lr_schedule!r}")
+        if options.lr_schedule == "time" and world.distributed:
+            # each rank reads its own clock: their learning rates, and weights, would drift
+            raise ValueError("--lr-schedule time needs a single process (not distributed)")
         self.model, self.meta, self.options = model.to(device), meta, options
         self.criterion, self.world, self.device, self.out = criterion, world, device, out
         self.val_records = val_records
@@ -143,6 +156,7 @@ class Trainer:
             else None
         )
         self.history = _History()
+        self._fit_start: float | None = None  # the clock at the start of fit (time schedule)
         self.adaptation: Any = None  # training.adapt.Adaptation: one target batch per step
         mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1) * 255
         std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1) * 255
@@ -156,12 +170,21 @@ class Trainer:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(total - warmup, 1)
+        progress = max(progress, self._time_done())
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _time_done(self) -> float:
+        """The fraction of the time limit spent, for ``lr_schedule="time"`` (else 0)."""
+        limit = self.options.time_limit_s
+        if self.options.lr_schedule != "time" or not limit or self._fit_start is None:
+            return 0.0
+        return (self._clock() - self._fit_start) / limit
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; return the training summary stored in the checkpoints."""
         start = self._clock() - self.history.elapsed_s
+        self._fit_start = start
         summary = None
         for epoch in range(self.history.epoch + 1, self.options.epochs + 1):
             self.sampler.set_epoch(epoch)
@@ -362,7 +385,10 @@ class Trainer:
     def _save(self, row: dict[str, Any], final: bool, stopped_early: bool) -> dict[str, Any]:
         """Write the epoch's checkpoints, state and metrics (rank 0); return the summary."""
         # chosen on the selection score: the FTU Dice, on colon averaged with the background's
-        if "val_score" in row and row["val_score"] > self.history.best:
+        kept = "val_score" in row and (
+            self.options.keep == "last" or row["val_score"] > self.history.best
+        )
+        if kept:
             self.history.best, self.history.best_epoch = row["val_score"], row["epoch"]
             self.history.best_dice = row["val_dice"]
         # on every rank: the final summary gathers the ranks' weight digests
