@@ -355,3 +355,48 @@ def test_postprocessing_objects_in_holes_labels_dtype_and_disk_input(tmp_path):
     checkerboard = np.indices((600, 600)).sum(axis=0) % 2 == 0  # 180000 objects
     many = probability_to_labels(checkerboard.astype(np.float32), 0.5, min_area_px=1)
     assert many.max() == 180000 and (many[checkerboard] > 0).all()
+
+
+def test_the_glass_below_the_tissue_is_never_held_whole(monkeypatch):
+    """The rows below the last tissue row finish at once, most of the map on a slide with
+    tissue at the top; they reach the store and the progress events a part at a time (on a
+    20000x20000 slide with a quarter tissue one event held 1.2 GB of them, and a second
+    member's zeros were read back and added: the peak went from 1.5 to 2.7 GB)."""
+    import tracemalloc
+
+    from training.inference import accumulator, engine
+
+    part = 64 * 2**10  # 256 rows of the 64 px wide map
+    monkeypatch.setattr(engine, "BAND_BYTES", part)
+    monkeypatch.setattr(accumulator, "GAP_BYTES", part)
+    rng = np.random.default_rng(0)
+    height = 32768
+    image = np.clip(242 + rng.normal(0, 1.5, (height, 64, 3)), 0, 255).astype(np.uint8)
+    image[:128] = 120  # tissue: the top rows only
+    members = [member(Constant(1.0), name="a"), member(Constant(2.0), name="b")]
+    events: list[tuple[int, int, int] | None] = []  # (y0, rows, bytes): no band is kept
+
+    def tiles_phase(event: Progress) -> None:  # the peak of the tiles, not of the planning
+        if not events:
+            tracemalloc.reset_peak()
+        band = event.band
+        events.append(None if band is None else (band.y0, len(band.values), band.values.nbytes))
+
+    # a first small run: the modules the store and the tiles import on first use are not traced
+    run(image[:512], members, "kidney", pixel_size_um=0.4, memory_limit_mb=0).close()
+    tracemalloc.start()
+    try:
+        result = run(
+            image, members, "kidney", pixel_size_um=0.4, memory_limit_mb=0, on_progress=tiles_phase
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    map_bytes = height * 64 * 4  # 8 MB; numpy and zarr buffers are traced, torch's are not
+    assert peak < map_bytes / 2, f"peak {peak / 2**20:.2f} MB for a {map_bytes / 2**20} MB map"
+    bands = [b for b in events if b is not None]
+    assert max(size for _, _, size in bands) <= part
+    assert bands[-1][0] + bands[-1][1] == height
+    probability = np.asarray(result.probability)
+    assert (probability[1024:] == 0).all() and probability[:64].min() > 0.5
+    result.close()

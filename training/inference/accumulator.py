@@ -17,6 +17,8 @@ import torch
 
 from training.inference.store import OutputStore
 
+GAP_BYTES = 64 * 2**20  # the most zero rows written to the store at once
+
 
 class BandAccumulator:
     """Blends one member's ``tile x tile`` probabilities into ``store``.
@@ -70,9 +72,14 @@ class BandAccumulator:
             self.weights = torch.roll(self.weights, -rows, dims=0)
             self.numerator[-rows:] = 0
             self.weights[-rows:] = 0
-        if next_y - self.top > self.tile:  # rows no tile of this member reaches: write zeros
-            gap = np.zeros((next_y - self.top - self.tile, self.store.shape[1]), np.float32)
-            self.store.add(self.top + self.tile, gap, self.first)
+        if next_y - self.top > self.tile and self.first:  # rows no tile reaches: zeros
+            # (a later member's zeros would add nothing); a piece at a time, since the gap can
+            # be most of the map (the glass below the last tissue row)
+            width = self.store.shape[1]
+            step = max(1, GAP_BYTES // (4 * width))
+            for y in range(self.top + self.tile, next_y, step):
+                gap = np.zeros((min(step, next_y - y), width), np.float32)
+                self.store.add(y, gap, self.first)
         self.top = max(self.top, next_y)
         if self.top >= height:
             self.flush()

@@ -60,6 +60,7 @@ def run(
             return stop.value
         if on_progress is not None:
             on_progress(event)
+        del event  # its band is not kept while the next one is read
 
 
 def segment(
@@ -184,8 +185,12 @@ class _Run:
                     so_far += weight
                     for count, rows in self._member(member, view, store, weight, index == 0):
                         done += count
-                        band = self._band(store, rows, so_far) if rows else None
-                        yield Progress(done, total, f"{name}: {done}/{total} tiles", band)
+                        message = f"{name}: {done}/{total} tiles"
+                        if not rows:
+                            yield Progress(done, total, message)
+                        for part in _band_parts(rows, self.out_shape[1]):
+                            # built in the yield: the generator keeps no band while paused
+                            yield Progress(done, total, message, self._band(store, part, so_far))
             refined = 0
             if self.refiner is not None:  # BPR
                 from training.refine.stage import refine_map
@@ -306,6 +311,19 @@ class _Run:
         rows = view.map_rows(top, band.y0, store.shape[0])
         if rows:
             yield 0, rows
+
+
+BAND_BYTES = 64 * 2**20  # the most float32 map rows one progress event carries
+
+
+def _band_parts(rows: tuple[int, int] | None, width: int) -> Iterator[tuple[int, int]]:
+    """``rows`` of a ``width``-wide map in parts of at most :data:`BAND_BYTES` each: the rows a
+    member finishes at once can be most of the map (the glass below the last tissue row)."""
+    if not rows:
+        return
+    step = max(1, BAND_BYTES // (4 * width))
+    for y0 in range(rows[0], rows[1], step):
+        yield y0, min(y0 + step, rows[1])
 
 
 def _predictions(
