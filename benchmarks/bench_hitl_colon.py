@@ -40,8 +40,8 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
 
 def row(summary: dict) -> str:
     return (
-        f"crypt {summary['dice']:.3f}, stroma {summary['background_dice']:.3f} "
-        f"(all-crypt {summary['all_ftu_dice']:.3f})"
+        f"FTU (crypt) {summary['dice']:.3f}, background (stroma) {summary['background_dice']:.3f} "
+        f"(all-FTU {summary['all_ftu_dice']:.3f})"
     )
 
 
