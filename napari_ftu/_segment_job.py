@@ -101,7 +101,8 @@ def segment_job(
             labels = result.labels()
             domain = check_slide(slide, members, tap.features, stain=request.stain)
             # a region's tissue is not the slide's, whose objects the mask layer holds
-            tissue = tissue_area_mm2(slide) if request.region is None else None
+            whole = request.region is None
+            tissue = tissue_area_mm2(slide, tissue=result.tissue) if whole else None
         except BaseException:
             result.close()
             raise

@@ -143,3 +143,35 @@ def test_a_result_of_another_slide_is_refused():
         measure_result(result, other, image_id="x")
     with pytest.raises(ValueError, match="not on the result's map"):
         measure_result(result, other.with_pixel_size(0.5), np.zeros((5, 5), np.int32), image_id="x")
+
+
+def test_a_run_hands_its_tissue_mask_to_measuring_so_the_thumbnail_is_read_once(monkeypatch):
+    # the engine reads the tissue thumbnail; measuring its result reuses that mask (without the
+    # tiles' margin) instead of reading the slide again, and counts the same area
+    import torch
+    from helpers import member
+    from torch import nn
+
+    from training.inference import run, tissue
+
+    class Constant(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x[:, :1], 3.0)
+
+    rgb = np.full((2000, 1600, 3), 245, np.uint8)
+    rgb[400:1600, 320:1120] = (200, 120, 170)  # 0.24 mm² of tissue at 0.5 um/px
+    slide = Slide.from_array(rgb, 0.5)
+    reads = []
+    real = tissue.slide_tissue
+    monkeypatch.setattr(tissue, "slide_tissue", lambda *a, **k: reads.append(1) or real(*a, **k))
+    result = run(slide, member(Constant(), pixel_size=2.0, tile=64), "kidney")
+    mask, scale = result.tissue
+    expected, expected_scale = real(slide, grow=0)
+    np.testing.assert_array_equal(mask, expected)
+    assert scale == expected_scale
+    assert result.meta["tissue_fraction"] == real(slide)[0].mean()  # the tiles' grown mask
+    reads.clear()
+    _, summary = measure_result(result, slide, image_id="once")
+    assert not reads
+    assert summary["tissue_area_mm2"] == pytest.approx(tissue.tissue_area_mm2(slide))
+    assert summary["tissue_area_mm2"] == pytest.approx(0.24, rel=0.005)

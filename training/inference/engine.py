@@ -31,7 +31,7 @@ from training.inference.results import Band, Progress, SegmentationResult
 from training.inference.source import TileSource
 from training.inference.store import OutputStore
 from training.inference.tiling import TilePlan, blend_window, plan_tiles, tile_grid
-from training.inference.tissue import slide_tissue, tile_has_tissue
+from training.inference.tissue import grown, slide_tissue, tile_has_tissue
 from training.inference.window import MapWindow, MemberView, check_region, working_box
 from training.models.ensemble import Ensemble, Member, load_ensemble
 from training.slides import Slide, open_slide
@@ -163,7 +163,9 @@ class _Run:
         options = self.options
         # the whole slide's tissue, grid and stain fit, region or not: a region's tiles are
         # the whole-slide run's tiles that touch it, read and normalised the same way
-        tissue = slide_tissue(self.slide) if options.detect_tissue else None
+        # read once: without the margin for the result (measuring), with it for the tiles
+        measured = slide_tissue(self.slide, grow=0) if options.detect_tissue else None
+        tissue = grown(measured) if measured is not None else None
         plans = [self._plan(m, tissue) for m in self.members]
         stain = options.stain
         if stain is not None and hasattr(stain, "for_slide"):
@@ -228,6 +230,7 @@ class _Run:
             origin=(self.window.y, self.window.x),
             grid_shape=self.window.grid,
             region=options.region,
+            tissue=measured,
         )
 
     def _view(self, plan: TilePlan) -> MemberView:

@@ -59,6 +59,9 @@ class SegmentationResult:
     origin: tuple[int, int] = (0, 0)  # the map's top-left in the whole slide's working grid
     grid_shape: tuple[int, int] | None = None  # the whole slide's working grid (H, W)
     region: tuple[int, int, int, int] | None = None  # the level-0 box asked, if any
+    # the whole slide's tissue thumbnail mask without the tiles' margin, and thumbnail pixels
+    # per level-0 pixel (training.inference.tissue.tissue_area_mm2); None without detection
+    tissue: tuple[Any, float] | None = None
 
     def __post_init__(self) -> None:
         shape = getattr(self.probability, "shape", None)

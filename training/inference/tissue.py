@@ -49,11 +49,23 @@ def slide_tissue(slide, grow: int = 1) -> tuple[np.ndarray, float]:
     return tissue_mask(thumb, grow=grow), slide.pixel_size_um / thumb_px
 
 
-def tissue_area_mm2(slide, box: tuple[float, float, float, float] | None = None) -> float:
+def grown(tissue: tuple[np.ndarray, float], pixels: int = 1) -> tuple[np.ndarray, float]:
+    """A :func:`slide_tissue` pair with its mask grown by ``pixels`` (the same mask as
+    ``slide_tissue(slide, grow=pixels)`` from one of ``grow=0``, without reading again)."""
+    mask, scale = tissue
+    return ndimage.binary_dilation(mask, iterations=pixels), scale
+
+
+def tissue_area_mm2(
+    slide,
+    box: tuple[float, float, float, float] | None = None,
+    tissue: tuple[np.ndarray, float] | None = None,
+) -> float:
     """The tissue area (mm²) of a slide, or of its level-0 ``box`` ``(y, x, height, width)``,
     from the engine's thumbnail mask without its safety margin; thumbnail pixels cut by the
-    box count by the part of them inside it."""
-    mask, scale = slide_tissue(slide, grow=0)
+    box count by the part of them inside it. ``tissue``: that mask as a run found it
+    (``SegmentationResult.tissue``), so the thumbnail is not read again; else it is read."""
+    mask, scale = tissue if tissue is not None else slide_tissue(slide, grow=0)
     height, width = slide.shape[:2]
     y, x, h, w = box if box is not None else (0, 0, height, width)
     rows = _coverage(y * scale, (y + h) * scale, mask.shape[0])

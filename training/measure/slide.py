@@ -62,6 +62,7 @@ def measure_result(
         origin=(origin[0] * result.downsample, origin[1] * result.downsample),
         probability=result.probability,
         band_mb=band_mb,
+        tissue=getattr(result, "tissue", None),  # the run's own: no second thumbnail read
     )
 
 
@@ -74,11 +75,13 @@ def measure_labels(
     origin: tuple[float, float] = (0.0, 0.0),
     probability: Any = None,
     band_mb: float = BAND_MB,
+    tissue: Any = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The objects table and summary row of instance ``labels`` on a grid ``downsample``
     times coarser than ``slide``'s level 0 whose pixel ``(0, 0)`` lies at level-0 ``origin``
     (the analysed region is the labels' box); ``probability``: on the labels' grid, or
-    ``None``. Stain ODs from the slide's pixels on that grid; tissue area inside the box."""
+    ``None``. Stain ODs from the slide's pixels on that grid; tissue area inside the box (from
+    ``tissue``, a run's ``SegmentationResult.tissue``, where given)."""
     from training.inference.tissue import tissue_area_mm2
 
     if slide.pixel_size_um is None:
@@ -93,7 +96,7 @@ def measure_labels(
     objects = measure_bands(labels, geometry, probability, reader, band_mb)
     height, width = labels.shape
     box = (*geometry.origin, height * downsample, width * downsample)
-    return objects, summarize(objects, image_id, tissue_area_mm2(slide, box))
+    return objects, summarize(objects, image_id, tissue_area_mm2(slide, box, tissue))
 
 
 def measure_bands(
