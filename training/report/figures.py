@@ -19,6 +19,7 @@ import shapely
 from PIL import Image, ImageDraw
 
 from training.organs import FTU_COLOURS
+from training.slides import as_rgb_uint8
 
 THUMB_SIDE = 1200  # the longest side of the slide thumbnail, in pixels
 CROP_SIDE = 224  # the side of an object crop, in pixels
@@ -46,22 +47,7 @@ def read_scaled(
         region = slide.read_region_at(slide.pixel_size_um / scale, top, left, *size)
     else:
         region = slide.read_region(top, left, *size)
-    return rgb8(np.asarray(region)), (top / scale, left / scale), scale
-
-
-def rgb8(region: np.ndarray) -> np.ndarray:
-    """``(H, W, C)`` pixels of any type as a new RGB uint8 array: grey repeated, alpha dropped,
-    integers scaled by their type's maximum, floats taken as 0..1 (as the engine reads slides;
-    not imported from ``training.inference``, which imports torch: a report needs no model)."""
-    if region.shape[-1] == 1:
-        region = np.repeat(region, 3, axis=-1)
-    region = region[..., :3]
-    if region.dtype == np.uint8:
-        return region.copy()
-    if np.issubdtype(region.dtype, np.integer):
-        scale = 255.0 / np.iinfo(region.dtype).max
-        return np.rint(np.clip(region, 0, None) * scale).astype(np.uint8)
-    return np.rint(np.clip(region, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return as_rgb_uint8(np.asarray(region)).copy(), (top / scale, left / scale), scale
 
 
 def draw_outlines(
